@@ -1,0 +1,15 @@
+//! The rbee bus contract. This crate is the only place where NATS subjects and the messages that travel
+//! on them are defined: typed ids ([`ids`]), subject builders and wildcards ([`subject`]), one Rust type
+//! per message ([`messages`]), and typed publish/request helpers with errors by kind ([`rpc`],
+//! [`connect`]). Third parties read the same contract as JSON Schemas in `schemas/`.
+
+pub mod ids;
+pub mod messages;
+
+pub use ids::{HiveId, IdError, JobId, ModelId, QueenId, WorkerId};
+pub use messages::error::{ErrorBody, ErrorCode, WireError};
+pub use messages::job::{
+    ChatMessage, FinishReason, JobAccepted, JobAssignment, JobCancel, JobState, JobStatus, ParamError,
+    Prompt, SamplingParams, SubmitJob, SubmitJobReply, TokenChunk, Usage,
+};
+pub use messages::{now_ms, EventMeta, EventStamper, SCHEMA_VERSION};

@@ -1,0 +1,333 @@
+//! Jobs: what a worker is asked to run, the tokens it streams and the status it reports.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{JobId, ModelId, WorkerId};
+use crate::messages::{EventMeta, SCHEMA_VERSION};
+
+/// Longest stop sequence accepted, in bytes.
+pub const MAX_STOP_LEN: usize = 256;
+/// Most stop sequences per job.
+pub const MAX_STOP_SEQUENCES: usize = 8;
+/// Most tokens a job may ask for.
+pub const MAX_TOKENS_LIMIT: u32 = 32_768;
+
+/// One chat message, as in OpenAI's API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+/// What the model is given: a chat (rendered with the model's own template) or plain text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Prompt {
+    /// A plain completion prompt, tokenized as is.
+    Text {
+        /// The prompt text.
+        text: String,
+    },
+    /// A chat, rendered with the chat template stored in the GGUF.
+    Chat {
+        /// The conversation so far.
+        messages: Vec<ChatMessage>,
+    },
+}
+
+impl Prompt {
+    /// Total bytes of text in the prompt (a cheap upper bound of its token count).
+    pub fn text_len(&self) -> usize {
+        match self {
+            Prompt::Text { text } => text.len(),
+            Prompt::Chat { messages } => messages.iter().map(|m| m.content.len() + m.role.len()).sum(),
+        }
+    }
+}
+
+/// Sampling settings. Every field has a default; out-of-range values are refused by [`SamplingParams::validate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// 0 means greedy; at most 2.
+    pub temperature: f32,
+    /// Nucleus sampling, in (0, 1].
+    pub top_p: f32,
+    /// Keep the k most likely tokens; 0 disables.
+    pub top_k: u32,
+    /// Drop tokens below this fraction of the top probability, in [0, 1].
+    pub min_p: f32,
+    /// Penalty for repeated tokens, in (0, 2]; 1 disables.
+    pub repeat_penalty: f32,
+    /// Seed of the sampler; the same seed and input give the same output. Random when absent.
+    pub seed: Option<u64>,
+    /// Generation stops before any of these strings; the stop text is never emitted.
+    pub stop: Vec<String>,
+    /// Most tokens to generate.
+    pub max_tokens: u32,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 0.7,
+            top_p: 0.95,
+            top_k: 40,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            seed: None,
+            stop: Vec::new(),
+            max_tokens: 256,
+        }
+    }
+}
+
+/// A sampling parameter outside its range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid {field}: {message}")]
+pub struct ParamError {
+    /// The offending field, as named on the wire.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl SamplingParams {
+    /// Checks every field's range; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        let bad = |field, message: String| Err(ParamError { field, message });
+        if !self.temperature.is_finite() || !(0.0..=2.0).contains(&self.temperature) {
+            return bad("temperature", format!("{} is outside [0, 2]", self.temperature));
+        }
+        if !self.top_p.is_finite() || self.top_p <= 0.0 || self.top_p > 1.0 {
+            return bad("top_p", format!("{} is outside (0, 1]", self.top_p));
+        }
+        if self.top_k > 100_000 {
+            return bad("top_k", format!("{} is above 100000", self.top_k));
+        }
+        if !self.min_p.is_finite() || !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min_p", format!("{} is outside [0, 1]", self.min_p));
+        }
+        if !self.repeat_penalty.is_finite() || self.repeat_penalty <= 0.0 || self.repeat_penalty > 2.0 {
+            return bad("repeat_penalty", format!("{} is outside (0, 2]", self.repeat_penalty));
+        }
+        if self.max_tokens == 0 || self.max_tokens > MAX_TOKENS_LIMIT {
+            return bad("max_tokens", format!("{} is outside [1, {MAX_TOKENS_LIMIT}]", self.max_tokens));
+        }
+        if self.stop.len() > MAX_STOP_SEQUENCES {
+            return bad("stop", format!("{} sequences given, at most {MAX_STOP_SEQUENCES}", self.stop.len()));
+        }
+        if let Some(s) = self.stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
+            return bad("stop", format!("sequence of {} bytes, must be 1 to {MAX_STOP_LEN}", s.len()));
+        }
+        Ok(())
+    }
+}
+
+/// A job given to one worker on `rbee.worker.<worker_id>.jobs`; answered at once with [`JobAccepted`]
+/// or a [`crate::WireError`] (codes `no_free_slot`, `prompt_too_long`, `invalid_params`, `wrong_model`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobAssignment {
+    /// Schema version.
+    pub v: u32,
+    /// The job's id; tokens go to `rbee.job.<job_id>.tokens`.
+    pub job_id: JobId,
+    /// The model the job was placed for; a worker serving another model refuses it.
+    pub model_id: ModelId,
+    /// The input.
+    pub prompt: Prompt,
+    /// Sampling settings.
+    pub params: SamplingParams,
+    /// Wall-clock budget in milliseconds from acceptance; generation stops with `cancelled` after it.
+    pub deadline_ms: Option<u64>,
+}
+
+impl JobAssignment {
+    /// A new assignment at the current schema version.
+    pub fn new(job_id: JobId, model_id: ModelId, prompt: Prompt, params: SamplingParams) -> Self {
+        Self { v: SCHEMA_VERSION, job_id, model_id, prompt, params, deadline_ms: None }
+    }
+}
+
+/// A worker's reply: the job holds a slot and will stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobAccepted {
+    /// Schema version.
+    pub v: u32,
+    /// The job accepted.
+    pub job_id: JobId,
+    /// The worker that took it.
+    pub worker_id: WorkerId,
+    /// Tokens in the rendered prompt.
+    pub prompt_tokens: u32,
+}
+
+/// Part of a job's output on `rbee.job.<job_id>.tokens`. Consecutive tokens may be coalesced into
+/// one chunk; `seq` starts at 0 and has no gaps in one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenChunk {
+    /// Schema version.
+    pub v: u32,
+    /// Publisher, epoch, sequence and send time.
+    pub meta: EventMeta,
+    /// The job.
+    pub job_id: JobId,
+    /// The worker generating it.
+    pub worker_id: WorkerId,
+    /// Chunk number within the job, from 0.
+    pub seq: u64,
+    /// The text of the tokens in this chunk (UTF-8; a multi-byte character is never split).
+    pub text: String,
+    /// Tokens in this chunk.
+    pub tokens: u32,
+    /// Tokens generated so far, this chunk included.
+    pub total_tokens: u32,
+}
+
+/// Why a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// End of generation token or a stop sequence.
+    Stop,
+    /// `max_tokens` reached, or the context was full.
+    Length,
+    /// Cancelled by request or deadline.
+    Cancelled,
+    /// Failed; the status carries the message.
+    Error,
+}
+
+impl FinishReason {
+    /// The string used on the wire and by OpenAI's API.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::Error => "error",
+        }
+    }
+}
+
+/// Token counts and timings of one job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Usage {
+    /// Tokens in the prompt.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// From acceptance to the first generated token, in milliseconds.
+    pub time_to_first_token_ms: Option<f64>,
+    /// Generated tokens per second after the first.
+    pub decode_tokens_per_second: Option<f64>,
+}
+
+/// The state a job status event announces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting in the queen's queue.
+    Queued {
+        /// Why it waits, for a person ("waiting for a slot on 2 workers").
+        reason: String,
+    },
+    /// Placed on a worker by the queen.
+    Scheduled {
+        /// Where it was placed.
+        worker_id: WorkerId,
+    },
+    /// A worker accepted it.
+    Accepted {
+        /// The worker.
+        worker_id: WorkerId,
+        /// Tokens in the prompt.
+        prompt_tokens: u32,
+    },
+    /// The first token was generated.
+    Running {
+        /// The worker.
+        worker_id: WorkerId,
+    },
+    /// Terminal: done, for the reason given.
+    Finished {
+        /// stop, length, cancelled or error.
+        finish_reason: FinishReason,
+        /// Counts and timings.
+        usage: Usage,
+        /// What went wrong, when `finish_reason` is `error`.
+        error: Option<String>,
+        /// The worker, when one ran it.
+        worker_id: Option<WorkerId>,
+    },
+}
+
+impl JobState {
+    /// True for the terminal state.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, JobState::Finished { .. })
+    }
+}
+
+/// A job status event on `rbee.job.<job_id>.status`, published by the queen and the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobStatus {
+    /// Schema version.
+    pub v: u32,
+    /// Publisher, epoch, sequence and send time.
+    pub meta: EventMeta,
+    /// The job.
+    pub job_id: JobId,
+    /// The model asked for.
+    pub model_id: Option<ModelId>,
+    /// What happened.
+    #[serde(flatten)]
+    pub state: JobState,
+}
+
+/// A request to cancel a job, published on `rbee.job.<job_id>.cancel`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobCancel {
+    /// Schema version.
+    pub v: u32,
+    /// Publisher, epoch, sequence and send time.
+    pub meta: EventMeta,
+    /// The job.
+    pub job_id: JobId,
+    /// Why, for the log.
+    pub reason: String,
+}
+
+/// A job submitted over NATS on `rbee.queen.jobs.submit`; the queen replies with [`SubmitJobReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubmitJob {
+    /// Schema version.
+    pub v: u32,
+    /// The model to run.
+    pub model_id: ModelId,
+    /// The input.
+    pub prompt: Prompt,
+    /// Sampling settings.
+    #[serde(default)]
+    pub params: SamplingParams,
+    /// Optional id chosen by the client, so it can subscribe to the job's subjects before submitting.
+    pub job_id: Option<JobId>,
+    /// Wall-clock budget in milliseconds.
+    pub deadline_ms: Option<u64>,
+}
+
+/// The queen's answer to [`SubmitJob`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubmitJobReply {
+    /// Schema version.
+    pub v: u32,
+    /// The job's id.
+    pub job_id: JobId,
+    /// Where its tokens stream.
+    pub tokens_subject: String,
+    /// Where its status events go.
+    pub status_subject: String,
+}
