@@ -47,9 +47,8 @@ pub fn validate_token(kind: &'static str, value: &str) -> Result<(), IdError> {
     if value.len() > MAX_ID_LEN {
         return Err(IdError::TooLong { kind, len: value.len() });
     }
-    if let Some(found) = value
-        .chars()
-        .find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+    if let Some(found) =
+        value.chars().find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
     {
         return Err(IdError::BadChar { kind, value: value.to_owned(), found });
     }

@@ -3,13 +3,26 @@
 //! per message ([`messages`]), and typed publish/request helpers with errors by kind ([`rpc`],
 //! [`connect`]). Third parties read the same contract as JSON Schemas in `schemas/`.
 
+pub mod connect;
+pub mod contract;
 pub mod ids;
 pub mod messages;
+pub mod rpc;
+pub mod subject;
 
+pub use connect::{connect, NatsConfig};
 pub use ids::{HiveId, IdError, JobId, ModelId, QueenId, WorkerId};
 pub use messages::error::{ErrorBody, ErrorCode, WireError};
+pub use messages::heartbeat::{Backend, HiveHeartbeat, HiveState, QueenHello, WorkerHeartbeat, WorkerState};
+pub use messages::hive::{
+    CpuInfo, DeviceInfo, DeviceKind, DeviceList, HiveWorkerStatus, HiveWorkerSummary, ListRequest,
+    MemoryInfo, ModelList, ModelSummary, SpawnReply, SpawnRequest, StopReply, StopRequest, WorkerKind,
+    WorkerList,
+};
 pub use messages::job::{
     ChatMessage, FinishReason, JobAccepted, JobAssignment, JobCancel, JobState, JobStatus, ParamError,
     Prompt, SamplingParams, SubmitJob, SubmitJobReply, TokenChunk, Usage,
 };
+pub use messages::lifecycle::{LifecycleEvent, WorkerLifecycle};
 pub use messages::{now_ms, EventMeta, EventStamper, SCHEMA_VERSION};
+pub use rpc::{Bus, BusError};

@@ -1,1 +1,9 @@
-//! placeholder
+//! Dev-only test support for rbee: a real `nats-server` per test (random port, JetStream in its own temp
+//! store, killed and cleaned up on drop), the project's paths (the model and binaries `make setup`
+//! installs), and a tiny random-weight GGUF writer for fast plumbing tests.
+
+pub mod gguf;
+pub mod nats;
+pub mod paths;
+
+pub use nats::NatsServer;

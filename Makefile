@@ -1,0 +1,48 @@
+# rbee: the two commands users need are `make up` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: setup build release test test-fast up bench schemas fmt lint clean-data
+
+## setup: install what is missing into project-local, git-ignored places (.venv/, .rbee/); idempotent
+setup:
+	@./scripts/setup.sh
+
+## build: debug build of every binary (what the tests run)
+build: setup
+	$(CARGO) build --workspace --bins
+
+## release: optimized build of every binary (what `make up` runs)
+release: setup
+	$(CARGO) build --workspace --bins --release
+
+## test: setup, build, then the whole suite against real nats-servers, workers and the real model
+test: build
+	$(CARGO) test --workspace --no-fail-fast
+	@if [ -x .venv/bin/docker-compose ]; then \
+	  .venv/bin/docker-compose -f docker-compose.yml config --quiet && echo "docker-compose.yml: valid"; \
+	fi
+
+## up: start a local cluster (nats-server, queen, hive, one worker of the default model) and serve
+up: release
+	./target/release/rbee up $(ARGS)
+
+## bench: measure every hop against its floor; writes BENCHMARKS.md and BENCHMARKS.json
+bench: release
+	./scripts/bench.sh
+
+## schemas: regenerate schemas/ from the Rust types in bus/
+schemas:
+	UPDATE_SCHEMAS=1 $(CARGO) test -p rbee-bus --test schemas
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## clean-data: remove the local cluster's data (models stay)
+clean-data:
+	rm -rf .rbee/data

@@ -1,0 +1,246 @@
+//! Typed publish, request and reply over NATS. A request returns the typed reply or a [`BusError`]
+//! whose kind tells no responders, timeout, permission denied, decode failure and remote errors apart.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::messages::error::{ErrorBody, WireError};
+
+/// Largest message rbee publishes; matches the nats-server default `max_payload` (1 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// A failed bus operation, by kind.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Nobody subscribes to the subject.
+    #[error("no responders on {subject}")]
+    NoResponders {
+        /// The subject.
+        subject: String,
+    },
+    /// Someone subscribes but did not answer in time.
+    #[error("request on {subject} timed out after {after:?}")]
+    Timeout {
+        /// The subject.
+        subject: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The server refused this identity the subject.
+    #[error("permission denied on {subject}")]
+    PermissionDenied {
+        /// The subject.
+        subject: String,
+    },
+    /// The payload did not decode as the expected type.
+    #[error("cannot decode message on {subject}: {source}")]
+    Decode {
+        /// The subject.
+        subject: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The message is larger than the server accepts.
+    #[error("message of {size} bytes on {subject} is over the {limit} byte limit")]
+    TooLarge {
+        /// The subject.
+        subject: String,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The responder answered with an error.
+    #[error("{subject}: {error}")]
+    Remote {
+        /// The subject.
+        subject: String,
+        /// What it said.
+        error: WireError,
+    },
+    /// The connection failed.
+    #[error("nats error on {subject}: {message}")]
+    Transport {
+        /// The subject.
+        subject: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl BusError {
+    /// The wire error, when the responder sent one.
+    pub fn remote(&self) -> Option<&WireError> {
+        match self {
+            BusError::Remote { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// Permission violations reported by the server, which arrive as events, not as call results.
+#[derive(Debug, Default, Clone)]
+pub struct Denials {
+    recent: Arc<Mutex<VecDeque<(Instant, String)>>>,
+}
+
+impl Denials {
+    pub(crate) fn record(&self, text: &str) {
+        let Ok(mut recent) = self.recent.lock() else { return };
+        recent.push_back((Instant::now(), text.to_owned()));
+        while recent.len() > 64 {
+            recent.pop_front();
+        }
+    }
+
+    /// True when the server denied `subject` since `since`.
+    pub fn denied_since(&self, subject: &str, since: Instant) -> bool {
+        let Ok(recent) = self.recent.lock() else { return false };
+        recent.iter().any(|(at, text)| *at >= since && text.contains(&format!("\"{subject}\"")))
+    }
+
+    /// How many denials were seen (for tests and metrics).
+    pub fn count(&self) -> usize {
+        self.recent.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorProbe {
+    error: Option<ErrorBody>,
+    v: Option<u32>,
+}
+
+/// Decodes a message of type `T`.
+pub fn decode<T: DeserializeOwned>(subject: &str, payload: &[u8]) -> Result<T, BusError> {
+    serde_json::from_slice(payload).map_err(|source| BusError::Decode { subject: subject.to_owned(), source })
+}
+
+/// Decodes a reply: a [`WireError`] becomes [`BusError::Remote`], anything else must decode as `T`.
+pub fn decode_reply<T: DeserializeOwned>(subject: &str, payload: &[u8]) -> Result<T, BusError> {
+    if let Ok(ErrorProbe { error: Some(error), v }) = serde_json::from_slice::<ErrorProbe>(payload) {
+        let error = WireError { v: v.unwrap_or(crate::SCHEMA_VERSION), error };
+        return Err(BusError::Remote { subject: subject.to_owned(), error });
+    }
+    decode(subject, payload)
+}
+
+/// Serializes a message, refusing one over [`MAX_MESSAGE_BYTES`].
+pub fn encode<T: Serialize>(subject: &str, message: &T) -> Result<Bytes, BusError> {
+    let bytes = serde_json::to_vec(message)
+        .map_err(|source| BusError::Decode { subject: subject.to_owned(), source })?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(BusError::TooLarge {
+            subject: subject.to_owned(),
+            size: bytes.len(),
+            limit: MAX_MESSAGE_BYTES,
+        });
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// A NATS connection with rbee's typed helpers.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    client: async_nats::Client,
+    denials: Arc<Denials>,
+}
+
+impl Bus {
+    pub(crate) fn new(client: async_nats::Client, denials: Arc<Denials>) -> Self {
+        Self { client, denials }
+    }
+
+    /// The underlying client, for subscriptions and the service API.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Permission denials seen on this connection.
+    pub fn denials(&self) -> &Denials {
+        &self.denials
+    }
+
+    /// Publishes a typed message.
+    pub async fn publish<T: Serialize>(&self, subject: String, message: &T) -> Result<(), BusError> {
+        let payload = encode(&subject, message)?;
+        self.client
+            .publish(subject.clone(), payload)
+            .await
+            .map_err(|e| BusError::Transport { subject, message: e.to_string() })
+    }
+
+    /// Sends a request and waits up to `timeout` for the typed reply.
+    pub async fn request<Req: Serialize, Rep: DeserializeOwned>(
+        &self,
+        subject: String,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Rep, BusError> {
+        let payload = encode(&subject, request)?;
+        let started = Instant::now();
+        let req = async_nats::Request::new().payload(payload).timeout(Some(timeout));
+        match self.client.send_request(subject.clone(), req).await {
+            Ok(msg) => decode_reply(&subject, &msg.payload),
+            Err(e) => {
+                use async_nats::RequestErrorKind as K;
+                // A denied request never fails by itself: the server says so in an event, and the call
+                // times out. Give the real reason.
+                let denied = || {
+                    self.denials.denied_since(&subject, started)
+                        || self
+                            .denials
+                            .denied_since(&subject, started.checked_sub(timeout).unwrap_or(started))
+                };
+                match e.kind() {
+                    K::NoResponders => Err(BusError::NoResponders { subject }),
+                    K::TimedOut if denied() => Err(BusError::PermissionDenied { subject }),
+                    K::TimedOut => Err(BusError::Timeout { subject, after: timeout }),
+                    _ => Err(BusError::Transport { subject, message: e.to_string() }),
+                }
+            }
+        }
+    }
+
+    /// Answers a request with a typed reply or a wire error. A message without a reply subject is ignored.
+    pub async fn reply<T: Serialize>(
+        &self,
+        request: &async_nats::Message,
+        result: Result<T, WireError>,
+    ) -> Result<(), BusError> {
+        let Some(reply) = request.reply.clone() else { return Ok(()) };
+        let payload = match &result {
+            Ok(value) => encode(reply.as_str(), value)?,
+            Err(error) => encode(reply.as_str(), error)?,
+        };
+        self.client
+            .publish(reply.clone(), payload)
+            .await
+            .map_err(|e| BusError::Transport { subject: reply.to_string(), message: e.to_string() })
+    }
+
+    /// One request/reply round trip to the server: after it, every subscription made on this connection
+    /// is known to the server (a bare flush does not guarantee that).
+    pub async fn round_trip(&self) -> Result<(), BusError> {
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| BusError::Transport { subject: inbox.clone(), message: e.to_string() })?;
+        self.client
+            .publish(inbox.clone(), Bytes::new())
+            .await
+            .map_err(|e| BusError::Transport { subject: inbox.clone(), message: e.to_string() })?;
+        use futures::StreamExt;
+        match tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err(BusError::Timeout { subject: inbox, after: Duration::from_secs(5) }),
+        }
+    }
+}

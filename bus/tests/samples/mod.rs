@@ -1,0 +1,270 @@
+//! Real values of every message type, shared by the schema and fuzz tests.
+
+use rbee_bus::messages::hive::schema_version;
+use rbee_bus::*;
+
+fn meta(publisher: &str) -> EventMeta {
+    EventStamper::new(publisher).next()
+}
+
+fn id<T: std::str::FromStr>(s: &str) -> T
+where
+    T::Err: std::fmt::Debug,
+{
+    s.parse().expect("valid id")
+}
+
+/// (schema name, JSON of a real value). Several values per type where variants differ.
+pub fn all() -> Vec<(&'static str, serde_json::Value)> {
+    let j = |v: &dyn erased::Ser| v.json();
+    let device = DeviceInfo {
+        id: "cuda:0".into(),
+        kind: DeviceKind::Cuda,
+        index: 0,
+        name: "NVIDIA H100".into(),
+        uuid: Some("GPU-1234".into()),
+        total_bytes: 80 << 30,
+        free_bytes: 70 << 30,
+        utilization_percent: Some(12),
+        compute_capability: Some("9.0".into()),
+    };
+    let worker_summary = |status| HiveWorkerSummary {
+        worker_id: id("wrk-1"),
+        model_id: id("smollm2-135m-instruct"),
+        device: "cpu".into(),
+        pid: 4242,
+        status,
+        started_at_ms: 1_700_000_000_000,
+    };
+    let model = ModelSummary {
+        model_id: id("smollm2-135m-instruct"),
+        size_bytes: 98_000_000,
+        architecture: "llama".into(),
+        parameter_count: 134_515_008,
+        quantization: "Q4_1".into(),
+        context_length: Some(8192),
+    };
+    let cpu = CpuInfo { model: "AMD EPYC".into(), physical_cores: 2, logical_cores: 2 };
+    let ram = MemoryInfo { total_bytes: 24 << 30, available_bytes: 20 << 30 };
+    let usage = Usage {
+        prompt_tokens: 12,
+        completion_tokens: 8,
+        time_to_first_token_ms: Some(40.5),
+        decode_tokens_per_second: Some(75.0),
+    };
+    let status = |state| JobStatus {
+        v: SCHEMA_VERSION,
+        meta: meta("wrk-1"),
+        job_id: id("job-1"),
+        model_id: Some(id("smollm2-135m-instruct")),
+        state,
+    };
+    let chat = Prompt::Chat {
+        messages: vec![ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }],
+    };
+    let params = SamplingParams { seed: Some(7), stop: vec!["\n".into()], ..SamplingParams::default() };
+    vec![
+        (
+            "HiveHeartbeat",
+            j(&HiveHeartbeat {
+                v: SCHEMA_VERSION,
+                meta: meta("hive-a"),
+                hive_id: id("hive-a"),
+                hostname: "box".into(),
+                version: "0.1.0".into(),
+                state: HiveState::Online,
+                interval_ms: 1000,
+                cpu: cpu.clone(),
+                ram: ram.clone(),
+                devices: vec![device.clone()],
+                workers: vec![
+                    worker_summary(HiveWorkerStatus::Ready),
+                    worker_summary(HiveWorkerStatus::Failed { error: "signal: 9".into() }),
+                ],
+                models: vec![model.clone()],
+            }),
+        ),
+        (
+            "WorkerHeartbeat",
+            j(&WorkerHeartbeat {
+                v: SCHEMA_VERSION,
+                meta: meta("wrk-1"),
+                worker_id: id("wrk-1"),
+                hive_id: id("hive-a"),
+                model_id: id("smollm2-135m-instruct"),
+                state: WorkerState::Idle,
+                backend: Backend::Cpu,
+                device: "cpu".into(),
+                slots_total: 4,
+                slots_busy: 0,
+                ctx_per_slot: 2048,
+                tokens_per_second: 0.0,
+                memory_bytes: 170 << 20,
+                pid: 4242,
+                interval_ms: 1000,
+            }),
+        ),
+        (
+            "WorkerLifecycle",
+            j(&WorkerLifecycle {
+                v: SCHEMA_VERSION,
+                meta: meta("hive-a"),
+                hive_id: id("hive-a"),
+                worker_id: id("wrk-1"),
+                model_id: id("smollm2-135m-instruct"),
+                event: LifecycleEvent::Failed { exit: "signal: 9".into(), stderr_tail: vec!["boom".into()] },
+            }),
+        ),
+        (
+            "WorkerLifecycle",
+            j(&WorkerLifecycle {
+                v: SCHEMA_VERSION,
+                meta: meta("hive-a"),
+                hive_id: id("hive-a"),
+                worker_id: id("wrk-1"),
+                model_id: id("smollm2-135m-instruct"),
+                event: LifecycleEvent::Started { pid: 1 },
+            }),
+        ),
+        (
+            "SpawnRequest",
+            j(&SpawnRequest {
+                v: SCHEMA_VERSION,
+                model_id: id("smollm2-135m-instruct"),
+                device: Some("cpu".into()),
+                slots: Some(4),
+                ctx_per_slot: Some(2048),
+                worker_type: Some(WorkerKind::CpuLlm),
+                worker_id: None,
+                threads: None,
+            }),
+        ),
+        (
+            "SpawnReply",
+            j(&SpawnReply { v: SCHEMA_VERSION, worker_id: id("wrk-1"), pid: 4242, device: "cpu".into() }),
+        ),
+        (
+            "StopRequest",
+            j(&StopRequest { v: SCHEMA_VERSION, worker_id: id("wrk-1"), deadline_ms: Some(5000) }),
+        ),
+        (
+            "StopReply",
+            j(&StopReply {
+                v: SCHEMA_VERSION,
+                worker_id: id("wrk-1"),
+                graceful: true,
+                exit: "exit status: 0".into(),
+            }),
+        ),
+        ("ListRequest", j(&ListRequest { v: schema_version() })),
+        (
+            "WorkerList",
+            j(&WorkerList { v: SCHEMA_VERSION, workers: vec![worker_summary(HiveWorkerStatus::Busy)] }),
+        ),
+        ("ModelList", j(&ModelList { v: SCHEMA_VERSION, models: vec![model] })),
+        ("DeviceList", j(&DeviceList { v: SCHEMA_VERSION, cpu, ram, devices: vec![device] })),
+        (
+            "JobAssignment",
+            j(&JobAssignment::new(id("job-1"), id("smollm2-135m-instruct"), chat.clone(), params.clone())),
+        ),
+        (
+            "JobAssignment",
+            j(&JobAssignment::new(
+                id("job-2"),
+                id("smollm2-135m-instruct"),
+                Prompt::Text { text: "Once upon".into() },
+                SamplingParams::default(),
+            )),
+        ),
+        (
+            "JobAccepted",
+            j(&JobAccepted {
+                v: SCHEMA_VERSION,
+                job_id: id("job-1"),
+                worker_id: id("wrk-1"),
+                prompt_tokens: 12,
+            }),
+        ),
+        (
+            "TokenChunk",
+            j(&TokenChunk {
+                v: SCHEMA_VERSION,
+                meta: meta("wrk-1"),
+                job_id: id("job-1"),
+                worker_id: id("wrk-1"),
+                seq: 0,
+                text: "The capital".into(),
+                tokens: 2,
+                total_tokens: 2,
+            }),
+        ),
+        ("JobStatus", j(&status(JobState::Queued { reason: "waiting for a slot on 2 workers".into() }))),
+        ("JobStatus", j(&status(JobState::Scheduled { worker_id: id("wrk-1") }))),
+        ("JobStatus", j(&status(JobState::Accepted { worker_id: id("wrk-1"), prompt_tokens: 12 }))),
+        ("JobStatus", j(&status(JobState::Running { worker_id: id("wrk-1") }))),
+        (
+            "JobStatus",
+            j(&status(JobState::Finished {
+                finish_reason: FinishReason::Stop,
+                usage: usage.clone(),
+                error: None,
+                worker_id: Some(id("wrk-1")),
+            })),
+        ),
+        (
+            "JobStatus",
+            j(&status(JobState::Finished {
+                finish_reason: FinishReason::Error,
+                usage,
+                error: Some("worker wrk-1 died".into()),
+                worker_id: None,
+            })),
+        ),
+        (
+            "JobCancel",
+            j(&JobCancel {
+                v: SCHEMA_VERSION,
+                meta: meta("queen"),
+                job_id: id("job-1"),
+                reason: "client left".into(),
+            }),
+        ),
+        (
+            "SubmitJob",
+            j(&SubmitJob {
+                v: SCHEMA_VERSION,
+                model_id: id("smollm2-135m-instruct"),
+                prompt: chat,
+                params,
+                job_id: Some(id("job-mine")),
+                deadline_ms: Some(60_000),
+            }),
+        ),
+        (
+            "SubmitJobReply",
+            j(&SubmitJobReply {
+                v: SCHEMA_VERSION,
+                job_id: id("job-1"),
+                tokens_subject: "rbee.job.job-1.tokens".into(),
+                status_subject: "rbee.job.job-1.status".into(),
+            }),
+        ),
+        ("QueenHello", j(&QueenHello { v: SCHEMA_VERSION, meta: meta("queen") })),
+        (
+            "WireError",
+            j(&WireError::invalid_field("temperature", "invalid temperature: 5 is outside [0, 2]")),
+        ),
+        ("WireError", j(&WireError::new(ErrorCode::NoFreeSlot, "all 4 slots are busy"))),
+    ]
+}
+
+mod erased {
+    pub trait Ser {
+        fn json(&self) -> serde_json::Value;
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn json(&self) -> serde_json::Value {
+            serde_json::to_value(self).expect("serializable")
+        }
+    }
+}
