@@ -8,6 +8,7 @@ pub mod contract;
 pub mod ids;
 pub mod messages;
 pub mod rpc;
+pub mod runtime;
 pub mod subject;
 
 pub use connect::{connect, NatsConfig};

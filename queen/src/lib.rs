@@ -1,1 +1,4 @@
-//! x
+//! rbee queen
+pub mod jobs;
+pub mod registry;
+pub mod scheduler;

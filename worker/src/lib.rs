@@ -1,1 +1,226 @@
-//! x
+//! rbee worker: one process serving one loaded model. It generates tokens with llama.cpp ([`engine`]),
+//! takes jobs and streams tokens over NATS ([`jobs`]), and heartbeats its state ([`heartbeat`]). It
+//! speaks nothing but NATS. [`run`] is the whole worker; `main.rs` only parses flags.
+
+pub mod config;
+pub mod engine;
+pub mod heartbeat;
+pub mod jobs;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::Context;
+use futures::StreamExt;
+use rbee_bus::{subject, Bus, EventStamper, WorkerState};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::WorkerConfig;
+use engine::{Engine, EngineConfig};
+use jobs::{ActiveJobs, JobCounters};
+
+/// State shared by the worker's tasks.
+#[derive(Debug)]
+pub struct WorkerShared {
+    /// The configuration it was started with.
+    pub config: WorkerConfig,
+    /// The NATS connection.
+    pub bus: Bus,
+    /// Stamps every event this worker publishes.
+    pub stamper: EventStamper,
+    /// The engine, once the model is loaded.
+    pub engine: OnceLock<Engine>,
+    /// Jobs running now.
+    pub active: ActiveJobs,
+    /// Accepted/refused/malformed counts.
+    pub counters: Arc<JobCounters>,
+    /// `rbee.worker.<id>.jobs`, kept for error messages.
+    pub jobs_subject: String,
+    state: AtomicU8,
+}
+
+impl WorkerShared {
+    /// The announced state.
+    pub fn state(&self) -> WorkerState {
+        match self.state.load(Ordering::Acquire) {
+            0 => WorkerState::Loading,
+            1 => WorkerState::Idle,
+            2 => WorkerState::Draining,
+            _ => WorkerState::Stopped,
+        }
+    }
+
+    fn set_state(&self, state: WorkerState) {
+        let code = match state {
+            WorkerState::Loading => 0,
+            WorkerState::Idle | WorkerState::Busy => 1,
+            WorkerState::Draining => 2,
+            WorkerState::Stopped => 3,
+        };
+        self.state.store(code, Ordering::Release);
+    }
+
+    /// True once shutdown began.
+    pub fn draining(&self) -> bool {
+        matches!(self.state(), WorkerState::Draining | WorkerState::Stopped)
+    }
+}
+
+/// Runs a worker until `shutdown` is cancelled: loads the model, serves jobs, then drains in-flight jobs
+/// (cancelling what is left after the drain deadline), sends a last `stopped` heartbeat and returns.
+pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let jobs_subject = subject::worker_jobs(&config.worker_id);
+    let shared = Arc::new(WorkerShared {
+        stamper: EventStamper::new(config.worker_id.as_str()),
+        bus: bus.clone(),
+        engine: OnceLock::new(),
+        active: ActiveJobs::default(),
+        counters: Arc::new(JobCounters::default()),
+        jobs_subject: jobs_subject.clone(),
+        state: AtomicU8::new(0),
+        config,
+    });
+    let tasks = TaskTracker::new();
+    let background_stop = CancellationToken::new();
+    let beat_now = Arc::new(Notify::new());
+    tasks.spawn(heartbeat::run(shared.clone(), beat_now.clone(), background_stop.clone()));
+    tasks.spawn(hello_listener(shared.clone(), beat_now.clone(), background_stop.clone()));
+
+    let engine_config = EngineConfig {
+        model_path: shared.config.model_path.clone(),
+        threads: shared.config.threads,
+        slots: shared.config.slots,
+        ctx_per_slot: shared.config.ctx_per_slot,
+        gpu_layers: shared.config.gpu_layers,
+    };
+    let started = std::time::Instant::now();
+    let load = tokio::task::spawn_blocking(move || Engine::load(engine_config));
+    let engine = tokio::select! {
+        _ = shutdown.cancelled() => {
+            finish(&shared, &tasks, &background_stop).await;
+            return Ok(());
+        }
+        loaded = load => loaded.context("model load task failed")?.context("cannot load the model")?,
+    };
+    tracing::info!(load_ms = started.elapsed().as_millis() as u64, model = %shared.config.model_id, "model loaded");
+    let _ = shared.engine.set(engine.clone());
+
+    let service = register_service(&shared).await?;
+    let mut jobs = service
+        .endpoint_builder()
+        .name("jobs")
+        .add(jobs_subject.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to {jobs_subject}: {e}"))?;
+    let cancels =
+        bus.client().subscribe(subject::JOB_CANCEL_ALL).await.context("cannot subscribe to cancels")?;
+    tasks.spawn(jobs::cancel_listener(shared.clone(), cancels, background_stop.clone()));
+    // Ready means a job sent now is accepted: confirm the subscriptions with a server round trip first.
+    bus.round_trip().await.context("nats round trip after subscribing")?;
+    shared.set_state(WorkerState::Idle);
+    heartbeat::send(&shared).await;
+    tracing::info!(worker_id = %shared.config.worker_id, subject = %jobs_subject, "worker ready");
+
+    let job_tasks = TaskTracker::new();
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            request = jobs.next() => match request { Some(r) => r, None => break },
+        };
+        let result = jobs::handle_assignment(&shared, &engine, &job_tasks, &request.message.payload);
+        let is_error = result.is_err();
+        let payload = match &result {
+            Ok(accepted) => serde_json::to_vec(accepted),
+            Err(error) => serde_json::to_vec(error),
+        }
+        .unwrap_or_default();
+        let mut headers = async_nats::HeaderMap::new();
+        if let Err(e) = &result {
+            headers.insert("Nats-Service-Error", e.error.message.as_str());
+            headers.insert(
+                "Nats-Service-Error-Code",
+                if e.code() == rbee_bus::ErrorCode::Internal { "500" } else { "400" },
+            );
+        }
+        if let Err(e) = request.respond_with_headers(Ok(payload.into()), headers).await {
+            tracing::warn!(error = %e, "cannot reply to job assignment");
+        }
+        if !is_error {
+            beat_now.notify_one();
+        }
+    }
+
+    // Drain: no new jobs; in-flight ones finish or are cancelled at the deadline.
+    shared.set_state(WorkerState::Draining);
+    heartbeat::send(&shared).await;
+    tracing::info!(in_flight = shared.active.len(), "worker draining");
+    job_tasks.close();
+    if tokio::time::timeout(shared.config.drain_deadline, job_tasks.wait()).await.is_err() {
+        tracing::warn!(in_flight = shared.active.len(), "drain deadline passed, cancelling jobs");
+        shared.active.cancel_all();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), job_tasks.wait()).await;
+    }
+    let _ = service.stop().await;
+    engine.shutdown();
+    finish(&shared, &tasks, &background_stop).await;
+    Ok(())
+}
+
+async fn finish(shared: &WorkerShared, tasks: &TaskTracker, background_stop: &CancellationToken) {
+    background_stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    shared.set_state(WorkerState::Stopped);
+    heartbeat::send(shared).await;
+    let _ = shared.bus.client().flush().await;
+    tracing::info!(worker_id = %shared.config.worker_id, "worker stopped");
+}
+
+async fn register_service(shared: &WorkerShared) -> anyhow::Result<async_nats::service::Service> {
+    use async_nats::service::ServiceExt;
+    let c = &shared.config;
+    let metadata = HashMap::from([
+        ("worker_id".to_owned(), c.worker_id.to_string()),
+        ("hive_id".to_owned(), c.hive_id.to_string()),
+        ("model_id".to_owned(), c.model_id.to_string()),
+        ("device".to_owned(), c.device.clone()),
+    ]);
+    let active = shared.active.clone();
+    let counters = shared.counters.clone();
+    let service = shared
+        .bus
+        .client()
+        .service_builder()
+        .description(format!("rbee worker {} serving {}", c.worker_id, c.model_id))
+        .metadata(metadata)
+        .stats_handler(move |_endpoint, _stats| {
+            serde_json::json!({
+                "active_jobs": active.len(),
+                "accepted": counters.accepted.load(Ordering::Relaxed),
+                "refused": counters.refused.load(Ordering::Relaxed),
+                "malformed": counters.malformed.load(Ordering::Relaxed),
+                "finished": counters.finished.load(Ordering::Relaxed),
+            })
+        })
+        .start("rbee-worker", env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot register with the nats service api: {e}"))?;
+    Ok(service)
+}
+
+async fn hello_listener(shared: Arc<WorkerShared>, now: Arc<Notify>, stop: CancellationToken) {
+    let Ok(mut sub) = shared.bus.client().subscribe(subject::QUEEN_HELLO).await else {
+        tracing::warn!("cannot subscribe to queen hello");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            msg = sub.next() => if msg.is_none() { return },
+        }
+        now.notify_one();
+    }
+}

@@ -1,0 +1,3 @@
+//! Jobs the queen tracks.
+
+pub mod registry;

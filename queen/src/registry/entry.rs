@@ -1,0 +1,182 @@
+//! The registry's own records of hives and workers, and how they are turned into views.
+
+use std::time::{Duration, Instant};
+
+use rbee_bus::{HiveHeartbeat, HiveState, WorkerHeartbeat, WorkerState};
+
+use super::config::RegistryConfig;
+use super::liveness::{Heard, Liveness};
+use super::sequence::Sequence;
+use super::view::{HiveView, WorkerTotals, WorkerView};
+
+/// Milliseconds in a duration, saturating.
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A hive: its last accepted heartbeat and when it came.
+#[derive(Debug, Clone)]
+pub(crate) struct HiveEntry {
+    /// The last accepted heartbeat, figures and all.
+    pub heartbeat: HiveHeartbeat,
+    /// Receive time and interval.
+    pub heard: Heard,
+    /// Epoch and sequence.
+    pub sequence: Sequence,
+}
+
+impl HiveEntry {
+    /// A hive first heard at `now`.
+    pub fn new(heartbeat: &HiveHeartbeat, now: Instant, config: &RegistryConfig) -> Self {
+        Self {
+            heard: Heard::new(now, config.interval(heartbeat.interval_ms)),
+            sequence: Sequence::new(&heartbeat.meta),
+            heartbeat: heartbeat.clone(),
+        }
+    }
+
+    /// True when it announced it is leaving.
+    pub fn leaving(&self) -> bool {
+        self.heartbeat.state == HiveState::Leaving
+    }
+
+    /// True when workers may be spawned there at `now`.
+    pub fn schedulable(&self, now: Instant, config: &RegistryConfig) -> bool {
+        !self.leaving() && self.heard.liveness(now, config) == Liveness::Online
+    }
+
+    /// Its view at `now`, with the totals of its workers.
+    pub fn view(&self, now: Instant, config: &RegistryConfig, workers: WorkerTotals) -> HiveView {
+        let heartbeat = &self.heartbeat;
+        HiveView {
+            hive_id: heartbeat.hive_id.clone(),
+            hostname: heartbeat.hostname.clone(),
+            version: heartbeat.version.clone(),
+            state: heartbeat.state,
+            leaving: self.leaving(),
+            interval_ms: heartbeat.interval_ms,
+            epoch: self.sequence.epoch.clone(),
+            seq: self.sequence.last_seq,
+            seq_gaps: self.sequence.gaps,
+            liveness: self.heard.liveness(now, config),
+            age_ms: millis(self.heard.age(now)),
+            schedulable: self.schedulable(now, config),
+            cpu: heartbeat.cpu.clone(),
+            ram: heartbeat.ram.clone(),
+            devices: heartbeat.devices.clone(),
+            models: heartbeat.models.clone(),
+            reported_workers: heartbeat.workers.clone(),
+            workers,
+        }
+    }
+}
+
+/// The queen's decision to keep a worker out of scheduling.
+#[derive(Debug, Clone)]
+pub(crate) struct Fence {
+    /// When it was fenced (or fenced again).
+    pub at: Instant,
+    /// Why, for a person.
+    pub reason: String,
+}
+
+/// A worker: its last accepted heartbeat, when it came, and the queen's own marks on it.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerEntry {
+    /// The last accepted heartbeat.
+    pub heartbeat: WorkerHeartbeat,
+    /// Receive time and interval.
+    pub heard: Heard,
+    /// Epoch and sequence.
+    pub sequence: Sequence,
+    /// Set by `fence_worker`; lifted by a new epoch or the fence timeout.
+    pub fence: Option<Fence>,
+    /// When each slot reservation made since the last heartbeat was taken.
+    pub reservations: Vec<Instant>,
+}
+
+impl WorkerEntry {
+    /// A worker first heard at `now`.
+    pub fn new(heartbeat: &WorkerHeartbeat, now: Instant, config: &RegistryConfig) -> Self {
+        Self {
+            heard: Heard::new(now, config.interval(heartbeat.interval_ms)),
+            sequence: Sequence::new(&heartbeat.meta),
+            heartbeat: heartbeat.clone(),
+            fence: None,
+            reservations: Vec::new(),
+        }
+    }
+
+    /// The fence in force at `now`, if any.
+    pub fn active_fence(&self, now: Instant, config: &RegistryConfig) -> Option<&Fence> {
+        self.fence.as_ref().filter(|fence| now.saturating_duration_since(fence.at) < config.fence_timeout)
+    }
+
+    /// Reservations held.
+    pub fn slots_reserved(&self) -> u32 {
+        u32::try_from(self.reservations.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Slots neither busy at the last heartbeat nor reserved since.
+    pub fn slots_free(&self) -> u32 {
+        self.heartbeat
+            .slots_total
+            .saturating_sub(self.heartbeat.slots_busy)
+            .saturating_sub(self.slots_reserved())
+    }
+
+    /// Slots in use, reservations included, capped at the total.
+    pub fn slots_used(&self) -> u32 {
+        self.heartbeat.slots_busy.saturating_add(self.slots_reserved()).min(self.heartbeat.slots_total)
+    }
+
+    /// True when a job may be placed on it at `now`.
+    pub fn assignable(&self, now: Instant, config: &RegistryConfig, hive_leaving: bool) -> bool {
+        matches!(self.heartbeat.state, WorkerState::Idle | WorkerState::Busy)
+            && self.slots_free() > 0
+            && !hive_leaving
+            && self.heard.liveness(now, config) == Liveness::Online
+            && self.active_fence(now, config).is_none()
+    }
+
+    /// Its view at `now`.
+    pub fn view(&self, now: Instant, config: &RegistryConfig, hive_leaving: bool) -> WorkerView {
+        let heartbeat = &self.heartbeat;
+        let fence = self.active_fence(now, config);
+        WorkerView {
+            worker_id: heartbeat.worker_id.clone(),
+            hive_id: heartbeat.hive_id.clone(),
+            model_id: heartbeat.model_id.clone(),
+            state: heartbeat.state,
+            backend: heartbeat.backend,
+            device: heartbeat.device.clone(),
+            slots_total: heartbeat.slots_total,
+            slots_busy: heartbeat.slots_busy,
+            slots_reserved: self.slots_reserved(),
+            slots_free: self.slots_free(),
+            ctx_per_slot: heartbeat.ctx_per_slot,
+            tokens_per_second: heartbeat.tokens_per_second,
+            memory_bytes: heartbeat.memory_bytes,
+            pid: heartbeat.pid,
+            interval_ms: heartbeat.interval_ms,
+            epoch: self.sequence.epoch.clone(),
+            seq: self.sequence.last_seq,
+            seq_gaps: self.sequence.gaps,
+            liveness: self.heard.liveness(now, config),
+            age_ms: millis(self.heard.age(now)),
+            fenced: fence.is_some(),
+            fence_reason: fence.map(|fence| fence.reason.clone()),
+            hive_leaving,
+            assignable: self.assignable(now, config, hive_leaving),
+        }
+    }
+}
+
+/// The epoch of a worker removed on purpose: heartbeats of that epoch arriving late are ignored.
+#[derive(Debug, Clone)]
+pub(crate) struct Tombstone {
+    /// The removed epoch.
+    pub epoch: String,
+    /// When it was removed.
+    pub at: Instant,
+}

@@ -1,0 +1,346 @@
+//! Placement: a pure function from a registry snapshot and a request to a decision.
+//!
+//! [`schedule`] decides, in this order:
+//! 1. **Assign** to the least loaded assignable worker of the model (online, not fenced, idle or busy
+//!    with a free slot counting reservations, hive not leaving, not excluded): lowest share of slots in
+//!    use, then highest tokens per second, then worker id ([`least_loaded_first`]).
+//! 2. **Refuse** when nothing is assignable and the queue is full (`queue_len >= queue_capacity`): a
+//!    spawn would make the job wait in that queue too.
+//! 3. **Queue** while a worker of the model is loading (its heartbeat says `loading`, or its hive lists
+//!    it as `starting` before its first heartbeat): its slots come soon, and spawning another for the
+//!    same demand would double the memory. The caller should also hold its own spawns in flight
+//!    (between the spawn request and the worker's first heartbeat) and not ask again meanwhile.
+//! 4. **Spawn** on a hive that is online, not leaving, has the model in its catalog and a device whose
+//!    free memory is at least the estimate ([`estimate_spawn_bytes`], or the request's
+//!    `estimated_bytes`). Accelerators (CUDA, Metal) before the CPU, then the device with the most free
+//!    memory, then hive and device id. Busy workers of the model do not prevent a spawn: when every
+//!    slot is taken and a hive has room, a new worker is the faster way to serve (this is "unless the
+//!    hive has room").
+//! 5. **Queue** with a reason a person can act on, always naming the model: waiting for a slot on N
+//!    workers; no hive is online; no hive has the model; every hive with it is offline or leaving; or
+//!    the model does not fit (needs N MiB, most free M MiB).
+//!
+//! Cost: one pass over the snapshot's workers and one over the hives' devices, O(workers + devices);
+//! excluded ids are looked up in a hash set once there are more than a few.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use rbee_bus::{DeviceKind, HiveId, HiveWorkerStatus, ModelId, ModelSummary, WorkerId, WorkerState};
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{least_loaded_first, Liveness, Registry, RegistrySnapshot, WorkerView};
+
+/// KV cache assumed for a spawn when the request gives no estimate: default slots (4) × default
+/// context (2048) × 32 KiB per token, a middle figure between small GQA models (~23 KiB per token)
+/// and 8B ones (~128 KiB). The hive checks the real fit and refuses with `model_does_not_fit`.
+pub const DEFAULT_KV_ESTIMATE_BYTES: u64 = 256 * MIB;
+
+/// Bytes in a mebibyte.
+const MIB: u64 = 1024 * 1024;
+
+/// Above this many excluded workers, they are looked up in a hash set.
+const EXCLUDE_LINEAR_MAX: usize = 8;
+
+/// What to place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlacementRequest {
+    /// The model the job needs.
+    pub model_id: ModelId,
+    /// Workers not to use (they already failed or refused this job).
+    pub exclude_workers: Vec<WorkerId>,
+    /// Memory a new worker needs (model plus KV cache), in bytes; estimated from the catalog when
+    /// absent.
+    pub estimated_bytes: Option<u64>,
+    /// Jobs waiting in the queue now.
+    pub queue_len: usize,
+    /// Jobs the queue may hold.
+    pub queue_capacity: usize,
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Placement {
+    /// Send the job to this worker.
+    Assign {
+        /// The worker.
+        worker_id: WorkerId,
+    },
+    /// Ask this hive to spawn a worker of the model on this device, and queue the job meanwhile.
+    Spawn {
+        /// The hive.
+        hive_id: HiveId,
+        /// The device id (`cuda:0`, `cpu`).
+        device: String,
+    },
+    /// Keep the job queued.
+    Queue {
+        /// Why, for a person.
+        reason: String,
+    },
+    /// Turn the job away: the queue is full.
+    Refuse {
+        /// Why, for a person.
+        reason: String,
+    },
+}
+
+/// Memory a new worker of this model needs: weights × 1.2 plus [`DEFAULT_KV_ESTIMATE_BYTES`].
+pub fn estimate_spawn_bytes(model: &ModelSummary) -> u64 {
+    model.size_bytes.saturating_add(model.size_bytes / 5).saturating_add(DEFAULT_KV_ESTIMATE_BYTES)
+}
+
+/// Decides where a job goes. Pure; see the module documentation for the rules.
+pub fn schedule(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Placement {
+    let model_id = &request.model_id;
+    let excluded = Excluded::new(&request.exclude_workers);
+    let mut tally = WorkerTally::default();
+    let mut best: Option<&WorkerView> = None;
+    for worker in snapshot.workers.iter().filter(|worker| &worker.model_id == model_id) {
+        if excluded.contains(&worker.worker_id) {
+            tally.excluded += 1;
+        } else if worker.assignable {
+            if best.is_none_or(|current| least_loaded_first(worker, current).is_lt()) {
+                best = Some(worker);
+            }
+        } else {
+            tally.count_unassignable(worker);
+        }
+    }
+    if let Some(worker) = best {
+        return Placement::Assign { worker_id: worker.worker_id.clone() };
+    }
+    if request.queue_len >= request.queue_capacity {
+        return Placement::Refuse {
+            reason: format!(
+                "queue is full ({} of {} jobs waiting) and no worker of model {model_id} has a free slot",
+                request.queue_len, request.queue_capacity
+            ),
+        };
+    }
+    tally.loading += starting_on_hives(snapshot, model_id);
+    if tally.loading > 0 {
+        return Placement::Queue {
+            reason: format!("waiting for {} loading model {model_id}", plural(tally.loading, "worker")),
+        };
+    }
+    let hives = survey_hives(snapshot, request);
+    if let Some(spawn) = hives.best_spawn {
+        return Placement::Spawn { hive_id: spawn.hive_id.clone(), device: spawn.device.to_owned() };
+    }
+    Placement::Queue { reason: queue_reason(model_id, &tally, &hives) }
+}
+
+/// [`schedule`] on a fresh snapshot of the model's workers, reserving the slot when it assigns, so
+/// that the next placement before the worker's heartbeat sees the slot taken. The caller holds the
+/// registry's lock across this call and releases the slot if the worker refuses.
+pub fn place(registry: &mut Registry, request: &PlacementRequest, now: Instant) -> Placement {
+    let snapshot = registry.snapshot_for_model(&request.model_id, now);
+    let placement = schedule(&snapshot, request);
+    if let Placement::Assign { worker_id } = &placement {
+        // The snapshot said the worker has a free slot, so the reservation succeeds.
+        registry.reserve_slot(worker_id, now);
+    }
+    placement
+}
+
+/// The excluded workers, in a slice or a hash set by size.
+enum Excluded<'a> {
+    /// Few: a linear scan is cheapest.
+    Few(&'a [WorkerId]),
+    /// Many.
+    Many(HashSet<&'a WorkerId>),
+}
+
+impl<'a> Excluded<'a> {
+    fn new(ids: &'a [WorkerId]) -> Self {
+        if ids.len() <= EXCLUDE_LINEAR_MAX {
+            Excluded::Few(ids)
+        } else {
+            Excluded::Many(ids.iter().collect())
+        }
+    }
+
+    fn contains(&self, id: &WorkerId) -> bool {
+        match self {
+            Excluded::Few(ids) => ids.contains(id),
+            Excluded::Many(ids) => ids.contains(id),
+        }
+    }
+}
+
+/// Workers of the model that could not take the job, by why.
+#[derive(Debug, Default)]
+struct WorkerTally {
+    /// Online, usable, every slot taken.
+    full: usize,
+    /// Loading the model (or starting, per their hive).
+    loading: usize,
+    /// Excluded by the request.
+    excluded: usize,
+    /// Fenced by the queen.
+    fenced: usize,
+    /// Suspect or offline.
+    unresponsive: usize,
+    /// Draining, or on a leaving hive.
+    leaving: usize,
+}
+
+impl WorkerTally {
+    fn count_unassignable(&mut self, worker: &WorkerView) {
+        if worker.liveness != Liveness::Online {
+            self.unresponsive += 1;
+        } else if worker.fenced {
+            self.fenced += 1;
+        } else if worker.hive_leaving || worker.state == WorkerState::Draining {
+            self.leaving += 1;
+        } else if worker.state == WorkerState::Loading {
+            self.loading += 1;
+        } else if matches!(worker.state, WorkerState::Idle | WorkerState::Busy) {
+            self.full += 1;
+        }
+    }
+
+    /// "2 fenced, 1 excluded", or empty.
+    fn unusable(&self) -> String {
+        [
+            (self.fenced, "fenced"),
+            (self.excluded, "excluded"),
+            (self.unresponsive, "not responding"),
+            (self.leaving, "draining"),
+        ]
+        .iter()
+        .filter(|(count, _)| *count > 0)
+        .map(|(count, what)| format!("{count} {what}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
+/// Workers of the model that an online hive lists as `starting` and that have not heartbeated yet.
+fn starting_on_hives(snapshot: &RegistrySnapshot, model_id: &ModelId) -> usize {
+    let starting = snapshot
+        .hives
+        .iter()
+        .filter(|hive| hive.liveness == Liveness::Online)
+        .flat_map(|hive| &hive.reported_workers)
+        .filter(|worker| &worker.model_id == model_id && worker.status == HiveWorkerStatus::Starting);
+    let mut count = 0;
+    for summary in starting {
+        if !snapshot.workers.iter().any(|worker| worker.worker_id == summary.worker_id) {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Where a spawn could go, and the figures for a refusal.
+#[derive(Debug, Default)]
+struct HiveSurvey<'a> {
+    /// Hives online now.
+    online: usize,
+    /// Hives (any liveness) whose catalog has the model.
+    with_model: usize,
+    /// Online, non-leaving hives whose catalog has the model.
+    eligible: usize,
+    /// The smallest estimate among eligible hives, in bytes.
+    needed_bytes: Option<u64>,
+    /// The largest free device memory among eligible hives, in bytes.
+    most_free_bytes: u64,
+    /// The best fitting device.
+    best_spawn: Option<SpawnCandidate<'a>>,
+}
+
+/// A device a worker fits on.
+#[derive(Debug, Clone, Copy)]
+struct SpawnCandidate<'a> {
+    hive_id: &'a HiveId,
+    device: &'a str,
+    accelerator: bool,
+    free_bytes: u64,
+}
+
+impl SpawnCandidate<'_> {
+    /// True when `self` is a better place than `other`.
+    fn better_than(&self, other: &SpawnCandidate<'_>) -> bool {
+        (self.accelerator, self.free_bytes, std::cmp::Reverse(self.hive_id), std::cmp::Reverse(self.device))
+            > (
+                other.accelerator,
+                other.free_bytes,
+                std::cmp::Reverse(other.hive_id),
+                std::cmp::Reverse(other.device),
+            )
+    }
+}
+
+fn survey_hives<'a>(snapshot: &'a RegistrySnapshot, request: &PlacementRequest) -> HiveSurvey<'a> {
+    let mut survey = HiveSurvey::default();
+    for hive in &snapshot.hives {
+        let online = hive.liveness == Liveness::Online;
+        survey.online += usize::from(online);
+        let Some(model) = hive.model(&request.model_id) else {
+            continue;
+        };
+        survey.with_model += 1;
+        if !hive.schedulable {
+            continue;
+        }
+        survey.eligible += 1;
+        let needed = request.estimated_bytes.unwrap_or_else(|| estimate_spawn_bytes(model));
+        survey.needed_bytes = Some(survey.needed_bytes.map_or(needed, |n| n.min(needed)));
+        for device in &hive.devices {
+            survey.most_free_bytes = survey.most_free_bytes.max(device.free_bytes);
+            if device.free_bytes < needed {
+                continue;
+            }
+            let candidate = SpawnCandidate {
+                hive_id: &hive.hive_id,
+                device: &device.id,
+                accelerator: device.kind != DeviceKind::Cpu,
+                free_bytes: device.free_bytes,
+            };
+            if survey.best_spawn.is_none_or(|best| candidate.better_than(&best)) {
+                survey.best_spawn = Some(candidate);
+            }
+        }
+    }
+    survey
+}
+
+/// Why the job waits, naming the model.
+fn queue_reason(model_id: &ModelId, tally: &WorkerTally, hives: &HiveSurvey<'_>) -> String {
+    let hive_reason = if hives.online == 0 {
+        format!("no hive is online to run model {model_id}")
+    } else if hives.with_model == 0 {
+        format!("no hive has model {model_id}")
+    } else if hives.eligible == 0 {
+        format!(
+            "no online hive has model {model_id} ({} with it offline or leaving)",
+            plural(hives.with_model, "hive")
+        )
+    } else {
+        format!(
+            "model {model_id} does not fit the free memory of any hive (needs {} MiB, most free {} MiB)",
+            hives.needed_bytes.unwrap_or(0).div_ceil(MIB),
+            hives.most_free_bytes / MIB
+        )
+    };
+    if tally.full > 0 {
+        return format!("waiting for a slot on {} of model {model_id}", plural(tally.full, "worker"));
+    }
+    let unusable = tally.unusable();
+    if unusable.is_empty() {
+        return hive_reason;
+    }
+    format!("no usable worker of model {model_id} ({unusable}); {hive_reason}")
+}
+
+/// "1 worker", "2 workers".
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}

@@ -1,0 +1,55 @@
+//! What a worker is told at start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rbee_bus::{HiveId, ModelId, WorkerId};
+
+/// Everything a worker needs to run; the hive fills it from a spawn request.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This worker's id: its subjects are `rbee.worker.<id>.*`.
+    pub worker_id: WorkerId,
+    /// The hive that spawned it (reported in heartbeats).
+    pub hive_id: HiveId,
+    /// The model id clients use.
+    pub model_id: ModelId,
+    /// The GGUF file.
+    pub model_path: PathBuf,
+    /// Device id on the hive (`cpu`, `cuda:0`).
+    pub device: String,
+    /// Concurrent jobs decoded together.
+    pub slots: usize,
+    /// Context tokens per slot.
+    pub ctx_per_slot: u32,
+    /// Inference threads; `None` means physical cores.
+    pub threads: Option<usize>,
+    /// Layers offloaded to the GPU (CUDA builds only).
+    pub gpu_layers: u32,
+    /// How often to heartbeat.
+    pub heartbeat_interval: Duration,
+    /// On shutdown, how long in-flight jobs may run before they are cancelled.
+    pub drain_deadline: Duration,
+    /// Longest a token waits to be coalesced with the next ones before it is published.
+    pub coalesce_window: Duration,
+}
+
+impl WorkerConfig {
+    /// A config with defaults for everything but the identity and the model.
+    pub fn new(worker_id: WorkerId, hive_id: HiveId, model_id: ModelId, model_path: PathBuf) -> Self {
+        Self {
+            worker_id,
+            hive_id,
+            model_id,
+            model_path,
+            device: "cpu".to_owned(),
+            slots: 4,
+            ctx_per_slot: 2048,
+            threads: None,
+            gpu_layers: 999,
+            heartbeat_interval: Duration::from_secs(1),
+            drain_deadline: Duration::from_secs(10),
+            coalesce_window: Duration::from_millis(4),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The batch loop: one OS thread owns the llama context and decodes every slot together.
+//!
+//! Each step: take new jobs, end interrupted ones, build ONE batch holding the pending sampled token of
+//! every generating slot plus prompt chunks of prefilling slots (at most [`PREFILL_PER_STEP`] prompt
+//! tokens per step, shared fairly), decode it once, then sample each slot whose last token of the step
+//! asked for logits.
+
+use std::num::NonZeroU32;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use rbee_bus::FinishReason;
+
+use super::load::CONTEXT_CREATION;
+use super::slots::{Job, Slot};
+use super::{GenEvent, Shared};
+
+/// Most prompt tokens decoded in one step, all prefilling slots together: bounds how long one step
+/// (and so every generating slot's next token) can take while a long prompt is read.
+pub(crate) const PREFILL_PER_STEP: usize = 256;
+
+/// A message to the loop thread.
+pub(crate) enum Command {
+    /// Start a job in its reserved slot.
+    Start(Box<Job>),
+    /// Cancel everything and exit.
+    Shutdown,
+}
+
+/// What the loop thread needs.
+pub(crate) struct LoopSetup {
+    pub(crate) backend: &'static LlamaBackend,
+    pub(crate) model: Arc<LlamaModel>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) rx: Receiver<Command>,
+    pub(crate) slots: usize,
+    pub(crate) ctx_per_slot: u32,
+    pub(crate) threads: i32,
+}
+
+/// Thread body: creates the context, reports the usable context per slot (or the error) on `ready`,
+/// then runs the loop until shutdown.
+pub(crate) fn run(setup: LoopSetup, ready: SyncSender<Result<u32, String>>) {
+    let LoopSetup { backend, model, shared, rx, slots, ctx_per_slot, threads } = setup;
+    let n_batch = PREFILL_PER_STEP + slots;
+    let total_ctx = ctx_per_slot.saturating_mul(u32::try_from(slots).unwrap_or(u32::MAX));
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(total_ctx))
+        .with_n_seq_max(u32::try_from(slots).unwrap_or(u32::MAX))
+        .with_n_batch(u32::try_from(n_batch).unwrap_or(u32::MAX))
+        .with_n_ubatch(u32::try_from(n_batch.min(512)).unwrap_or(512))
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads)
+        // One KV stream per sequence: each slot gets exactly its own `n_ctx / n_seq_max` cells.
+        .with_kv_unified(false);
+    let created = {
+        let _guard = CONTEXT_CREATION.lock().unwrap_or_else(PoisonError::into_inner);
+        model.new_context(backend, params)
+    };
+    let ctx = match created {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "llama.cpp could not create the context ({e}): n_ctx {total_ctx} may not fit in memory"
+            )));
+            return;
+        }
+    };
+    let per_slot = ctx_per_slot.min(ctx.n_ctx() / u32::try_from(slots).unwrap_or(u32::MAX).max(1));
+    if ready.send(Ok(per_slot)).is_err() {
+        return;
+    }
+    tracing::info!(n_ctx = ctx.n_ctx(), slots, per_slot, n_batch, threads, "batch loop started");
+    let mut batch_loop = BatchLoop {
+        model: &model,
+        ctx,
+        batch: LlamaBatch::new(n_batch, 1),
+        shared: &shared,
+        active: Vec::with_capacity(slots),
+        per_slot,
+    };
+    batch_loop.run(&rx);
+    // Nothing is reserved from now on; every hand-over made so far is in the channel.
+    shared.slots.close();
+    for slot in std::mem::take(&mut batch_loop.active) {
+        batch_loop.finish(slot, FinishReason::Cancelled, None);
+    }
+    while let Ok(cmd) = rx.try_recv() {
+        if let Command::Start(job) = cmd {
+            batch_loop.finish(Slot::new(*job), FinishReason::Cancelled, None);
+        }
+    }
+    tracing::info!("batch loop stopped");
+}
+
+struct BatchLoop<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    shared: &'m Shared,
+    /// Slots in admission order.
+    active: Vec<Slot>,
+    per_slot: u32,
+}
+
+impl BatchLoop<'_> {
+    fn run(&mut self, rx: &Receiver<Command>) {
+        loop {
+            // Wait for work when idle; otherwise take whatever arrived without waiting.
+            if self.active.is_empty() {
+                match rx.recv() {
+                    Ok(Command::Start(job)) => self.admit(*job),
+                    Ok(Command::Shutdown) | Err(_) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(Command::Start(job)) => self.admit(*job),
+                    Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            self.reap_interrupted();
+            if !self.active.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    fn admit(&mut self, job: Job) {
+        tracing::debug!(seq = job.seq, prompt_tokens = job.tokens.len(), seed = job.seed, "job admitted");
+        self.active.push(Slot::new(job));
+    }
+
+    /// Ends cancelled jobs, jobs past their deadline and jobs nobody listens to.
+    fn reap_interrupted(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.active.len() {
+            if let Some(why) = self.active[i].interrupted(now) {
+                let slot = self.active.remove(i);
+                tracing::debug!(seq = slot.job.seq, reason = why, "job interrupted");
+                self.finish(slot, FinishReason::Cancelled, None);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// One decode step over all active slots.
+    fn step(&mut self) {
+        let started = Instant::now();
+        self.batch.clear();
+        for slot in &mut self.active {
+            slot.logits_at = None;
+            slot.in_batch = false;
+        }
+        if let Err(e) = self.fill_batch() {
+            self.fail_batch(&format!("could not build the batch: {e}"));
+            return;
+        }
+        if self.batch.n_tokens() == 0 {
+            return;
+        }
+        if let Err(e) = self.ctx.decode(&mut self.batch) {
+            tracing::error!(error = %e, n_tokens = self.batch.n_tokens(), "decode failed");
+            self.fail_batch(&format!("decode failed: {e}"));
+            return;
+        }
+        let sampled = self.sample_all();
+        let ended = Instant::now();
+        self.shared.meter().record(started, ended, sampled);
+    }
+
+    /// Adds each generating slot's pending token, then prompt chunks within the step's prefill budget.
+    fn fill_batch(&mut self) -> Result<(), llama_cpp_2::llama_batch::BatchAddError> {
+        for slot in &mut self.active {
+            if let Some(token) = slot.next.take() {
+                self.batch.add(token, slot.n_past, &[slot.job.seq], true)?;
+                slot.n_past += 1;
+                slot.logits_at = Some(self.batch.n_tokens() - 1);
+                slot.in_batch = true;
+            }
+        }
+        let prefilling = self.active.iter().filter(|s| s.prompt_left() > 0).count();
+        if prefilling == 0 {
+            return Ok(());
+        }
+        let mut budget = PREFILL_PER_STEP;
+        // First an equal share each (oldest first), then what is left over, oldest first.
+        let share = (PREFILL_PER_STEP / prefilling).max(1);
+        for pass_limit in [share, usize::MAX] {
+            for slot in self.active.iter_mut().filter(|s| s.prompt_left() > 0) {
+                let take = slot.prompt_left().min(pass_limit).min(budget);
+                if take == 0 {
+                    continue;
+                }
+                let start = slot.prefilled;
+                for (i, &token) in slot.job.tokens[start..start + take].iter().enumerate() {
+                    let last_of_prompt = start + i + 1 == slot.job.tokens.len();
+                    self.batch.add(token, slot.n_past, &[slot.job.seq], last_of_prompt)?;
+                    slot.n_past += 1;
+                    if last_of_prompt {
+                        slot.logits_at = Some(self.batch.n_tokens() - 1);
+                    }
+                }
+                slot.prefilled += take;
+                slot.in_batch = true;
+                budget -= take;
+            }
+        }
+        Ok(())
+    }
+
+    /// Samples every slot that has logits in this step; returns how many tokens were sampled.
+    fn sample_all(&mut self) -> u32 {
+        let model = self.model;
+        let vocab = model.vocab();
+        let mut sampled = 0;
+        let mut i = 0;
+        while i < self.active.len() {
+            let slot = &mut self.active[i];
+            let Some(at) = slot.logits_at else {
+                i += 1;
+                continue;
+            };
+            let token = slot.job.sampler.sample(&self.ctx, at);
+            sampled += 1;
+            let eog = vocab.is_eog(token);
+            let piece = if eog { Vec::new() } else { vocab.token_to_piece(token, false, None) };
+            let outcome = slot.job.output.on_token(&piece, eog, Instant::now());
+            if !outcome.emit.is_empty() {
+                // A closed receiver is noticed by `reap_interrupted` before the next step.
+                let _ = slot.job.events.send(GenEvent::Token { text: outcome.emit });
+            }
+            let finish = outcome.finish.or_else(|| {
+                // No room left in this slot's context for the token just sampled.
+                (u32::try_from(slot.n_past).unwrap_or(u32::MAX) >= self.per_slot)
+                    .then_some(FinishReason::Length)
+            });
+            match finish {
+                Some(reason) => {
+                    let slot = self.active.remove(i);
+                    self.finish(slot, reason, None);
+                }
+                None => {
+                    slot.next = Some(token);
+                    i += 1;
+                }
+            }
+        }
+        sampled
+    }
+
+    /// Ends every slot that had tokens in the failed batch with an error.
+    fn fail_batch(&mut self, message: &str) {
+        let (failed, kept): (Vec<Slot>, Vec<Slot>) =
+            std::mem::take(&mut self.active).into_iter().partition(|s| s.in_batch);
+        self.active = kept;
+        for slot in failed {
+            self.finish(slot, FinishReason::Error, Some(message.to_owned()));
+        }
+    }
+
+    /// Clears the sequence's KV cache, frees the slot and sends the final event.
+    fn finish(&mut self, mut slot: Slot, reason: FinishReason, error: Option<String>) {
+        let seq = slot.job.seq;
+        if reason == FinishReason::Length {
+            let tail = slot.job.output.flush();
+            if !tail.is_empty() {
+                let _ = slot.job.events.send(GenEvent::Token { text: tail });
+            }
+        }
+        let usage = slot.job.output.usage();
+        tracing::info!(
+            seq,
+            reason = reason.as_str(),
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            ttft_ms = usage.time_to_first_token_ms,
+            decode_tps = usage.decode_tokens_per_second,
+            error = error.as_deref(),
+            "generation finished"
+        );
+        match u32::try_from(seq).map(|s| self.ctx.clear_kv_cache_seq(Some(s), None, None)) {
+            Ok(Ok(true)) => {}
+            other => tracing::warn!(seq, result = ?other, "could not clear the slot's kv cache"),
+        }
+        // Freed before the final event, so whoever sees `Finished` can use the slot at once.
+        self.shared.slots.release(seq);
+        let _ = slot.job.events.send(GenEvent::Finished { reason, usage, error });
+    }
+}

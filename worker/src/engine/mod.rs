@@ -1,0 +1,398 @@
+//! The inference engine: one GGUF model served by llama.cpp to several concurrent jobs.
+//!
+//! [`Engine::load`] loads the model and starts a dedicated OS thread that owns the llama context (one
+//! context, `slots` sequences of `ctx_per_slot` tokens each) and runs the batch loop: like llama.cpp's
+//! own server, every step decodes ONE batch holding a token of every generating job plus chunks of new
+//! prompts, then samples each job from its own logits. [`Engine::submit`] is fast and non-blocking:
+//! it validates, renders the prompt with the model's chat template, tokenizes, reserves a slot and
+//! hands the job to the loop; tokens then arrive as [`GenEvent`]s, UTF-8-whole, with stop sequences
+//! never emitted, ending with exactly one [`GenEvent::Finished`].
+//!
+//! The llama.cpp backend is process-wide (initialized once, kept for the life of the process); the
+//! model is shared read-only between the loop thread and `submit` (tokenizing and template rendering
+//! only read it). llama.cpp's own logs are forwarded to `tracing`.
+
+mod batch_loop;
+mod load;
+mod meter;
+mod output;
+mod prompt;
+mod sampler;
+mod slots;
+mod stop;
+mod utf8;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
+use rbee_bus::{FinishReason, ParamError, Prompt, SamplingParams, Usage};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+
+use batch_loop::{Command, LoopSetup};
+use meter::RateMeter;
+use output::Output;
+use slots::{Job, ReserveError, SlotTable};
+
+/// How to load and serve a model.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The GGUF file.
+    pub model_path: PathBuf,
+    /// Threads for decoding and prompt processing; `None` = the number of physical cores.
+    pub threads: Option<usize>,
+    /// Jobs served at once (sequences in the context).
+    pub slots: usize,
+    /// Context (prompt + generated tokens) of each slot.
+    pub ctx_per_slot: u32,
+    /// Layers offloaded to the GPU; used only with the `cuda` feature.
+    pub gpu_layers: u32,
+}
+
+/// What the GGUF says about the loaded model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFacts {
+    /// Context length the model was trained with.
+    pub n_ctx_train: u32,
+    /// Number of parameters.
+    pub n_params: u64,
+    /// Size of all tensors, in bytes.
+    pub size_bytes: u64,
+    /// Name, architecture and size label from the GGUF metadata.
+    pub description: String,
+    /// Whether the GGUF carries a chat template (needed for [`Prompt::Chat`]).
+    pub has_chat_template: bool,
+    /// Tokens in the vocabulary.
+    pub n_vocab: i32,
+}
+
+/// One generation to run.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// The input.
+    pub prompt: Prompt,
+    /// Sampling settings (validated by [`Engine::submit`]).
+    pub params: SamplingParams,
+    /// Cancelling it ends the generation with [`FinishReason::Cancelled`] within one decode step.
+    pub cancel: CancellationToken,
+    /// Past this instant the generation ends with [`FinishReason::Cancelled`].
+    pub deadline: Option<Instant>,
+}
+
+/// An accepted generation: its prompt size and its event stream.
+#[derive(Debug)]
+pub struct Generation {
+    /// Tokens in the rendered prompt.
+    pub prompt_tokens: u32,
+    /// Text pieces, then exactly one [`GenEvent::Finished`]. Dropping the receiver cancels the job.
+    pub events: UnboundedReceiver<GenEvent>,
+}
+
+/// What a generation produces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent {
+    /// Generated text (whole UTF-8 characters; one or more tokens, possibly held back briefly while it
+    /// could be the start of a stop sequence).
+    Token {
+        /// The text.
+        text: String,
+    },
+    /// The end; nothing follows.
+    Finished {
+        /// Why it ended.
+        reason: FinishReason,
+        /// Counts and timings.
+        usage: Usage,
+        /// What went wrong, when `reason` is [`FinishReason::Error`].
+        error: Option<String>,
+    },
+}
+
+/// Why [`Engine::submit`] refused a job.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Every slot is busy.
+    #[error("no free slot (all {total} busy)")]
+    NoFreeSlot {
+        /// Slots of this engine.
+        total: usize,
+    },
+    /// The prompt does not fit in a slot's context (with room for one generated token).
+    #[error("prompt of {prompt_tokens} tokens is longer than the {max} a slot allows")]
+    PromptTooLong {
+        /// Tokens in the rendered prompt.
+        prompt_tokens: u32,
+        /// Most prompt tokens accepted.
+        max: u32,
+    },
+    /// A sampling parameter is out of range.
+    #[error(transparent)]
+    InvalidParams(#[from] ParamError),
+    /// The chat could not be rendered.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// The prompt could not be tokenized.
+    #[error("tokenize: {0}")]
+    Tokenize(String),
+    /// The engine is shut down.
+    #[error("the engine is shut down")]
+    ShutDown,
+}
+
+/// Why [`Engine::load`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No file at the path.
+    #[error("model file not found: {path}")]
+    ModelNotFound {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The file does not start with the GGUF magic bytes.
+    #[error("not a gguf file: {path}")]
+    NotGguf {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// The file could not be read.
+    #[error("cannot read model file {path}: {source}")]
+    Io {
+        /// The path given.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The configuration is unusable.
+    #[error("invalid engine config: {0}")]
+    InvalidConfig(String),
+    /// The llama.cpp backend could not be initialized.
+    #[error("llama.cpp backend: {0}")]
+    Backend(String),
+    /// llama.cpp refused the model.
+    #[error("cannot load model {path}: {message}")]
+    ModelLoad {
+        /// The path given.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The context could not be created.
+    #[error("cannot create the llama context: {0}")]
+    Context(String),
+    /// The loop thread could not be started.
+    #[error("cannot start the engine thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// State shared by the handle and the loop thread.
+pub(crate) struct Shared {
+    pub(crate) slots: SlotTable,
+    meter: Mutex<RateMeter>,
+}
+
+impl Shared {
+    pub(crate) fn meter(&self) -> MutexGuard<'_, RateMeter> {
+        self.meter.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A loaded model serving generations. Cheap to clone; the last clone dropped shuts the engine down.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    facts: ModelFacts,
+    model: Arc<LlamaModel>,
+    template: Option<LlamaChatTemplate>,
+    shared: Arc<Shared>,
+    tx: Sender<Command>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    shut_down: AtomicBool,
+    /// Usable context per slot (what llama.cpp gave, at most the configured value).
+    ctx_per_slot: u32,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("model", &self.inner.facts.description)
+            .field("slots_total", &self.slots_total())
+            .field("slots_busy", &self.slots_busy())
+            .field("ctx_per_slot", &self.inner.ctx_per_slot)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Loads the model and starts the batch loop. Blocking (hundreds of ms to minutes): call it from
+    /// `spawn_blocking` or a plain thread.
+    pub fn load(config: EngineConfig) -> Result<Engine, EngineError> {
+        let started = Instant::now();
+        load::check_config(&config)?;
+        load::check_model_file(&config.model_path)?;
+        let backend = load::backend()?;
+        let model = Arc::new(load::load_model(backend, &config)?);
+        let facts = load::facts(&model);
+        let template = model.chat_template(None).ok();
+        if config.ctx_per_slot > facts.n_ctx_train {
+            tracing::warn!(
+                ctx_per_slot = config.ctx_per_slot,
+                n_ctx_train = facts.n_ctx_train,
+                "context per slot exceeds the model's training context"
+            );
+        }
+        let threads = config.threads.unwrap_or_else(load::default_threads);
+        let shared = Arc::new(Shared { slots: SlotTable::new(config.slots), meter: Mutex::default() });
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let setup = LoopSetup {
+            backend,
+            model: Arc::clone(&model),
+            shared: Arc::clone(&shared),
+            rx,
+            slots: config.slots,
+            ctx_per_slot: config.ctx_per_slot,
+            threads: i32::try_from(threads).unwrap_or(i32::MAX),
+        };
+        let thread = std::thread::Builder::new()
+            .name("rbee-engine".to_owned())
+            .spawn(move || batch_loop::run(setup, ready_tx))
+            .map_err(EngineError::Thread)?;
+        let ctx_per_slot = match ready_rx.recv() {
+            Ok(Ok(n)) => n,
+            Ok(Err(message)) => return Err(EngineError::Context(message)),
+            Err(_) => return Err(EngineError::Context("the engine thread ended during setup".to_owned())),
+        };
+        tracing::info!(
+            model = %config.model_path.display(),
+            description = %facts.description,
+            slots = config.slots,
+            ctx_per_slot,
+            threads,
+            load_ms = started.elapsed().as_secs_f64() * 1e3,
+            "engine loaded"
+        );
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                facts,
+                model,
+                template,
+                shared,
+                tx,
+                thread: Mutex::new(Some(thread)),
+                shut_down: AtomicBool::new(false),
+                ctx_per_slot,
+            }),
+        })
+    }
+
+    /// What the GGUF says about the model.
+    pub fn facts(&self) -> &ModelFacts {
+        &self.inner.facts
+    }
+
+    /// Slots (jobs served at once).
+    pub fn slots_total(&self) -> usize {
+        self.inner.shared.slots.total()
+    }
+
+    /// Slots held by running jobs.
+    pub fn slots_busy(&self) -> usize {
+        self.inner.shared.slots.busy()
+    }
+
+    /// Usable context per slot, in tokens; prompts may use all but one of them.
+    pub fn ctx_per_slot(&self) -> u32 {
+        self.inner.ctx_per_slot
+    }
+
+    /// Tokens sampled per second across all slots over the last few seconds (0 when idle).
+    pub fn tokens_per_second(&self) -> f64 {
+        self.inner.shared.meter().rate(Instant::now())
+    }
+
+    /// Accepts a generation: validates, renders and tokenizes the prompt, reserves a slot and hands
+    /// the job to the batch loop. Does not wait for the model (tokenizing is the costliest part).
+    pub fn submit(&self, req: GenerationRequest) -> Result<Generation, SubmitError> {
+        let submitted_at = Instant::now();
+        let inner = &*self.inner;
+        if inner.shut_down.load(Ordering::Acquire) {
+            return Err(SubmitError::ShutDown);
+        }
+        req.params.validate()?;
+        let total = self.slots_total();
+        if self.slots_busy() >= total {
+            return Err(SubmitError::NoFreeSlot { total });
+        }
+        let text = prompt::render(&inner.model, inner.template.as_ref(), &req.prompt)?;
+        let tokens = prompt::tokenize(&inner.model, &text);
+        let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
+        if tokens.is_empty() {
+            return Err(SubmitError::Tokenize("the prompt has no tokens".to_owned()));
+        }
+        let max = inner.ctx_per_slot.saturating_sub(1);
+        if prompt_tokens > max {
+            return Err(SubmitError::PromptTooLong { prompt_tokens, max });
+        }
+        let seed = sampler::job_seed(req.params.seed);
+        let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut job = Some(Job {
+            seq: -1,
+            sampler: sampler::build(&req.params, inner.facts.n_vocab, seed),
+            output: Output::new(prompt_tokens, req.params.max_tokens, &req.params.stop, submitted_at),
+            tokens,
+            seed,
+            cancel: req.cancel,
+            deadline: req.deadline,
+            events: events_tx,
+        });
+        let reserved = inner.shared.slots.reserve_with(|seq| {
+            let mut job = job.take().ok_or(())?;
+            job.seq = seq;
+            inner.tx.send(Command::Start(Box::new(job))).map_err(|_| ())
+        });
+        match reserved {
+            Ok(seq) => {
+                tracing::debug!(seq, prompt_tokens, "job submitted");
+                Ok(Generation { prompt_tokens, events })
+            }
+            Err(Ok(ReserveError::Full)) => Err(SubmitError::NoFreeSlot { total }),
+            Err(Ok(ReserveError::Closed) | Err(())) => Err(SubmitError::ShutDown),
+        }
+    }
+
+    /// Stops the loop thread: running and queued generations end with [`FinishReason::Cancelled`],
+    /// later submits fail with [`SubmitError::ShutDown`]. Blocks until the thread has exited (at most
+    /// one decode step). Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.tx.send(Command::Shutdown);
+        let handle = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("the engine thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

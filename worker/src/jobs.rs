@@ -1,0 +1,281 @@
+//! The token path: takes assignments on `rbee.worker.<id>.jobs`, replies accept or refuse at once, then
+//! streams each job's tokens on `rbee.job.<id>.tokens` and its status on `rbee.job.<id>.status`.
+//!
+//! Coalescing: the first token of a job is published at once. After that, tokens that arrive within
+//! `coalesce_window` of the previous publish are gathered into one chunk, so no token waits longer than
+//! the window, and at high rates (GPU) there are fewer, larger messages.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rbee_bus::{
+    subject, ErrorCode, FinishReason, JobAccepted, JobAssignment, JobCancel, JobId, JobState, JobStatus,
+    TokenChunk, Usage, WireError, SCHEMA_VERSION,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::{Engine, GenEvent, GenerationRequest, SubmitError};
+use crate::WorkerShared;
+
+/// Counters shown in `$SRV.STATS` and logs.
+#[derive(Debug, Default)]
+pub struct JobCounters {
+    /// Assignments accepted.
+    pub accepted: AtomicU64,
+    /// Assignments refused (no slot, too long, bad parameters, wrong model, draining).
+    pub refused: AtomicU64,
+    /// Assignments that did not decode.
+    pub malformed: AtomicU64,
+    /// Jobs finished, any reason.
+    pub finished: AtomicU64,
+}
+
+/// Jobs running on this worker, by id, with the token that cancels each.
+#[derive(Debug, Default, Clone)]
+pub struct ActiveJobs {
+    inner: Arc<Mutex<HashMap<JobId, CancellationToken>>>,
+}
+
+impl ActiveJobs {
+    fn insert(&self, job: JobId, cancel: CancellationToken) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.insert(job, cancel);
+        }
+    }
+
+    fn remove(&self, job: &JobId) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.remove(job);
+        }
+    }
+
+    /// Cancels one job; false when it is not running here.
+    pub fn cancel(&self, job: &JobId) -> bool {
+        match self.inner.lock().ok().and_then(|map| map.get(job).cloned()) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels every job.
+    pub fn cancel_all(&self) {
+        if let Ok(map) = self.inner.lock() {
+            map.values().for_each(CancellationToken::cancel);
+        }
+    }
+
+    /// Jobs running.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// True when none run.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Decides on one raw assignment: starts the job and returns the acceptance, or the refusal.
+pub fn handle_assignment(
+    shared: &Arc<WorkerShared>,
+    engine: &Engine,
+    tracker: &TaskTracker,
+    payload: &[u8],
+) -> Result<JobAccepted, WireError> {
+    let counters = &shared.counters;
+    let assignment: JobAssignment = match rbee_bus::rpc::decode(&shared.jobs_subject, payload) {
+        Ok(a) => a,
+        Err(e) => {
+            counters.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "malformed job assignment refused");
+            return Err(WireError::new(ErrorCode::BadRequest, e.to_string()));
+        }
+    };
+    let refuse = |e: WireError| {
+        counters.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(job_id = %assignment.job_id, code = e.code().as_str(), reason = %e.error.message, "job refused");
+        Err(e)
+    };
+    if shared.draining() {
+        return refuse(WireError::new(ErrorCode::ShuttingDown, "worker is draining"));
+    }
+    if assignment.model_id != shared.config.model_id {
+        return refuse(WireError::new(
+            ErrorCode::WrongModel,
+            format!("this worker serves {}, not {}", shared.config.model_id, assignment.model_id),
+        ));
+    }
+    let cancel = CancellationToken::new();
+    let deadline = assignment.deadline_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let request = GenerationRequest {
+        prompt: assignment.prompt.clone(),
+        params: assignment.params.clone(),
+        cancel: cancel.clone(),
+        deadline,
+    };
+    let generation = match engine.submit(request) {
+        Ok(g) => g,
+        Err(e) => return refuse(submit_error_to_wire(e)),
+    };
+    counters.accepted.fetch_add(1, Ordering::Relaxed);
+    let accepted = JobAccepted {
+        v: SCHEMA_VERSION,
+        job_id: assignment.job_id.clone(),
+        worker_id: shared.config.worker_id.clone(),
+        prompt_tokens: generation.prompt_tokens,
+    };
+    tracing::info!(job_id = %assignment.job_id, prompt_tokens = generation.prompt_tokens, "job accepted");
+    shared.active.insert(assignment.job_id.clone(), cancel);
+    let stream = JobStream {
+        shared: shared.clone(),
+        job_id: assignment.job_id,
+        model_id: assignment.model_id,
+        prompt_tokens: generation.prompt_tokens,
+    };
+    tracker.spawn(stream.run(generation.events));
+    Ok(accepted)
+}
+
+/// Maps an engine refusal to the wire error the queen acts on.
+pub fn submit_error_to_wire(e: SubmitError) -> WireError {
+    match e {
+        SubmitError::NoFreeSlot { .. } => WireError::new(ErrorCode::NoFreeSlot, e.to_string()),
+        SubmitError::PromptTooLong { .. } => WireError::new(ErrorCode::PromptTooLong, e.to_string()),
+        SubmitError::InvalidParams(p) => p.into(),
+        SubmitError::ShutDown => WireError::new(ErrorCode::ShuttingDown, e.to_string()),
+        other => WireError::new(ErrorCode::BadRequest, other.to_string()),
+    }
+}
+
+struct JobStream {
+    shared: Arc<WorkerShared>,
+    job_id: JobId,
+    model_id: rbee_bus::ModelId,
+    prompt_tokens: u32,
+}
+
+impl JobStream {
+    async fn status(&self, state: JobState) {
+        let status = JobStatus {
+            v: SCHEMA_VERSION,
+            meta: self.shared.stamper.next(),
+            job_id: self.job_id.clone(),
+            model_id: Some(self.model_id.clone()),
+            state,
+        };
+        if let Err(e) = self.shared.bus.publish(subject::job_status(&self.job_id), &status).await {
+            tracing::warn!(job_id = %self.job_id, error = %e, "cannot publish job status");
+        }
+    }
+
+    async fn run(self, mut events: UnboundedReceiver<GenEvent>) {
+        let worker_id = self.shared.config.worker_id.clone();
+        self.status(JobState::Accepted { worker_id: worker_id.clone(), prompt_tokens: self.prompt_tokens })
+            .await;
+        let window = self.shared.config.coalesce_window;
+        let tokens_subject = subject::job_tokens(&self.job_id);
+        let mut seq = 0u64;
+        let mut total = 0u32;
+        let mut last_publish: Option<Instant> = None;
+        let mut finished = None;
+        while finished.is_none() {
+            let Some(first) = events.recv().await else {
+                finished = Some((FinishReason::Error, Usage::default(), Some("engine stopped".to_owned())));
+                break;
+            };
+            let mut text = String::new();
+            let mut tokens = 0u32;
+            let mut absorb = |event: GenEvent, finished: &mut Option<_>| match event {
+                GenEvent::Token { text: piece } => {
+                    text.push_str(&piece);
+                    tokens += 1;
+                }
+                GenEvent::Finished { reason, usage, error } => *finished = Some((reason, usage, error)),
+            };
+            absorb(first, &mut finished);
+            // Gather what is ready now, and within the window after the previous publish.
+            if let Some(last) = last_publish {
+                let until = last + window;
+                while finished.is_none() {
+                    match events.try_recv() {
+                        Ok(ev) => absorb(ev, &mut finished),
+                        Err(_) => {
+                            let now = Instant::now();
+                            if now >= until {
+                                break;
+                            }
+                            match tokio::time::timeout(until - now, events.recv()).await {
+                                Ok(Some(ev)) => absorb(ev, &mut finished),
+                                Ok(None) | Err(_) => break,
+                            }
+                        }
+                    }
+                }
+            }
+            if tokens == 0 {
+                continue;
+            }
+            total += tokens;
+            if seq == 0 {
+                self.status(JobState::Running { worker_id: worker_id.clone() }).await;
+            }
+            let chunk = TokenChunk {
+                v: SCHEMA_VERSION,
+                meta: self.shared.stamper.next(),
+                job_id: self.job_id.clone(),
+                worker_id: worker_id.clone(),
+                seq,
+                text,
+                tokens,
+                total_tokens: total,
+            };
+            if let Err(e) = self.shared.bus.publish(tokens_subject.clone(), &chunk).await {
+                tracing::warn!(job_id = %self.job_id, error = %e, "cannot publish tokens");
+            }
+            seq += 1;
+            last_publish = Some(Instant::now());
+        }
+        let (finish_reason, usage, error) =
+            finished.unwrap_or((FinishReason::Error, Usage::default(), Some("no result".to_owned())));
+        self.shared.active.remove(&self.job_id);
+        self.shared.counters.finished.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            job_id = %self.job_id,
+            finish_reason = finish_reason.as_str(),
+            completion_tokens = usage.completion_tokens,
+            tokens_per_second = usage.decode_tokens_per_second.unwrap_or_default(),
+            "job finished"
+        );
+        self.status(JobState::Finished { finish_reason, usage, error, worker_id: Some(worker_id) }).await;
+    }
+}
+
+/// Reads `rbee.job.*.cancel` and cancels the jobs that run here. Bad messages are logged and dropped.
+pub async fn cancel_listener(
+    shared: Arc<WorkerShared>,
+    mut sub: async_nats::Subscriber,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt;
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return,
+            msg = sub.next() => match msg { Some(m) => m, None => return },
+        };
+        match rbee_bus::rpc::decode::<JobCancel>(&msg.subject, &msg.payload) {
+            Ok(cancel) => {
+                if shared.active.cancel(&cancel.job_id) {
+                    tracing::info!(job_id = %cancel.job_id, reason = %cancel.reason, "job cancel requested");
+                }
+            }
+            Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "malformed cancel ignored"),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The engine on the real model (SmolLM2-135M-Instruct, Q4_1). Skipped, with a message, when the
+//! model file is absent. Tests take a shared lock so that only one engine decodes at a time on
+//! small machines (timing assertions stay meaningful).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rbee_bus::{ChatMessage, FinishReason, Prompt, SamplingParams, Usage};
+use rbee_worker::engine::{
+    Engine, EngineConfig, EngineError, GenEvent, Generation, GenerationRequest, SubmitError,
+};
+use tokio_util::sync::CancellationToken;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const QUESTION: &str = "What is the capital of France? Answer in one sentence.";
+
+fn model_path() -> Option<PathBuf> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.rbee/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!("skipping: model not found at {} (see shared/CONTEXT.md to fetch it)", path.display());
+        None
+    }
+}
+
+async fn load(slots: usize, ctx_per_slot: u32) -> Option<Engine> {
+    let model_path = model_path()?;
+    let config = EngineConfig { model_path, threads: None, slots, ctx_per_slot, gpu_layers: 0 };
+    let engine = tokio::task::spawn_blocking(move || Engine::load(config))
+        .await
+        .expect("load task")
+        .expect("engine loads");
+    Some(engine)
+}
+
+fn chat(text: &str) -> Prompt {
+    Prompt::Chat { messages: vec![ChatMessage { role: "user".into(), content: text.into() }] }
+}
+
+fn greedy(max_tokens: u32) -> SamplingParams {
+    SamplingParams { temperature: 0.0, max_tokens, ..SamplingParams::default() }
+}
+
+fn request(prompt: Prompt, params: SamplingParams) -> GenerationRequest {
+    GenerationRequest { prompt, params, cancel: CancellationToken::new(), deadline: None }
+}
+
+/// Everything one generation produced.
+#[derive(Debug)]
+struct Done {
+    text: String,
+    reason: FinishReason,
+    usage: Usage,
+    error: Option<String>,
+    first_token_at: Option<Instant>,
+    finished_at: Instant,
+}
+
+async fn collect(mut generation: Generation) -> Done {
+    let mut text = String::new();
+    let mut first_token_at = None;
+    let deadline = Duration::from_secs(120);
+    loop {
+        let event = tokio::time::timeout(deadline, generation.events.recv())
+            .await
+            .expect("an event within 120 s")
+            .expect("the stream ends with Finished");
+        match event {
+            GenEvent::Token { text: piece } => {
+                first_token_at.get_or_insert_with(Instant::now);
+                text.push_str(&piece);
+            }
+            GenEvent::Finished { reason, usage, error } => {
+                return Done { text, reason, usage, error, first_token_at, finished_at: Instant::now() };
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn chat_answers_paris() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(1, 512).await else { return };
+    assert!(engine.facts().has_chat_template);
+    let generation = engine.submit(request(chat(QUESTION), greedy(48))).expect("submit");
+    assert!(generation.prompt_tokens > 10);
+    let done = collect(generation).await;
+    eprintln!("answer: {:?} usage: {:?}", done.text, done.usage);
+    assert!(done.text.contains("Paris"), "{:?}", done.text);
+    assert_eq!(done.reason, FinishReason::Stop);
+    assert_eq!(done.error, None);
+    assert!(done.usage.completion_tokens > 0);
+    assert!(done.usage.time_to_first_token_ms.is_some());
+    assert!(done.usage.decode_tokens_per_second.is_some_and(|r| r > 0.0));
+    assert!(engine.tokens_per_second() > 0.0);
+    assert_eq!(engine.slots_busy(), 0);
+}
+
+#[tokio::test]
+async fn text_prompt_generates() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(1, 256).await else { return };
+    let prompt = Prompt::Text { text: "The capital of France is".into() };
+    let done = collect(engine.submit(request(prompt, greedy(8))).expect("submit")).await;
+    eprintln!("completion: {:?}", done.text);
+    assert!(!done.text.is_empty());
+    assert!(matches!(done.reason, FinishReason::Stop | FinishReason::Length));
+}
+
+#[tokio::test]
+async fn same_seed_gives_same_text() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(1, 512).await else { return };
+    let params =
+        SamplingParams { temperature: 0.8, seed: Some(1234), max_tokens: 32, ..SamplingParams::default() };
+    let prompt = chat("Write one sentence about the sea.");
+    let a = collect(engine.submit(request(prompt.clone(), params.clone())).expect("submit")).await;
+    let b = collect(engine.submit(request(prompt, params)).expect("submit")).await;
+    eprintln!("seeded: {:?}", a.text);
+    assert!(!a.text.is_empty());
+    assert_eq!(a.text, b.text);
+}
+
+#[tokio::test]
+async fn stop_sequence_is_never_emitted() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(1, 512).await else { return };
+    for stop in [" Paris", "capital"] {
+        let params = SamplingParams { stop: vec![stop.into()], ..greedy(48) };
+        let done = collect(engine.submit(request(chat(QUESTION), params)).expect("submit")).await;
+        eprintln!("stop {stop:?}: {:?}", done.text);
+        assert!(!done.text.contains(stop), "{:?}", done.text);
+        assert_eq!(done.reason, FinishReason::Stop);
+    }
+}
+
+#[tokio::test]
+async fn cancel_ends_a_long_generation() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(1, 4096).await else { return };
+    let params =
+        SamplingParams { temperature: 0.8, seed: Some(7), max_tokens: 2000, ..SamplingParams::default() };
+    let req = request(chat("Write a very long story about a dragon."), params);
+    let cancel = req.cancel.clone();
+    let mut generation = engine.submit(req).expect("submit");
+    assert_eq!(engine.slots_busy(), 1);
+    let mut tokens = 0;
+    while tokens < 5 {
+        match generation.events.recv().await {
+            Some(GenEvent::Token { .. }) => tokens += 1,
+            other => panic!("ended before 5 tokens: {other:?}"),
+        }
+    }
+    let cancelled_at = Instant::now();
+    cancel.cancel();
+    let done = collect(generation).await;
+    eprintln!("cancel took {:?}", done.finished_at - cancelled_at);
+    assert_eq!(done.reason, FinishReason::Cancelled);
+    assert!(done.usage.completion_tokens < 2000);
+    assert!(done.finished_at - cancelled_at < Duration::from_secs(2));
+    assert_eq!(engine.slots_busy(), 0);
+}
+
+#[tokio::test]
+async fn deadline_cancels() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(1, 4096).await else { return };
+    let params = SamplingParams { max_tokens: 2000, ..SamplingParams::default() };
+    let mut req = request(chat("Write a very long story about a dragon."), params);
+    req.deadline = Some(Instant::now() + Duration::from_millis(300));
+    let done = collect(engine.submit(req).expect("submit")).await;
+    assert_eq!(done.reason, FinishReason::Cancelled);
+    assert_eq!(engine.slots_busy(), 0);
+}
+
+async fn run_concurrently(engine: &Engine, n: usize) {
+    let prompts = ["Write a poem about the sea.", "Describe a cat in detail.", "Explain how rain forms."];
+    let mut tasks = Vec::new();
+    for prompt in prompts.iter().take(n) {
+        let generation = engine.submit(request(chat(prompt), greedy(24))).expect("submit");
+        tasks.push(tokio::spawn(collect(generation)));
+    }
+    assert_eq!(engine.slots_busy(), n);
+    let mut done = Vec::new();
+    for task in tasks {
+        done.push(task.await.expect("collect task"));
+    }
+    for d in &done {
+        assert_ne!(d.reason, FinishReason::Error, "{:?}", d.error);
+        assert!(!d.text.is_empty());
+    }
+    let last_first_token = done.iter().map(|d| d.first_token_at.expect("a token")).max().expect("jobs");
+    let first_finish = done.iter().map(|d| d.finished_at).min().expect("jobs");
+    assert!(last_first_token < first_finish, "all {n} jobs must stream before any finishes");
+    eprintln!(
+        "{n} concurrent: {:?}, engine rate {:.1} tok/s",
+        done.iter()
+            .map(|d| (d.usage.completion_tokens, d.usage.decode_tokens_per_second))
+            .collect::<Vec<_>>(),
+        engine.tokens_per_second()
+    );
+    assert_eq!(engine.slots_busy(), 0);
+}
+
+#[tokio::test]
+async fn jobs_decode_together() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(3, 512).await else { return };
+    run_concurrently(&engine, 2).await;
+    run_concurrently(&engine, 3).await;
+}
+
+#[tokio::test]
+async fn job_beyond_free_slots_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(1, 512).await else { return };
+    let req = request(chat(QUESTION), greedy(64));
+    let cancel = req.cancel.clone();
+    let generation = engine.submit(req).expect("submit");
+    let refused = engine.submit(request(chat(QUESTION), greedy(8))).expect_err("no free slot");
+    assert!(matches!(refused, SubmitError::NoFreeSlot { total: 1 }), "{refused:?}");
+    cancel.cancel();
+    collect(generation).await;
+    assert_eq!(engine.slots_busy(), 0);
+    // The slot is usable again.
+    collect(engine.submit(request(chat(QUESTION), greedy(4))).expect("submit after release")).await;
+}
+
+#[tokio::test]
+async fn prompt_longer_than_context_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(1, 64).await else { return };
+    let prompt = Prompt::Text { text: "hello ".repeat(200) };
+    match engine.submit(request(prompt, greedy(4))) {
+        Err(SubmitError::PromptTooLong { prompt_tokens, max }) => {
+            assert_eq!(max, 63);
+            assert!(prompt_tokens > 63);
+        }
+        other => panic!("expected PromptTooLong, got {other:?}"),
+    }
+    assert_eq!(engine.slots_busy(), 0);
+}
+
+#[tokio::test]
+async fn context_full_ends_with_length() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(1, 48).await else { return };
+    let generation = engine.submit(request(chat("Write a long story."), greedy(1000))).expect("submit");
+    let prompt_tokens = generation.prompt_tokens;
+    let done = collect(generation).await;
+    assert_eq!(done.reason, FinishReason::Length);
+    assert!(done.usage.completion_tokens <= 48 - prompt_tokens + 1);
+}
+
+#[tokio::test]
+async fn invalid_temperature_is_refused() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(1, 128).await else { return };
+    let params = SamplingParams { temperature: 3.0, ..SamplingParams::default() };
+    match engine.submit(request(chat(QUESTION), params)) {
+        Err(SubmitError::InvalidParams(e)) => {
+            assert_eq!(e.field, "temperature");
+            assert!(e.to_string().contains("temperature"));
+        }
+        other => panic!("expected InvalidParams, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn shutdown_cancels_running_jobs() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(2, 512).await else { return };
+    let mut generation = engine.submit(request(chat(QUESTION), greedy(400))).expect("submit");
+    let _ = generation.events.recv().await;
+    let handle = engine.clone();
+    tokio::task::spawn_blocking(move || handle.shutdown()).await.expect("shutdown task");
+    let done = collect(generation).await;
+    assert_eq!(done.reason, FinishReason::Cancelled);
+    assert!(matches!(engine.submit(request(chat(QUESTION), greedy(4))), Err(SubmitError::ShutDown)));
+}
+
+#[test]
+fn load_errors_are_clear() {
+    let missing = EngineConfig {
+        model_path: "/nonexistent/model.gguf".into(),
+        threads: Some(1),
+        slots: 1,
+        ctx_per_slot: 128,
+        gpu_layers: 0,
+    };
+    let err = Engine::load(missing.clone()).expect_err("missing file");
+    assert!(matches!(err, EngineError::ModelNotFound { .. }), "{err}");
+    assert!(err.to_string().contains("/nonexistent/model.gguf"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("fake.gguf");
+    std::fs::write(&fake, b"not a model at all").expect("write");
+    let err = Engine::load(EngineConfig { model_path: fake, ..missing.clone() }).expect_err("not gguf");
+    assert!(matches!(err, EngineError::NotGguf { .. }), "{err}");
+
+    let err = Engine::load(EngineConfig { slots: 0, ..missing }).expect_err("zero slots");
+    assert!(matches!(err, EngineError::InvalidConfig(_)), "{err}");
+}
