@@ -20,9 +20,7 @@ release: setup
 ## test: setup, build, then the whole suite against real nats-servers, workers and the real model
 test: build
 	$(CARGO) test --workspace --no-fail-fast
-	@if [ -x .venv/bin/docker-compose ]; then \
-	  .venv/bin/docker-compose -f docker-compose.yml config --quiet && echo "docker-compose.yml: valid"; \
-	fi
+	./scripts/check-compose.sh
 
 ## up: start a local cluster (nats-server, queen, hive, one worker of the default model) and serve
 up: release

@@ -244,3 +244,22 @@ impl Bus {
         }
     }
 }
+
+/// Answers a NATS service-API request with a typed reply or a wire error. An error reply also carries
+/// the service API's `Nats-Service-Error` headers, so standard NATS tools see it as an error.
+pub async fn respond<T: Serialize>(request: &async_nats::service::Request, result: &Result<T, WireError>) {
+    let payload = match result {
+        Ok(value) => serde_json::to_vec(value),
+        Err(error) => serde_json::to_vec(error),
+    }
+    .unwrap_or_default();
+    let mut headers = async_nats::HeaderMap::new();
+    if let Err(e) = result {
+        headers.insert("Nats-Service-Error", e.error.message.as_str());
+        let code = if e.code() == crate::ErrorCode::Internal { "500" } else { "400" };
+        headers.insert("Nats-Service-Error-Code", code);
+    }
+    if let Err(e) = request.respond_with_headers(Ok(payload.into()), headers).await {
+        tracing::warn!(subject = %request.message.subject, error = %e, "cannot send reply");
+    }
+}

@@ -1,3 +1,283 @@
-//! x
+//! rbee hive: one per machine. It knows the machine ([`inventory`]), keeps what is installed there
+//! ([`catalog`]: worker binaries and GGUF models on disk), starts and watches worker processes
+//! ([`supervisor`], [`registry`]), answers spawn/stop/listing requests ([`control`]) and tells the
+//! cluster about all of it ([`heartbeat`]). [`run`] is the whole hive; `main.rs` only parses flags.
 
 pub mod catalog;
+pub mod config;
+pub mod control;
+pub mod heartbeat;
+pub mod inventory;
+pub mod registry;
+pub mod supervisor;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Context;
+use futures::StreamExt;
+use rbee_bus::{subject, Bus, EventStamper, HiveState, WorkerHeartbeat, WorkerState};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use catalog::{CatalogPaths, ModelCatalog, WorkerCatalog, WorkerType};
+pub use config::{HiveConfig, ModelImport};
+use inventory::{Inventory, Snapshot};
+use registry::{WorkerRegistry, WorkerStatus};
+use supervisor::Supervisor;
+
+/// The hive's state, shared by its tasks and handlers.
+pub struct Hive {
+    /// Its configuration.
+    pub config: HiveConfig,
+    /// The NATS connection.
+    pub bus: Bus,
+    /// Stamps its events.
+    pub stamper: Arc<EventStamper>,
+    /// The machine's host name.
+    pub hostname: String,
+    /// Worker binaries.
+    pub workers_catalog: WorkerCatalog,
+    /// Models.
+    pub models: ModelCatalog,
+    /// Spawned workers.
+    pub registry: WorkerRegistry,
+    /// Starts and stops them.
+    pub supervisor: Supervisor,
+    inventory: Mutex<Inventory>,
+    shutting_down: AtomicBool,
+}
+
+impl Hive {
+    /// A fresh reading of devices and memory.
+    pub fn inventory_snapshot(&self) -> Snapshot {
+        self.inventory.lock().unwrap_or_else(PoisonError::into_inner).read()
+    }
+
+    /// True once shutdown began: spawns are refused.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+}
+
+/// Runs a hive until `shutdown`: then it stops taking spawns, stops every worker within the deadline,
+/// sends a last heartbeat saying it leaves, and returns.
+pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let paths = CatalogPaths::new(&config.catalog_root);
+    let workers_catalog =
+        WorkerCatalog::new(paths.workers_dir()).context("cannot open the worker catalog")?;
+    let models = ModelCatalog::new(paths.models_dir()).context("cannot open the model catalog")?;
+    let stamper = Arc::new(EventStamper::new(config.hive_id.as_str()));
+    let registry = WorkerRegistry::new();
+    let supervisor = Supervisor::new(
+        config.hive_id.clone(),
+        bus.clone(),
+        stamper.clone(),
+        registry.clone(),
+        config.catalog_root.join("run").join(config.hive_id.as_str()),
+        config.worker_nats_args.clone(),
+        config.heartbeat_interval.as_millis() as u64,
+        config.restart,
+    );
+    let orphans = supervisor.kill_orphans();
+    if orphans > 0 {
+        tracing::warn!(orphans, "killed worker processes left by a previous hive");
+    }
+    if let Some(bin) = &config.worker_binary {
+        match workers_catalog.register_binary(WorkerType::CpuLlm, env!("CARGO_PKG_VERSION"), bin) {
+            Ok(b) => tracing::info!(id = %b.id, path = %b.path.display(), "worker binary registered"),
+            Err(e) => tracing::warn!(path = %bin.display(), error = %e, "cannot register the worker binary"),
+        }
+    }
+    for import in &config.import_models {
+        import_model(&models, import).await;
+    }
+    let (_, problems) = models.list_with_problems();
+    for p in problems {
+        tracing::warn!(path = %p.path.display(), reason = %p.reason, "skipping broken model catalog entry");
+    }
+
+    let hive = Arc::new(Hive {
+        hostname: sysinfo::System::host_name().unwrap_or_else(|| "unknown".to_owned()),
+        inventory: Mutex::new(Inventory::detect()),
+        shutting_down: AtomicBool::new(false),
+        config,
+        bus: bus.clone(),
+        stamper,
+        workers_catalog,
+        models,
+        registry,
+        supervisor,
+    });
+
+    let service = {
+        use async_nats::service::ServiceExt;
+        bus.client()
+            .service_builder()
+            .description(format!("rbee hive {}", hive.config.hive_id))
+            .metadata([("hive_id".to_owned(), hive.config.hive_id.to_string())].into())
+            .start("rbee-hive", env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot register with the nats service api: {e}"))?
+    };
+    let id = &hive.config.hive_id;
+    let endpoint = |name: &'static str, subject: String| {
+        let service = &service;
+        async move {
+            service
+                .endpoint_builder()
+                .name(name)
+                .add(subject.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot subscribe to {subject}: {e}"))
+        }
+    };
+    let mut spawns = endpoint("spawn", subject::hive_spawn(id)).await?;
+    let mut stops = endpoint("stop", subject::hive_stop(id)).await?;
+    let mut worker_lists = endpoint("workers", subject::hive_workers(id)).await?;
+    let mut model_lists = endpoint("models", subject::hive_models(id)).await?;
+    let mut device_lists = endpoint("devices", subject::hive_devices(id)).await?;
+
+    let tasks = TaskTracker::new();
+    let background_stop = CancellationToken::new();
+    let beat_now = Arc::new(Notify::new());
+    let hello = bus.client().subscribe(subject::QUEEN_HELLO).await.context("subscribe to queen hello")?;
+    let worker_beats = bus
+        .client()
+        .subscribe(subject::WORKER_HEARTBEAT_ALL)
+        .await
+        .context("subscribe to worker heartbeats")?;
+    bus.round_trip().await.context("nats round trip after subscribing")?;
+    tasks.spawn(heartbeat::run(hive.clone(), beat_now.clone(), background_stop.clone()));
+    tasks.spawn(hello_listener(hello, beat_now.clone(), background_stop.clone()));
+    tasks.spawn(track_worker_states(hive.clone(), worker_beats, beat_now.clone(), background_stop.clone()));
+    tracing::info!(hive_id = %hive.config.hive_id, models = hive.models.list().len(), "hive ready");
+
+    let requests = TaskTracker::new();
+    loop {
+        let hive = hive.clone();
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(req) = spawns.next() => {
+                let now = beat_now.clone();
+                requests.spawn(async move {
+                    let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
+                        Ok(spawn) => control::spawn(&hive, spawn).await,
+                        Err(e) => Err(bad_request(e)),
+                    };
+                    if let Err(e) = &result {
+                        tracing::info!(code = e.code().as_str(), reason = %e.error.message, "spawn refused");
+                    }
+                    rbee_bus::rpc::respond(&req, &result).await;
+                    now.notify_one();
+                });
+            }
+            Some(req) = stops.next() => {
+                let now = beat_now.clone();
+                requests.spawn(async move {
+                    let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
+                        Ok(stop) => control::stop(&hive, stop).await,
+                        Err(e) => Err(bad_request(e)),
+                    };
+                    rbee_bus::rpc::respond(&req, &result).await;
+                    now.notify_one();
+                });
+            }
+            Some(req) = worker_lists.next() => rbee_bus::rpc::respond(&req, &Ok(control::workers(&hive))).await,
+            Some(req) = model_lists.next() => rbee_bus::rpc::respond(&req, &Ok(control::model_list(&hive))).await,
+            Some(req) = device_lists.next() => {
+                let list = tokio::task::spawn_blocking(move || control::devices(&hive)).await;
+                match list {
+                    Ok(list) => rbee_bus::rpc::respond(&req, &Ok(list)).await,
+                    Err(e) => rbee_bus::rpc::respond::<()>(&req, &Err(rbee_bus::WireError::new(rbee_bus::ErrorCode::Internal, e.to_string()))).await,
+                }
+            }
+        }
+    }
+
+    tracing::info!(workers = hive.supervisor.running_count(), "hive shutting down");
+    hive.shutting_down.store(true, Ordering::Release);
+    hive.supervisor.stop_all(hive.config.stop_deadline).await;
+    requests.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), requests.wait()).await;
+    background_stop.cancel();
+    tasks.close();
+    tasks.wait().await;
+    heartbeat::send(&hive, HiveState::Leaving).await;
+    let _ = service.stop().await;
+    let _ = bus.client().flush().await;
+    tracing::info!(hive_id = %hive.config.hive_id, "hive stopped");
+    Ok(())
+}
+
+fn bad_request(e: rbee_bus::BusError) -> rbee_bus::WireError {
+    rbee_bus::WireError::new(rbee_bus::ErrorCode::BadRequest, e.to_string())
+}
+
+async fn import_model(models: &ModelCatalog, import: &ModelImport) {
+    let id = match &import.id {
+        Some(id) => id.clone(),
+        None => match ModelCatalog::model_id_default_for(&import.path) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(path = %import.path.display(), error = %e, "cannot derive a model id");
+                return;
+            }
+        },
+    };
+    if models.contains(&id) {
+        return;
+    }
+    let models = models.clone();
+    let path = import.path.clone();
+    let result = tokio::task::spawn_blocking(move || models.import_local(&path, Some(id))).await;
+    match result {
+        Ok(Ok(entry)) => tracing::info!(model_id = %entry.id, size = entry.size, "model imported"),
+        Ok(Err(e)) => tracing::warn!(path = %import.path.display(), error = %e, "cannot import model"),
+        Err(e) => tracing::warn!(error = %e, "model import task failed"),
+    }
+}
+
+async fn hello_listener(mut sub: async_nats::Subscriber, now: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            msg = sub.next() => if msg.is_none() { return },
+        }
+        now.notify_one();
+    }
+}
+
+/// Follows the heartbeats of this hive's workers to keep their status in the registry current.
+async fn track_worker_states(
+    hive: Arc<Hive>,
+    mut sub: async_nats::Subscriber,
+    now: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return,
+            msg = sub.next() => match msg { Some(m) => m, None => return },
+        };
+        let Ok(hb) = rbee_bus::rpc::decode::<WorkerHeartbeat>(&msg.subject, &msg.payload) else { continue };
+        if hb.hive_id != hive.config.hive_id {
+            continue;
+        }
+        let Ok(entry) = hive.registry.get(&hb.worker_id) else { continue };
+        if !entry.is_running() {
+            continue;
+        }
+        let status = match hb.state {
+            WorkerState::Loading => WorkerStatus::Starting,
+            WorkerState::Idle => WorkerStatus::Ready,
+            WorkerState::Busy | WorkerState::Draining => WorkerStatus::Busy,
+            WorkerState::Stopped => continue,
+        };
+        if entry.status != status {
+            let _ = hive.registry.update_status(&hb.worker_id, status);
+            now.notify_one();
+        }
+    }
+}

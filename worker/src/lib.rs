@@ -132,22 +132,7 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
         };
         let result = jobs::handle_assignment(&shared, &engine, &job_tasks, &request.message.payload);
         let is_error = result.is_err();
-        let payload = match &result {
-            Ok(accepted) => serde_json::to_vec(accepted),
-            Err(error) => serde_json::to_vec(error),
-        }
-        .unwrap_or_default();
-        let mut headers = async_nats::HeaderMap::new();
-        if let Err(e) = &result {
-            headers.insert("Nats-Service-Error", e.error.message.as_str());
-            headers.insert(
-                "Nats-Service-Error-Code",
-                if e.code() == rbee_bus::ErrorCode::Internal { "500" } else { "400" },
-            );
-        }
-        if let Err(e) = request.respond_with_headers(Ok(payload.into()), headers).await {
-            tracing::warn!(error = %e, "cannot reply to job assignment");
-        }
+        rbee_bus::rpc::respond(&request, &result).await;
         if !is_error {
             beat_now.notify_one();
         }

@@ -85,6 +85,7 @@ async fn chat_answers_paris() {
     let _serial = SERIAL.lock().await;
     let Some(engine) = load(1, 512).await else { return };
     assert!(engine.facts().has_chat_template);
+    eprintln!("facts: {:?}, ctx per slot {}", engine.facts(), engine.ctx_per_slot());
     let generation = engine.submit(request(chat(QUESTION), greedy(48))).expect("submit");
     assert!(generation.prompt_tokens > 10);
     let done = collect(generation).await;
@@ -214,6 +215,26 @@ async fn jobs_decode_together() {
 }
 
 #[tokio::test]
+async fn long_prompt_does_not_hold_up_a_short_one() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(2, 1024).await else { return };
+    let long = Prompt::Text { text: "The quick brown fox jumps over the lazy dog. ".repeat(70) };
+    let long = engine.submit(request(long, greedy(4))).expect("submit long");
+    assert!(long.prompt_tokens > 600, "{}", long.prompt_tokens);
+    let short = engine.submit(request(chat(QUESTION), greedy(4))).expect("submit short");
+    let long = tokio::spawn(collect(long));
+    let short = collect(short).await;
+    let long = long.await.expect("collect task");
+    let (short_first, long_first) =
+        (short.first_token_at.expect("token"), long.first_token_at.expect("token"));
+    eprintln!(
+        "ttft short {:?} ms, long {:?} ms",
+        short.usage.time_to_first_token_ms, long.usage.time_to_first_token_ms
+    );
+    assert!(short_first < long_first, "the short prompt must not wait for the long prefill");
+}
+
+#[tokio::test]
 async fn job_beyond_free_slots_is_refused() {
     let _serial = SERIAL.lock().await;
     let Some(engine) = load(1, 512).await else { return };
@@ -303,4 +324,28 @@ fn load_errors_are_clear() {
 
     let err = Engine::load(EngineConfig { slots: 0, ..missing }).expect_err("zero slots");
     assert!(matches!(err, EngineError::InvalidConfig(_)), "{err}");
+}
+
+/// Plumbing on the tiny random-weight GGUF from `rbee-testkit` (runs without the real model): slots
+/// decoding together stay independent, and a released slot's KV cache is really cleared.
+#[tokio::test]
+async fn tiny_model_slots_are_isolated_and_reusable() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model_path = rbee_testkit::gguf::tiny_llama_in(dir.path()).expect("tiny gguf");
+    let config = EngineConfig { model_path, threads: Some(1), slots: 2, ctx_per_slot: 64, gpu_layers: 0 };
+    let engine =
+        tokio::task::spawn_blocking(move || Engine::load(config)).await.expect("task").expect("load");
+    let run_pair = || async {
+        let a = engine.submit(request(chat("hi there"), greedy(10))).expect("submit a");
+        let b = engine.submit(request(chat("hi there"), greedy(10))).expect("submit b");
+        (collect(a).await, collect(b).await)
+    };
+    let (a, b) = run_pair().await;
+    assert_eq!(a.reason, FinishReason::Length);
+    assert_eq!(a.usage.completion_tokens, 10);
+    assert_eq!(a.text, b.text, "two slots decoding the same prompt together must agree");
+    let (c, _) = run_pair().await;
+    assert_eq!(a.text, c.text, "a reused slot must start from an empty kv cache");
+    assert_eq!(engine.slots_busy(), 0);
 }

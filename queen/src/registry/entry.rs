@@ -45,8 +45,8 @@ impl HiveEntry {
         !self.leaving() && self.heard.liveness(now, config) == Liveness::Online
     }
 
-    /// Its view at `now`, with the totals of its workers.
-    pub fn view(&self, now: Instant, config: &RegistryConfig, workers: WorkerTotals) -> HiveView {
+    /// Its view at `now`, with the totals of its workers when counted.
+    pub fn view(&self, now: Instant, config: &RegistryConfig, workers: Option<WorkerTotals>) -> HiveView {
         let heartbeat = &self.heartbeat;
         HiveView {
             hive_id: heartbeat.hive_id.clone(),

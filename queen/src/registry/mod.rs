@@ -11,7 +11,7 @@
 //!
 //! - **Pure and single-writer.** No I/O, no clock reads, no tasks. Every `now` is the queen's monotonic
 //!   receive time, passed in. The caller serializes writers (one lock around the registry); queries
-//!   take `&self` and are O(entries) at worst, without allocation beyond their answer.
+//!   take `&self` and cost one pass over the entries at worst.
 //! - **Liveness by receive time only.** An entry is `Online` while its last heartbeat is at most
 //!   `2 × interval` old, `Suspect` up to `3 × interval`, then `Offline`; [`expire`](Registry::expire)
 //!   removes it past `10 × interval` (all in [`RegistryConfig`]; the interval is the one the publisher
@@ -27,7 +27,8 @@
 //!   all of them were heard before the new epoch was (receive order), and the old hive process that
 //!   supervised them is gone. Their epochs are tombstoned, so a late heartbeat from one of them does
 //!   not bring it back; a worker restarted under the new hive comes with a new epoch and is welcome.
-//!   A hive seen for the first time (queen start, or after its removal) drops nothing.
+//!   A hive seen for the first time (queen start, or after its removal) drops nothing, and a hive
+//!   removed by expiry leaves its workers be: they heartbeat on their own and expire on their own.
 //! - **Stopped workers** are removed at once, and their epoch tombstoned. A worker lifecycle event
 //!   `exited` / `failed` from its hive removes it too (without a tombstone: the event does not say
 //!   which epoch died).

@@ -25,17 +25,17 @@ impl Registry {
         for worker in self.workers.values().filter(|worker| &worker.heartbeat.hive_id == hive_id) {
             totals.add(&worker.heartbeat, worker.heard.liveness(now, &self.config));
         }
-        Some(entry.view(now, &self.config, totals))
+        Some(entry.view(now, &self.config, Some(totals)))
     }
 
     /// Every hive, whatever its liveness (spec `list_all_hives`).
     pub fn list_hives(&self, now: Instant) -> Vec<HiveView> {
-        self.hive_views(now, |_| true)
+        self.hive_views(now, true, |_| true)
     }
 
     /// Hives whose liveness is online, leaving ones included (spec `list_active_hives`).
     pub fn list_online_hives(&self, now: Instant) -> Vec<HiveView> {
-        self.hive_views(now, |view| view.liveness == Liveness::Online)
+        self.hive_views(now, true, |view| view.liveness == Liveness::Online)
     }
 
     /// True when the hive is known and online (spec `is_hive_online`).
@@ -70,7 +70,7 @@ impl Registry {
         let entry = self.hives.get(hive_id)?;
         let mut resources = Resources::default();
         resources.add_hive(&entry.heartbeat);
-        resources.workers = view.workers;
+        resources.workers = view.workers.unwrap_or_default();
         Some(resources)
     }
 
@@ -93,13 +93,13 @@ impl Registry {
 
     /// Online hives whose catalog has the model.
     pub fn find_hives_with_model(&self, model_id: &ModelId, now: Instant) -> Vec<HiveView> {
-        self.hive_views(now, |view| view.liveness == Liveness::Online && view.model(model_id).is_some())
+        self.hive_views(now, true, |view| view.liveness == Liveness::Online && view.model(model_id).is_some())
     }
 
     /// Hives a worker could be spawned on now (online, not leaving) with a device that has at least
     /// `min_free_bytes` free.
     pub fn find_hives_with_device_memory(&self, min_free_bytes: u64, now: Instant) -> Vec<HiveView> {
-        self.hive_views(now, |view| view.schedulable && view.largest_free_bytes() >= min_free_bytes)
+        self.hive_views(now, true, |view| view.schedulable && view.largest_free_bytes() >= min_free_bytes)
     }
 
     /// The hive a worker names.
@@ -127,17 +127,20 @@ impl Registry {
 
     /// Idle workers a job could be placed on now (spec `find_idle_workers`).
     pub fn list_idle_workers(&self, now: Instant) -> Vec<WorkerView> {
-        self.worker_views(now, |view| view.state == WorkerState::Idle && view.assignable)
+        self.worker_views(now, |entry| {
+            entry.heartbeat.state == WorkerState::Idle
+                && entry.assignable(now, &self.config, self.hive_leaving(&entry.heartbeat.hive_id))
+        })
     }
 
     /// Every worker serving the model, whatever its state (spec `find_workers_by_model`).
     pub fn list_workers_for_model(&self, model_id: &ModelId, now: Instant) -> Vec<WorkerView> {
-        self.worker_views(now, |view| &view.model_id == model_id)
+        self.worker_views(now, |entry| &entry.heartbeat.model_id == model_id)
     }
 
     /// Every worker on the backend (spec `find_workers_by_backend`).
     pub fn list_workers_by_backend(&self, backend: Backend, now: Instant) -> Vec<WorkerView> {
-        self.worker_views(now, |view| view.backend == backend)
+        self.worker_views(now, |entry| entry.heartbeat.backend == backend)
     }
 
     /// The worker to place a job for this model on now (spec `find_best_worker_for_model`): online,
@@ -159,7 +162,7 @@ impl Registry {
 
     /// Every worker that names this hive (spec `get_workers_on_hive`).
     pub fn workers_on_hive(&self, hive_id: &HiveId, now: Instant) -> Vec<WorkerView> {
-        self.worker_views(now, |view| &view.hive_id == hive_id)
+        self.worker_views(now, |entry| &entry.heartbeat.hive_id == hive_id)
     }
 
     /// Workers by the state they reported.
@@ -179,15 +182,13 @@ impl Registry {
     }
 
     /// Every hive, and only the workers of one model: all the scheduler reads for that model, at the
-    /// cost of copying that model's workers only.
+    /// cost of copying that model's workers only. The hives' worker totals are left out (`None`): they
+    /// would cost a pass over every worker, and the scheduler does not read them.
     pub fn snapshot_for_model(&self, model_id: &ModelId, now: Instant) -> RegistrySnapshot {
-        let workers = self
-            .workers
-            .values()
-            .filter(|entry| &entry.heartbeat.model_id == model_id)
-            .map(|entry| self.worker_view(entry, now))
-            .collect();
-        RegistrySnapshot { hives: self.list_hives(now), workers }
+        RegistrySnapshot {
+            hives: self.hive_views(now, false, |_| true),
+            workers: self.list_workers_for_model(model_id, now),
+        }
     }
 
     /// Counts for metrics.
@@ -223,22 +224,27 @@ impl Registry {
         entry.view(now, &self.config, self.hive_leaving(&entry.heartbeat.hive_id))
     }
 
-    /// Views of the workers that pass `keep`, in id order.
-    fn worker_views(&self, now: Instant, keep: impl Fn(&WorkerView) -> bool) -> Vec<WorkerView> {
-        self.workers.values().map(|entry| self.worker_view(entry, now)).filter(|view| keep(view)).collect()
+    /// Views of the workers whose entries pass `keep`, in id order.
+    fn worker_views(&self, now: Instant, keep: impl Fn(&WorkerEntry) -> bool) -> Vec<WorkerView> {
+        self.workers.values().filter(|entry| keep(entry)).map(|entry| self.worker_view(entry, now)).collect()
     }
 
-    /// Views of the hives that pass `keep`, in id order, with their worker totals (one pass over the
-    /// workers).
-    fn hive_views(&self, now: Instant, keep: impl Fn(&HiveView) -> bool) -> Vec<HiveView> {
+    /// Views of the hives that pass `keep`, in id order; with their worker totals when `with_totals`
+    /// (one pass over the workers).
+    fn hive_views(&self, now: Instant, with_totals: bool, keep: impl Fn(&HiveView) -> bool) -> Vec<HiveView> {
         let mut totals: HashMap<&HiveId, WorkerTotals> = HashMap::new();
-        for worker in self.workers.values() {
-            let liveness = worker.heard.liveness(now, &self.config);
-            totals.entry(&worker.heartbeat.hive_id).or_default().add(&worker.heartbeat, liveness);
+        if with_totals && !self.hives.is_empty() {
+            for worker in self.workers.values() {
+                let liveness = worker.heard.liveness(now, &self.config);
+                totals.entry(&worker.heartbeat.hive_id).or_default().add(&worker.heartbeat, liveness);
+            }
         }
         self.hives
             .iter()
-            .map(|(hive_id, entry)| entry.view(now, &self.config, totals.remove(hive_id).unwrap_or_default()))
+            .map(|(hive_id, entry)| {
+                let workers = with_totals.then(|| totals.remove(hive_id).unwrap_or_default());
+                entry.view(now, &self.config, workers)
+            })
             .filter(|view| keep(view))
             .collect()
     }

@@ -160,8 +160,8 @@ pub struct HiveView {
     pub models: Vec<ModelSummary>,
     /// Worker processes as the hive itself reports them.
     pub reported_workers: Vec<HiveWorkerSummary>,
-    /// Workers heartbeating for this hive, summed.
-    pub workers: WorkerTotals,
+    /// Workers heartbeating for this hive, summed; `None` in a `snapshot_for_model`.
+    pub workers: Option<WorkerTotals>,
 }
 
 impl HiveView {

@@ -260,6 +260,7 @@ impl Engine {
             slots: config.slots,
             ctx_per_slot: config.ctx_per_slot,
             threads: i32::try_from(threads).unwrap_or(i32::MAX),
+            prefill_per_step: batch_loop::prefill_per_step(cfg!(feature = "cuda") && config.gpu_layers > 0),
         };
         let thread = std::thread::Builder::new()
             .name("rbee-engine".to_owned())

@@ -1,0 +1,274 @@
+//! Every command and flag of `rbee`, as clap derive types. No logic lives here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Flags;
+
+/// rbee: one OpenAI-style endpoint over the machines you own.
+#[derive(Debug, Parser)]
+#[command(name = "rbee", version, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (default: $RBEE_CONFIG, else ~/.config/rbee/config.toml if present).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The queen's HTTP address (overrides queen_url and RBEE_QUEEN_URL).
+    #[arg(long = "queen", global = true, value_name = "URL")]
+    pub queen: Option<String>,
+    /// The NATS server (overrides nats_url and RBEE_NATS_URL). For `rbee up`: use this existing
+    /// server instead of starting one.
+    #[arg(long, global = true, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The flags that take part in the configuration layering.
+    pub fn flags(&self) -> Flags {
+        let data_dir = match &self.command {
+            Command::Up(up) => up.data_dir.clone(),
+            _ => None,
+        };
+        Flags {
+            config: self.config.clone(),
+            queen_url: self.queen.clone(),
+            nats_url: self.nats_url.clone(),
+            data_dir,
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a local cluster: nats-server, queen, hive and one worker; ctrl-c stops it all.
+    Up(UpArgs),
+    /// Run a prompt and stream the answer.
+    Infer(InferArgs),
+    /// Show hives, devices, workers and recent jobs.
+    Status(StatusArgs),
+    /// List, spawn and stop workers.
+    Workers {
+        /// What to do with workers.
+        #[command(subcommand)]
+        command: WorkersCommand,
+    },
+    /// List, import, pull and remove models in a hive's catalog.
+    Models {
+        /// What to do with models.
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// List, show, cancel and follow jobs.
+    Jobs {
+        /// What to do with jobs.
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Print every message on the bus, decoded, one line each.
+    Watch(WatchArgs),
+    /// Show the configuration.
+    Config {
+        /// What to show.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+/// `rbee up`
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Model to start a worker for (default: default_model, else smollm2-135m-instruct).
+    #[arg(long, value_name = "ID")]
+    pub model: Option<String>,
+    /// Start no worker.
+    #[arg(long)]
+    pub no_worker: bool,
+    /// Port of the queen's HTTP API on 127.0.0.1.
+    #[arg(long, default_value_t = 7833)]
+    pub port: u16,
+    /// Where the cluster keeps its state and logs (default: data_dir, else <project>/.rbee/data).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `rbee infer`
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    /// The prompt.
+    pub prompt: String,
+    /// Send the prompt as a user chat message (the model's chat template applies).
+    #[arg(long)]
+    pub chat: bool,
+    /// Model id (default: default_model, else smollm2-135m-instruct).
+    #[arg(long, value_name = "ID")]
+    pub model: Option<String>,
+    /// Sampling temperature, 0 is greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Keep the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    /// Drop tokens below this fraction of the top probability.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Penalty for repeated tokens; 1 disables.
+    #[arg(long)]
+    pub repeat_penalty: Option<f32>,
+    /// Sampler seed, for reproducible output.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop before this text (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// Most tokens to generate.
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Print one JSON object with the text and the figures instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rbee status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print one JSON object with hives, workers and jobs.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `rbee workers ...`
+#[derive(Debug, Subcommand)]
+pub enum WorkersCommand {
+    /// List workers.
+    Ls {
+        /// Print the queen's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a worker for a model.
+    Spawn {
+        /// The model id.
+        model: String,
+        /// The hive to start it on (the queen picks when absent).
+        #[arg(long)]
+        hive: Option<String>,
+        /// Device on that hive (`cpu`, `cuda:0`).
+        #[arg(long)]
+        device: Option<String>,
+        /// Concurrent jobs.
+        #[arg(long)]
+        slots: Option<u32>,
+        /// Context tokens per slot.
+        #[arg(long)]
+        ctx_per_slot: Option<u32>,
+        /// Return at once instead of waiting until the worker is ready.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Stop a worker.
+    Stop {
+        /// The worker id.
+        worker_id: String,
+    },
+}
+
+/// `rbee models ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List a hive's models (asks the hive over NATS).
+    Ls {
+        /// The hive.
+        #[arg(long, default_value = "local")]
+        hive: String,
+        /// Print the hive's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a GGUF file that is already on the hive's machine.
+    Import {
+        /// Path of the file on the hive's machine.
+        path: PathBuf,
+        /// Model id (the hive derives one from the file name when absent).
+        #[arg(long)]
+        id: Option<String>,
+        /// The hive.
+        #[arg(long, default_value = "local")]
+        hive: String,
+    },
+    /// Download a GGUF file into a hive's catalog.
+    Pull {
+        /// The URL.
+        url: String,
+        /// Model id (the hive derives one from the URL when absent).
+        #[arg(long)]
+        id: Option<String>,
+        /// Expected sha256 of the file, hex.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// The hive.
+        #[arg(long, default_value = "local")]
+        hive: String,
+    },
+    /// Remove a model from a hive's catalog.
+    Rm {
+        /// The model id.
+        id: String,
+        /// The hive.
+        #[arg(long, default_value = "local")]
+        hive: String,
+    },
+}
+
+/// `rbee jobs ...`
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List recent jobs.
+    Ls {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print the queen's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job.
+    Show {
+        /// The job id.
+        job_id: String,
+        /// Print the queen's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// The job id.
+        job_id: String,
+    },
+    /// Follow a job's tokens and status until it finishes.
+    Tail {
+        /// The job id.
+        job_id: String,
+    },
+}
+
+/// `rbee watch`
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// NATS subject to subscribe to (wildcards `*` and `>` allowed).
+    #[arg(default_value = rbee_bus::subject::ALL)]
+    pub subject: String,
+}
+
+/// `rbee config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print each setting, its value and where it came from (the API key is never shown).
+    Show,
+}

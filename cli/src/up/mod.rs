@@ -1,0 +1,237 @@
+//! `rbee up`: a whole local cluster in one command. Starts nats-server (unless `--nats-url` names a
+//! running one), the queen and a hive that imports the default model, spawns one worker, prints how
+//! to use it, and on ctrl-c stops everything in order: workers, hive, queen, nats; each with a
+//! deadline after which its process group is killed. A second ctrl-c kills everything at once. If a
+//! child dies on its own, `rbee up` says which, shows its log tail, stops the rest and fails.
+
+pub mod banner;
+mod cluster;
+pub mod procs;
+pub mod root;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::args::UpArgs;
+use crate::client::Queen;
+use crate::config::{self, Config};
+use crate::render::{self, Style};
+use cluster::{cluster_check, supervise, wait_for_health, wait_for_hive, wait_for_port, Cluster};
+use procs::{Child, KillList};
+
+/// The port nats-server gets when it is free.
+const NATS_PORT: u16 = 4222;
+/// The hive `rbee up` starts.
+const HIVE_ID: &str = "local";
+/// The id the default model is imported under.
+const DEFAULT_MODEL_ID: &str = "smollm2-135m-instruct";
+/// Log lines shown when a child dies.
+const TAIL_LINES: usize = 15;
+
+/// The first signal ends startup or supervision; the second kills everything and exits.
+struct Interrupt(tokio::sync::watch::Receiver<bool>);
+
+impl Interrupt {
+    fn install(kill_list: KillList) -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered now, before any child starts, so no early ctrl-c takes the default action.
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            let _ = tx.send(true);
+            errln!("{}", Style::stderr().yellow("stopping (ctrl-c again to kill everything now)"));
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            kill_list.kill_all();
+            errln!("killed");
+            std::process::exit(130);
+        });
+        Ok(Self(rx))
+    }
+
+    async fn wait(&mut self) {
+        let _ = self.0.wait_for(|fired| *fired).await;
+    }
+}
+
+/// What `start` needs.
+struct Plan {
+    root: PathBuf,
+    data_dir: PathBuf,
+    port: u16,
+    model: String,
+    no_worker: bool,
+    /// An existing NATS server to use instead of starting one, and where that setting came from.
+    external_nats: Option<(String, String)>,
+    api_key: Option<String>,
+}
+
+/// Runs the command until ctrl-c or a child's death.
+pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
+    let root = root::find_root(&config::process_env)?;
+    let data_dir = config.data_dir.value.clone().unwrap_or_else(|| root::default_data_dir(&root));
+    let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
+    for sub in ["logs", "nats", "catalog"] {
+        std::fs::create_dir_all(data_dir.join(sub))
+            .with_context(|| format!("cannot create {}", data_dir.join(sub).display()))?;
+    }
+    if TcpListener::bind(("127.0.0.1", args.port)).is_err() {
+        bail!(
+            "port {} is already in use (is another `rbee up` running?); pick another with --port",
+            args.port
+        );
+    }
+    let plan = Plan {
+        root,
+        data_dir,
+        port: args.port,
+        model: args.model.unwrap_or_else(|| config.default_model.value.clone()),
+        no_worker: args.no_worker,
+        external_nats: config
+            .nats_url
+            .is_explicit()
+            .then(|| (config.nats_url.value.clone(), config.nats_url.source.to_string())),
+        api_key: config.api_key.value.clone(),
+    };
+
+    let kill_list = KillList::default();
+    let mut interrupt = Interrupt::install(kill_list.clone())?;
+    let mut cluster =
+        Cluster { nats: None, queen: None, hive: None, api: None, worker_pids: Vec::new(), kill_list };
+    let started = tokio::select! {
+        result = start(&mut cluster, &plan) => Some(result),
+        _ = interrupt.wait() => None,
+    };
+    let result = match started {
+        Some(Ok(ready)) => {
+            banner::print(&ready)?;
+            tokio::select! {
+                result = supervise(&mut cluster) => result,
+                _ = interrupt.wait() => Ok(()),
+            }
+        }
+        Some(Err(e)) => Err(e),
+        None => Ok(()),
+    };
+    cluster.stop().await;
+    result
+}
+
+/// Starts every process and waits until the cluster serves.
+async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Ready> {
+    let style = Style::stderr();
+    let logs = plan.data_dir.join("logs");
+    let queen_bin = root::sibling_binary("rbee-queen")?;
+    let hive_bin = root::sibling_binary("rbee-hive")?;
+    let model_file = root::setup_file(&plan.root, root::DEFAULT_MODEL_FILE)?;
+
+    let nats_url = match &plan.external_nats {
+        Some((url, source)) => {
+            if crate::nats::connect_url(url).await.is_err() {
+                bail!(
+                    "no nats server answers at {} (nats_url from {source}): start it, or leave nats_url \
+                     unset so `rbee up` starts its own",
+                    crate::nats::host_port(url)
+                );
+            }
+            errln!("using nats at {}", crate::nats::host_port(url));
+            url.clone()
+        }
+        None => {
+            let nats_bin = root::setup_file(&plan.root, root::NATS_SERVER)?;
+            let port = if TcpListener::bind(("127.0.0.1", NATS_PORT)).is_ok() {
+                NATS_PORT
+            } else {
+                let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+                errln!(
+                    "{}",
+                    style.yellow(format!("port {NATS_PORT} is taken: nats-server gets port {port}"))
+                );
+                port
+            };
+            let args = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([plan.data_dir.join("nats").display().to_string()])
+                .collect::<Vec<_>>();
+            let child =
+                Child::spawn("nats", &nats_bin, &args, &[], &logs.join("nats.log"), &cluster.kill_list)?;
+            errln!(
+                "started nats-server on 127.0.0.1:{port} (pid {}, log {})",
+                child.pid(),
+                child.log.display()
+            );
+            cluster.nats = Some(child);
+            wait_for_port(cluster, port).await?;
+            format!("nats://127.0.0.1:{port}")
+        }
+    };
+
+    let http_addr = format!("127.0.0.1:{}", plan.port);
+    let envs: Vec<(&str, String)> = plan.api_key.iter().map(|key| ("RBEE_API_KEY", key.clone())).collect();
+    let args = vec!["--http-addr".to_owned(), http_addr.clone(), "--nats-url".to_owned(), nats_url.clone()];
+    let queen = Child::spawn("queen", &queen_bin, &args, &envs, &logs.join("queen.log"), &cluster.kill_list)?;
+    errln!("started queen on {http_addr} (pid {}, log {})", queen.pid(), queen.log.display());
+    cluster.queen = Some(queen);
+
+    let import = format!("{}={DEFAULT_MODEL_ID}", model_file.display());
+    let args = [
+        "--hive-id",
+        HIVE_ID,
+        "--nats-url",
+        &nats_url,
+        "--catalog-dir",
+        &plan.data_dir.join("catalog").display().to_string(),
+        "--import-model",
+        &import,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect::<Vec<_>>();
+    let hive = Child::spawn("hive", &hive_bin, &args, &[], &logs.join("hive.log"), &cluster.kill_list)?;
+    errln!("started hive {HIVE_ID} (pid {}, log {})", hive.pid(), hive.log.display());
+    cluster.hive = Some(hive);
+
+    let api = Queen::with_url(&format!("http://{http_addr}"), plan.api_key.clone())?;
+    cluster.api = Some(api.clone());
+    wait_for_health(cluster, &api).await?;
+    wait_for_hive(cluster, &api, &plan.model).await?;
+    errln!("hive {HIVE_ID} registered with model {}", plan.model);
+
+    let mut worker = None;
+    if !plan.no_worker {
+        let model = rbee_bus::ModelId::new(plan.model.clone())?;
+        let hive_id = rbee_bus::HiveId::new(HIVE_ID)?;
+        let reply = crate::workers::spawn(&api, &model, Some(&hive_id), None, None, None).await?;
+        let worker_id = render::text(&reply, &["worker_id"]);
+        if let Some(pid) = reply.get("pid").and_then(Value::as_i64).and_then(|p| i32::try_from(p).ok()) {
+            cluster.worker_pids.push(pid);
+            cluster.kill_list.add(pid);
+        }
+        errln!("spawned worker {worker_id}, loading {}", plan.model);
+        let mut check = || cluster_check(&mut cluster.nats, &mut cluster.queen, &mut cluster.hive);
+        let ready =
+            crate::workers::wait_ready(&api, &worker_id, crate::workers::READY_TIMEOUT, &mut check).await?;
+        worker = Some((worker_id, render::text(&ready, &["device"])));
+    }
+    Ok(banner::Ready {
+        api: format!("http://{http_addr}"),
+        default_port: plan.port == 7833,
+        nats_url,
+        external_nats: plan.external_nats.is_some(),
+        model: plan.model.clone(),
+        worker,
+        logs,
+        api_key_set: plan.api_key.is_some(),
+    })
+}

@@ -1,0 +1,69 @@
+//! What a hive is told at start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rbee_bus::{HiveId, ModelId};
+
+use crate::supervisor::RestartPolicy;
+
+/// A model file to import into the catalog at start, unless its id is already there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelImport {
+    /// The GGUF file.
+    pub path: PathBuf,
+    /// Its id; derived from the file name when absent.
+    pub id: Option<ModelId>,
+}
+
+impl std::str::FromStr for ModelImport {
+    type Err = String;
+
+    /// `PATH` or `PATH=ID`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.rsplit_once('=') {
+            Some((path, id)) => {
+                let id = id.parse().map_err(|e| format!("{e}"))?;
+                Ok(Self { path: PathBuf::from(path), id: Some(id) })
+            }
+            None => Ok(Self { path: PathBuf::from(s), id: None }),
+        }
+    }
+}
+
+/// Everything a hive needs to run.
+#[derive(Debug, Clone)]
+pub struct HiveConfig {
+    /// This hive's id: its subjects are `rbee.hive.<id>.*`.
+    pub hive_id: HiveId,
+    /// Root of the catalogs (`workers/`, `models/`) and the pid files (`run/`).
+    pub catalog_root: PathBuf,
+    /// The worker binary to register at start (the one built with this hive).
+    pub worker_binary: Option<PathBuf>,
+    /// Models to import at start.
+    pub import_models: Vec<ModelImport>,
+    /// Heartbeat interval of the hive and of the workers it spawns.
+    pub heartbeat_interval: Duration,
+    /// On shutdown, how long workers get before they are killed.
+    pub stop_deadline: Duration,
+    /// Restarts of crashed workers.
+    pub restart: RestartPolicy,
+    /// Arguments passed to every worker so it reaches NATS (`--nats-url ...`).
+    pub worker_nats_args: Vec<String>,
+}
+
+impl HiveConfig {
+    /// Defaults for everything but the id and the catalog root.
+    pub fn new(hive_id: HiveId, catalog_root: PathBuf) -> Self {
+        Self {
+            hive_id,
+            catalog_root,
+            worker_binary: None,
+            import_models: Vec::new(),
+            heartbeat_interval: Duration::from_secs(1),
+            stop_deadline: Duration::from_secs(10),
+            restart: RestartPolicy::default(),
+            worker_nats_args: Vec::new(),
+        }
+    }
+}

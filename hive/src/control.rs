@@ -1,0 +1,191 @@
+//! The hive's request/reply handlers: `spawn`, `stop` and the listings of workers, models and devices,
+//! served through the NATS service API (`rbee-hive`), so `$SRV.PING/INFO/STATS` list every hive.
+
+use std::time::Duration;
+
+use rbee_bus::{
+    DeviceInfo, DeviceKind, DeviceList, ErrorCode, ModelList, ModelSummary, SpawnReply, SpawnRequest,
+    StopReply, StopRequest, WireError, WorkerId, WorkerKind, WorkerList, SCHEMA_VERSION,
+};
+
+use crate::catalog::gguf::read_gguf_info;
+use crate::catalog::{ModelEntry, Platform, WorkerType};
+use crate::supervisor::LaunchPlan;
+use crate::Hive;
+
+/// Default slots of a spawned worker.
+pub const DEFAULT_SLOTS: u32 = 4;
+/// Default context per slot.
+pub const DEFAULT_CTX_PER_SLOT: u32 = 2048;
+/// Default grace period of a stop.
+pub const DEFAULT_STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Bytes of memory a worker of `model` with `slots * ctx_per_slot` context needs: the file (weights are
+/// mapped or loaded whole), the KV cache (f16 K and V for every layer; without grouped-query attention
+/// taken into account, so an upper bound), and 10% overhead for compute buffers.
+pub fn estimate_worker_bytes(model: &ModelEntry, slots: u32, ctx_per_slot: u32) -> u64 {
+    let info = read_gguf_info(&model.path).ok();
+    let layers = info.as_ref().and_then(|i| i.block_count).unwrap_or(32);
+    let embd = info.as_ref().and_then(|i| i.embedding_length).unwrap_or(4096);
+    let tokens = u64::from(slots) * u64::from(ctx_per_slot);
+    let kv = 2 * layers * embd * tokens * 2;
+    (model.size + kv) * 11 / 10
+}
+
+fn model_summary(m: &ModelEntry) -> ModelSummary {
+    ModelSummary {
+        model_id: m.id.clone(),
+        size_bytes: m.size,
+        architecture: m.architecture.clone(),
+        parameter_count: m.parameter_count,
+        quantization: m.quantization.clone(),
+        context_length: m.context_length,
+    }
+}
+
+/// Every model in the catalog, as listed on the bus.
+pub fn models(hive: &Hive) -> Vec<ModelSummary> {
+    hive.models.list().iter().map(model_summary).collect()
+}
+
+/// Starts a worker, or says why not.
+pub async fn spawn(hive: &Hive, req: SpawnRequest) -> Result<SpawnReply, WireError> {
+    if hive.shutting_down() {
+        return Err(WireError::new(
+            ErrorCode::ShuttingDown,
+            format!("hive {} is shutting down", hive.config.hive_id),
+        ));
+    }
+    let model = hive.models.get(&req.model_id).map_err(|_| {
+        let have: Vec<String> = hive.models.list().into_iter().map(|m| m.id.to_string()).collect();
+        WireError::new(
+            ErrorCode::UnknownModel,
+            format!(
+                "hive {} has no model {} (it has: {})",
+                hive.config.hive_id,
+                req.model_id,
+                have.join(", ")
+            ),
+        )
+    })?;
+    let slots = req.slots.unwrap_or(DEFAULT_SLOTS);
+    if !(1..=64).contains(&slots) {
+        return Err(WireError::invalid_field("slots", format!("invalid slots: {slots} is outside [1, 64]")));
+    }
+    let ctx = req.ctx_per_slot.unwrap_or(DEFAULT_CTX_PER_SLOT);
+    if !(64..=131_072).contains(&ctx) {
+        return Err(WireError::invalid_field(
+            "ctx_per_slot",
+            format!("invalid ctx_per_slot: {ctx} is outside [64, 131072]"),
+        ));
+    }
+    if let Some(threads) = req.threads {
+        if !(1..=1024).contains(&threads) {
+            return Err(WireError::invalid_field(
+                "threads",
+                format!("invalid threads: {threads} is outside [1, 1024]"),
+            ));
+        }
+    }
+    let needed = estimate_worker_bytes(&model, slots, ctx);
+    let devices = hive.inventory_snapshot().devices;
+    let device = pick_device(&devices, req.device.as_deref(), needed)?;
+    let worker_type = match (req.worker_type, device.kind) {
+        (Some(WorkerKind::CpuLlm), _) | (None, DeviceKind::Cpu) => WorkerType::CpuLlm,
+        (Some(WorkerKind::CudaLlm), _) | (None, DeviceKind::Cuda) => WorkerType::CudaLlm,
+        (Some(WorkerKind::MetalLlm), _) | (None, DeviceKind::Metal) => WorkerType::MetalLlm,
+    };
+    let binary = hive
+        .workers_catalog
+        .find_by_type_and_platform(worker_type, Platform::current())
+        .ok_or_else(|| {
+            WireError::new(
+                ErrorCode::MissingWorkerBinary,
+                format!(
+                    "hive {} has no {} worker binary for {}",
+                    hive.config.hive_id,
+                    worker_type,
+                    Platform::current()
+                ),
+            )
+        })?;
+    let worker_id = req.worker_id.unwrap_or_else(WorkerId::generate);
+    if hive.registry.get(&worker_id).map(|w| w.is_running()).unwrap_or(false) {
+        return Err(WireError::invalid_field("worker_id", format!("worker {worker_id} is already running")));
+    }
+    let plan = LaunchPlan {
+        worker_id: worker_id.clone(),
+        model_id: model.id.clone(),
+        model_path: model.path.clone(),
+        device: device.id.clone(),
+        slots,
+        ctx_per_slot: ctx,
+        threads: req.threads,
+        binary: binary.path.clone(),
+    };
+    let pid = hive.supervisor.spawn(plan).await.map_err(|e| {
+        WireError::new(ErrorCode::Internal, format!("cannot start {}: {e}", binary.path.display()))
+    })?;
+    let _ = hive.models.touch(&model.id);
+    Ok(SpawnReply { v: SCHEMA_VERSION, worker_id, pid, device: device.id.clone() })
+}
+
+/// The device to run on: the one asked for, or the fitting GPU with the most free memory, else the CPU.
+fn pick_device<'a>(
+    devices: &'a [DeviceInfo],
+    wanted: Option<&str>,
+    needed: u64,
+) -> Result<&'a DeviceInfo, WireError> {
+    let mib = |b: u64| b / (1024 * 1024);
+    let device = match wanted {
+        Some(id) => devices.iter().find(|d| d.id == id).ok_or_else(|| {
+            let have: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+            WireError::new(ErrorCode::UnknownDevice, format!("no device {id} (devices: {})", have.join(", ")))
+        })?,
+        None => devices
+            .iter()
+            .filter(|d| d.kind != DeviceKind::Cpu && d.free_bytes >= needed)
+            .max_by_key(|d| d.free_bytes)
+            .or_else(|| devices.iter().find(|d| d.kind == DeviceKind::Cpu))
+            .ok_or_else(|| WireError::new(ErrorCode::UnknownDevice, "the hive has no devices"))?,
+    };
+    if device.free_bytes < needed {
+        return Err(WireError::new(
+            ErrorCode::ModelDoesNotFit,
+            format!(
+                "model needs about {} MiB (weights plus kv cache) but {} has {} MiB free",
+                mib(needed),
+                device.id,
+                mib(device.free_bytes)
+            ),
+        ));
+    }
+    Ok(device)
+}
+
+/// Stops a worker.
+pub async fn stop(hive: &Hive, req: StopRequest) -> Result<StopReply, WireError> {
+    let deadline = req.deadline_ms.map(Duration::from_millis).unwrap_or(DEFAULT_STOP_DEADLINE);
+    hive.supervisor.stop(&req.worker_id, deadline).await.ok_or_else(|| {
+        WireError::new(
+            ErrorCode::NotFound,
+            format!("no running worker {} on hive {}", req.worker_id, hive.config.hive_id),
+        )
+    })
+}
+
+/// The worker listing.
+pub fn workers(hive: &Hive) -> WorkerList {
+    WorkerList { v: SCHEMA_VERSION, workers: hive.registry.list().iter().map(|w| w.summary()).collect() }
+}
+
+/// The model listing.
+pub fn model_list(hive: &Hive) -> ModelList {
+    ModelList { v: SCHEMA_VERSION, models: models(hive) }
+}
+
+/// The device listing.
+pub fn devices(hive: &Hive) -> DeviceList {
+    let snap = hive.inventory_snapshot();
+    DeviceList { v: SCHEMA_VERSION, cpu: snap.cpu, ram: snap.ram, devices: snap.devices }
+}

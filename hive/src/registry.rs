@@ -1,0 +1,196 @@
+//! The hive's registry of the worker processes it spawned: id, model, device, pid, status and start
+//! time. Safe under concurrent use; a poisoned lock is recovered, never a panic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use rbee_bus::{HiveWorkerStatus, HiveWorkerSummary, ModelId, WorkerId};
+
+/// A worker's status, as its hive sees it.
+pub type WorkerStatus = HiveWorkerStatus;
+
+/// One spawned worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerEntry {
+    /// Its id.
+    pub id: WorkerId,
+    /// The model it serves.
+    pub model_id: ModelId,
+    /// The device it runs on (`cpu`, `cuda:0`).
+    pub device: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its status.
+    pub status: WorkerStatus,
+    /// When it was started, ms since the Unix epoch.
+    pub started_at_ms: u64,
+}
+
+impl WorkerEntry {
+    /// A new entry in `Starting`.
+    pub fn new(id: WorkerId, model_id: ModelId, device: String, pid: u32) -> Self {
+        Self { id, model_id, device, pid, status: WorkerStatus::Starting, started_at_ms: rbee_bus::now_ms() }
+    }
+
+    /// Ready for jobs.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.status, WorkerStatus::Ready)
+    }
+
+    /// Neither stopped nor failed.
+    pub fn is_running(&self) -> bool {
+        !matches!(self.status, WorkerStatus::Stopped | WorkerStatus::Failed { .. })
+    }
+
+    /// As listed on the bus.
+    pub fn summary(&self) -> HiveWorkerSummary {
+        HiveWorkerSummary {
+            worker_id: self.id.clone(),
+            model_id: self.model_id.clone(),
+            device: self.device.clone(),
+            pid: self.pid,
+            status: self.status.clone(),
+            started_at_ms: self.started_at_ms,
+        }
+    }
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RegistryError {
+    /// The id is taken.
+    #[error("worker {0} already exists")]
+    AlreadyExists(WorkerId),
+    /// No such worker.
+    #[error("worker {0} not found")]
+    NotFound(WorkerId),
+}
+
+/// The registry; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerRegistry {
+    workers: Arc<RwLock<HashMap<WorkerId, WorkerEntry>>>,
+}
+
+impl WorkerRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<WorkerId, WorkerEntry>> {
+        self.workers.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<WorkerId, WorkerEntry>> {
+        self.workers.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a worker; its id must be new.
+    pub fn register(&self, worker: WorkerEntry) -> Result<(), RegistryError> {
+        let mut workers = self.write();
+        if workers.contains_key(&worker.id) {
+            return Err(RegistryError::AlreadyExists(worker.id));
+        }
+        workers.insert(worker.id.clone(), worker);
+        Ok(())
+    }
+
+    /// One worker.
+    pub fn get(&self, id: &WorkerId) -> Result<WorkerEntry, RegistryError> {
+        self.read().get(id).cloned().ok_or_else(|| RegistryError::NotFound(id.clone()))
+    }
+
+    /// Removes a worker and returns it.
+    pub fn remove(&self, id: &WorkerId) -> Result<WorkerEntry, RegistryError> {
+        self.write().remove(id).ok_or_else(|| RegistryError::NotFound(id.clone()))
+    }
+
+    /// Every worker, oldest first.
+    pub fn list(&self) -> Vec<WorkerEntry> {
+        let mut all: Vec<_> = self.read().values().cloned().collect();
+        all.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then_with(|| a.id.cmp(&b.id)));
+        all
+    }
+
+    /// Workers whose status passes `filter`.
+    pub fn list_by_status(&self, filter: impl Fn(&WorkerStatus) -> bool) -> Vec<WorkerEntry> {
+        self.list().into_iter().filter(|w| filter(&w.status)).collect()
+    }
+
+    /// Sets a worker's status.
+    pub fn update_status(&self, id: &WorkerId, status: WorkerStatus) -> Result<(), RegistryError> {
+        let mut workers = self.write();
+        let worker = workers.get_mut(id).ok_or_else(|| RegistryError::NotFound(id.clone()))?;
+        worker.status = status;
+        Ok(())
+    }
+
+    /// True when the id is registered.
+    pub fn contains(&self, id: &WorkerId) -> bool {
+        self.read().contains_key(id)
+    }
+
+    /// Number of workers.
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> WorkerEntry {
+        WorkerEntry::new(id.parse().expect("id"), "m".parse().expect("id"), "cpu".into(), 1)
+    }
+
+    #[test]
+    fn crud_and_status() {
+        let reg = WorkerRegistry::new();
+        reg.register(entry("w1")).expect("register");
+        assert_eq!(reg.register(entry("w1")), Err(RegistryError::AlreadyExists("w1".parse().expect("id"))));
+        reg.register(entry("w2")).expect("register");
+        let w1: WorkerId = "w1".parse().expect("id");
+        reg.update_status(&w1, WorkerStatus::Ready).expect("update");
+        assert!(reg.get(&w1).expect("get").is_ready());
+        assert_eq!(reg.list_by_status(|s| matches!(s, WorkerStatus::Ready)).len(), 1);
+        reg.update_status(&w1, WorkerStatus::Failed { error: "signal: 9".into() }).expect("update");
+        assert!(!reg.get(&w1).expect("get").is_running());
+        assert_eq!(reg.remove(&w1).map(|w| w.id.to_string()), Ok("w1".into()));
+        assert!(reg.get(&w1).is_err());
+        assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn survives_a_panic_while_locked_and_concurrent_use() {
+        let reg = WorkerRegistry::new();
+        let poisoner = reg.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.workers.write();
+            panic!("poison the lock");
+        })
+        .join();
+        reg.register(entry("after-poison")).expect("works after a poisoned lock");
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let reg = reg.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        let id = format!("w-{t}-{i}");
+                        reg.register(entry(&id)).expect("register");
+                        let _ = reg.list();
+                        reg.update_status(&id.parse().expect("id"), WorkerStatus::Busy).expect("update");
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().for_each(|h| h.join().expect("thread"));
+        assert_eq!(reg.len(), 801);
+    }
+}

@@ -1,0 +1,406 @@
+//! Spawns worker processes and watches them. A worker that exits on its own or crashes becomes
+//! `Failed` with its exit status and the last lines of its stderr, and a lifecycle event is published;
+//! an optional restart policy starts it again with backoff. Stop is SIGTERM, then SIGKILL after a
+//! deadline. Pid files let a restarted hive kill the workers of its previous life.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rbee_bus::{
+    subject, Bus, EventStamper, HiveId, LifecycleEvent, ModelId, StopReply, WorkerId, WorkerLifecycle,
+    SCHEMA_VERSION,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+
+use crate::registry::{WorkerEntry, WorkerRegistry, WorkerStatus};
+
+/// Lines of a worker's stderr kept for the failure report.
+const STDERR_TAIL: usize = 20;
+
+/// Everything needed to start one worker process (kept to restart it).
+#[derive(Debug, Clone)]
+pub struct LaunchPlan {
+    /// The worker's id.
+    pub worker_id: WorkerId,
+    /// The model id.
+    pub model_id: ModelId,
+    /// The GGUF file.
+    pub model_path: PathBuf,
+    /// Device id.
+    pub device: String,
+    /// Slots.
+    pub slots: u32,
+    /// Context per slot.
+    pub ctx_per_slot: u32,
+    /// Threads, when set.
+    pub threads: Option<u32>,
+    /// The worker binary.
+    pub binary: PathBuf,
+}
+
+/// Whether crashed workers are started again.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    /// Restarts allowed per worker; 0 disables.
+    pub max_restarts: u32,
+    /// First backoff; doubles each time, at most 30 s.
+    pub initial_backoff: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self { max_restarts: 0, initial_backoff: Duration::from_secs(1) }
+    }
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExitInfo {
+    /// `exit status: 0`, `signal: 9 (SIGKILL)`.
+    pub status: String,
+    /// It exited because it was asked to.
+    pub requested: bool,
+}
+
+struct Running {
+    pid: u32,
+    exited: watch::Receiver<Option<ExitInfo>>,
+    stop_requested: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Starts, watches and stops worker processes.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hive_id: HiveId,
+    bus: Bus,
+    stamper: Arc<EventStamper>,
+    registry: WorkerRegistry,
+    run_dir: PathBuf,
+    worker_nats_args: Vec<String>,
+    heartbeat_ms: u64,
+    restart: RestartPolicy,
+    running: Mutex<HashMap<WorkerId, Running>>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor").field("hive_id", &self.inner.hive_id).finish()
+    }
+}
+
+impl Supervisor {
+    /// A supervisor writing pid files under `run_dir`. `worker_nats_args` are passed to every worker
+    /// (its NATS URLs and credentials options).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        hive_id: HiveId,
+        bus: Bus,
+        stamper: Arc<EventStamper>,
+        registry: WorkerRegistry,
+        run_dir: PathBuf,
+        worker_nats_args: Vec<String>,
+        heartbeat_ms: u64,
+        restart: RestartPolicy,
+    ) -> Self {
+        let inner = Inner {
+            hive_id,
+            bus,
+            stamper,
+            registry,
+            run_dir,
+            worker_nats_args,
+            heartbeat_ms,
+            restart,
+            running: Mutex::new(HashMap::new()),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Kills worker processes left by a previous life of this hive (found by their pid files).
+    pub fn kill_orphans(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.inner.run_dir) else { return 0 };
+        let mut killed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("pid") {
+                continue;
+            }
+            let pid = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok());
+            if let Some(pid) = pid {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains("rbee-worker") {
+                    tracing::warn!(pid, file = %path.display(), "killing orphan worker from a previous hive");
+                    signal(pid, Signal::Kill);
+                    killed += 1;
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        killed
+    }
+
+    /// Starts a worker process and registers it as `Starting`; returns its pid.
+    pub async fn spawn(&self, plan: LaunchPlan) -> std::io::Result<u32> {
+        self.spawn_attempt(plan, 0).await
+    }
+
+    fn spawn_attempt(
+        &self,
+        plan: LaunchPlan,
+        restarts: u32,
+    ) -> futures::future::BoxFuture<'static, std::io::Result<u32>> {
+        let this = self.clone();
+        Box::pin(async move { this.start_process(plan, restarts).await })
+    }
+
+    async fn start_process(&self, plan: LaunchPlan, restarts: u32) -> std::io::Result<u32> {
+        let inner = &self.inner;
+        let mut cmd = tokio::process::Command::new(&plan.binary);
+        cmd.arg("--worker-id")
+            .arg(plan.worker_id.as_str())
+            .arg("--hive-id")
+            .arg(inner.hive_id.as_str())
+            .arg("--model-id")
+            .arg(plan.model_id.as_str())
+            .arg("--model-path")
+            .arg(&plan.model_path)
+            .arg("--device")
+            .arg(&plan.device)
+            .arg("--slots")
+            .arg(plan.slots.to_string())
+            .arg("--ctx-per-slot")
+            .arg(plan.ctx_per_slot.to_string())
+            .arg("--heartbeat-ms")
+            .arg(inner.heartbeat_ms.to_string())
+            .args(&inner.worker_nats_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(false);
+        if let Some(threads) = plan.threads {
+            cmd.arg("--threads").arg(threads.to_string());
+        }
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn()?;
+        let pid = child.id().unwrap_or_default();
+        let _ = std::fs::create_dir_all(&inner.run_dir);
+        let pid_file = inner.run_dir.join(format!("{}.pid", plan.worker_id));
+        let _ = std::fs::write(&pid_file, pid.to_string());
+
+        let entry = WorkerEntry::new(plan.worker_id.clone(), plan.model_id.clone(), plan.device.clone(), pid);
+        let _ = inner.registry.remove(&plan.worker_id);
+        let _ = inner.registry.register(entry);
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let stop_requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        inner.running.lock().unwrap_or_else(PoisonError::into_inner).insert(
+            plan.worker_id.clone(),
+            Running { pid, exited: exit_rx, stop_requested: stop_requested.clone() },
+        );
+        tracing::info!(worker_id = %plan.worker_id, pid, model = %plan.model_id, device = %plan.device, "worker process started");
+        self.lifecycle(&plan, LifecycleEvent::Started { pid }).await;
+
+        // Keep the last lines of stderr, and pass them on to the hive's log.
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        if let Some(stderr) = child.stderr.take() {
+            let tail = tail.clone();
+            let worker_id = plan.worker_id.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::info!(target: "rbee_hive::worker_log", %worker_id, "{line}");
+                    let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+                    if tail.len() == STDERR_TAIL {
+                        tail.pop_front();
+                    }
+                    tail.push_back(strip_ansi(&line));
+                }
+            });
+        }
+
+        let this = self.clone();
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(s) => describe_exit(s),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            // Let the stderr reader take the last lines.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let requested = stop_requested.load(std::sync::atomic::Ordering::SeqCst);
+            let _ = std::fs::remove_file(&pid_file);
+            let stderr_tail: Vec<String> =
+                tail.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
+            this.on_exit(plan, restarts, status, requested, stderr_tail, exit_tx).await;
+        });
+        Ok(pid)
+    }
+
+    async fn on_exit(
+        &self,
+        plan: LaunchPlan,
+        restarts: u32,
+        status: String,
+        requested: bool,
+        stderr_tail: Vec<String>,
+        exit_tx: watch::Sender<Option<ExitInfo>>,
+    ) {
+        let inner = &self.inner;
+        if requested {
+            tracing::info!(worker_id = %plan.worker_id, exit = %status, "worker stopped");
+            let _ = inner.registry.update_status(&plan.worker_id, WorkerStatus::Stopped);
+            self.lifecycle(&plan, LifecycleEvent::Exited { exit: status.clone() }).await;
+        } else {
+            let last = stderr_tail.iter().rev().take(3).rev().cloned().collect::<Vec<_>>().join(" | ");
+            let error = if last.is_empty() { status.clone() } else { format!("{status}; stderr: {last}") };
+            tracing::error!(worker_id = %plan.worker_id, exit = %status, "worker failed");
+            let _ = inner.registry.update_status(&plan.worker_id, WorkerStatus::Failed { error });
+            self.lifecycle(&plan, LifecycleEvent::Failed { exit: status.clone(), stderr_tail }).await;
+        }
+        inner.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&plan.worker_id);
+        let _ = exit_tx.send(Some(ExitInfo { status, requested }));
+
+        let policy = inner.restart;
+        if !requested && restarts < policy.max_restarts {
+            let backoff =
+                (policy.initial_backoff * 2u32.saturating_pow(restarts)).min(Duration::from_secs(30));
+            tracing::info!(worker_id = %plan.worker_id, attempt = restarts + 1, backoff_ms = backoff.as_millis() as u64, "restarting worker");
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(backoff).await;
+                if let Err(e) = this.spawn_attempt(plan.clone(), restarts + 1).await {
+                    tracing::error!(worker_id = %plan.worker_id, error = %e, "worker restart failed");
+                }
+            });
+        }
+    }
+
+    async fn lifecycle(&self, plan: &LaunchPlan, event: LifecycleEvent) {
+        let inner = &self.inner;
+        let message = WorkerLifecycle {
+            v: SCHEMA_VERSION,
+            meta: inner.stamper.next(),
+            hive_id: inner.hive_id.clone(),
+            worker_id: plan.worker_id.clone(),
+            model_id: plan.model_id.clone(),
+            event,
+        };
+        if let Err(e) = inner.bus.publish(subject::worker_lifecycle(&plan.worker_id), &message).await {
+            tracing::warn!(worker_id = %plan.worker_id, error = %e, "cannot publish lifecycle event");
+        }
+    }
+
+    /// Stops a worker: SIGTERM, then SIGKILL when it has not exited within `deadline`.
+    pub async fn stop(&self, worker_id: &WorkerId, deadline: Duration) -> Option<StopReply> {
+        let (pid, mut exited, flag) = {
+            let running = self.inner.running.lock().unwrap_or_else(PoisonError::into_inner);
+            let r = running.get(worker_id)?;
+            (r.pid, r.exited.clone(), r.stop_requested.clone())
+        };
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!(%worker_id, pid, "stopping worker");
+        signal(pid, Signal::Term);
+        let graceful = tokio::time::timeout(deadline, exited.wait_for(Option::is_some)).await.is_ok();
+        if !graceful {
+            tracing::warn!(%worker_id, pid, "worker did not stop in time, killing it");
+            signal(pid, Signal::Kill);
+            let _ = tokio::time::timeout(Duration::from_secs(5), exited.wait_for(Option::is_some)).await;
+        }
+        let exit = exited.borrow().as_ref().map(|e| e.status.clone()).unwrap_or_else(|| "unknown".to_owned());
+        Some(StopReply { v: SCHEMA_VERSION, worker_id: worker_id.clone(), graceful, exit })
+    }
+
+    /// Stops every running worker, in parallel, within `deadline` (then killed).
+    pub async fn stop_all(&self, deadline: Duration) {
+        let ids: Vec<WorkerId> =
+            self.inner.running.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        let stops = ids.iter().map(|id| self.stop(id, deadline));
+        futures::future::join_all(stops).await;
+    }
+
+    /// Workers with a live process.
+    pub fn running_count(&self) -> usize {
+        self.inner.running.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// The directory holding pid files.
+    pub fn run_dir(&self) -> &Path {
+        &self.inner.run_dir
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status: {code}"),
+        (None, Some(9)) => "signal: 9 (SIGKILL)".to_owned(),
+        (None, Some(15)) => "signal: 15 (SIGTERM)".to_owned(),
+        (None, Some(sig)) => format!("signal: {sig}"),
+        _ => "unknown".to_owned(),
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Signals the supervisor sends.
+#[derive(Debug, Clone, Copy)]
+pub enum Signal {
+    /// SIGTERM: drain and exit.
+    Term,
+    /// SIGKILL.
+    Kill,
+}
+
+/// Sends a signal to a process.
+#[allow(unsafe_code)]
+pub fn signal(pid: u32, sig: Signal) {
+    let sig = match sig {
+        Signal::Term => libc::SIGTERM,
+        Signal::Kill => libc::SIGKILL,
+    };
+    let Ok(pid) = i32::try_from(pid) else { return };
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: kill(2) with a positive pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// On Linux, the worker gets SIGTERM when the hive dies, so a killed hive leaves no orphan.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut tokio::process::Command) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2), which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}

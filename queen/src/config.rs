@@ -1,0 +1,56 @@
+//! What a queen is told at start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything a queen needs to run.
+#[derive(Clone)]
+pub struct QueenConfig {
+    /// Where the HTTP API listens; 127.0.0.1:7833 by default.
+    pub http_addr: SocketAddr,
+    /// Bearer key required on the HTTP API, when set.
+    pub api_key: Option<String>,
+    /// Jobs that may wait for a slot or a spawn at once; more are refused (429).
+    pub queue_capacity: usize,
+    /// Longest a job waits in the queue before it fails.
+    pub queue_timeout: Duration,
+    /// Longest a spawned worker may take to become ready.
+    pub spawn_timeout: Duration,
+    /// Finished jobs kept in memory (and looked up from JetStream after a restart).
+    pub max_finished_jobs: usize,
+    /// Age after which finished jobs are forgotten.
+    pub finished_job_ttl: Duration,
+    /// Largest prompt accepted, in bytes (a cheap bound before tokenizing; workers refuse prompts longer
+    /// than their context).
+    pub max_prompt_bytes: usize,
+    /// Keep job status events in a JetStream stream, so job history survives a restart.
+    pub durable_jobs: bool,
+}
+
+impl std::fmt::Debug for QueenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueenConfig")
+            .field("http_addr", &self.http_addr)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("queue_capacity", &self.queue_capacity)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("durable_jobs", &self.durable_jobs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for QueenConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7833)),
+            api_key: None,
+            queue_capacity: 256,
+            queue_timeout: Duration::from_secs(120),
+            spawn_timeout: Duration::from_secs(120),
+            max_finished_jobs: 10_000,
+            finished_job_ttl: Duration::from_secs(24 * 3600),
+            max_prompt_bytes: 512 * 1024,
+            durable_jobs: true,
+        }
+    }
+}

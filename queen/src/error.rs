@@ -1,0 +1,96 @@
+//! One error type for the queen's API, mapped to HTTP status and OpenAI's error body in one place.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rbee_bus::ErrorCode;
+
+/// What went wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A parameter is out of range or malformed (400).
+    #[error("{message}")]
+    InvalidParams {
+        /// The parameter.
+        param: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The body is not what the endpoint takes (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No hive has the model and no worker serves it (404).
+    #[error("model {0} is not served or spawnable on any hive")]
+    UnknownModel(String),
+    /// No such job, worker or hive (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The prompt is too large (413).
+    #[error("{0}")]
+    PromptTooLarge(String),
+    /// The queue is full (429, Retry-After).
+    #[error("{0}")]
+    QueueFull(String),
+    /// Nothing can serve now (503, Retry-After).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Missing or wrong API key (401).
+    #[error("missing or invalid api key")]
+    Unauthorized,
+    /// The job failed (500).
+    #[error("{0}")]
+    JobFailed(String),
+}
+
+impl ApiError {
+    /// An invalid parameter.
+    pub fn invalid(param: impl Into<String>, message: String) -> Self {
+        ApiError::InvalidParams { param: param.into(), message }
+    }
+
+    /// The error a job that ended in failure maps to, by the code of its refusal.
+    pub fn from_job_failure(code: Option<ErrorCode>, message: String) -> Self {
+        match code {
+            Some(ErrorCode::PromptTooLong) => ApiError::PromptTooLarge(message),
+            Some(ErrorCode::InvalidParams) => ApiError::invalid("", message),
+            Some(ErrorCode::BadRequest) => ApiError::BadRequest(message),
+            Some(ErrorCode::QueueFull) => ApiError::Unavailable(message),
+            _ => ApiError::JobFailed(message),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::InvalidParams { .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_params")
+            }
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "bad_request"),
+            ApiError::UnknownModel(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
+            ApiError::PromptTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "prompt_too_long")
+            }
+            ApiError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "queue_full"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
+            ApiError::JobFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "job_failed"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, code) = self.parts();
+        let param = match &self {
+            ApiError::InvalidParams { param, .. } if !param.is_empty() => Some(param.clone()),
+            _ => None,
+        };
+        let body = serde_json::json!({
+            "error": { "message": self.to_string(), "type": kind, "param": param, "code": code }
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

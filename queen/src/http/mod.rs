@@ -1,0 +1,83 @@
+//! The HTTP front door (axum): OpenAI-compatible endpoints ([`openai`]), rbee jobs ([`jobs`]), the
+//! cluster ([`cluster`]), and health and metrics ([`ops`]). An optional bearer key guards everything
+//! but `/health`.
+
+pub mod cluster;
+pub mod jobs;
+pub mod openai;
+pub mod ops;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+use crate::error::ApiError;
+use crate::Queen;
+
+/// The whole API.
+pub fn router(queen: Arc<Queen>) -> Router {
+    let guarded = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/jobs", post(jobs::create).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
+        .route("/v1/jobs/{id}/stream", get(jobs::stream))
+        .route("/v1/hives", get(cluster::hives))
+        .route("/v1/workers", get(cluster::workers).post(cluster::spawn))
+        .route("/v1/workers/{id}", delete(cluster::stop))
+        .route("/metrics", get(ops::metrics))
+        .layer(axum::middleware::from_fn_with_state(queen.clone(), require_key));
+    Router::new()
+        .route("/health", get(ops::health))
+        .merge(guarded)
+        .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
+        .layer(axum::extract::DefaultBodyLimit::max(4 * 1024 * 1024))
+        .with_state(queen)
+}
+
+async fn require_key(State(queen): State<Arc<Queen>>, request: Request, next: Next) -> Response {
+    if let Some(key) = &queen.config.api_key {
+        let given = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.map(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) != Some(true) {
+            return ApiError::Unauthorized.into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Parses a JSON body into `T`, turning axum's rejection into an OpenAI-style 400.
+pub struct JsonBody<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    Err(ApiError::PromptTooLarge("request body is over the 4 MiB limit".to_owned()))
+                } else {
+                    Err(ApiError::BadRequest(rejection.body_text()))
+                }
+            }
+        }
+    }
+}

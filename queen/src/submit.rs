@@ -1,0 +1,81 @@
+//! NATS-native job submission: `rbee.queen.jobs.submit` takes the same job as `POST /v1/jobs` and
+//! answers with its id and subjects, so a NATS client can submit and read the tokens itself. Served
+//! through the NATS service API (`rbee-queen`).
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use rbee_bus::{subject, ErrorCode, SubmitJob, SubmitJobReply, WireError, SCHEMA_VERSION};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ApiError;
+use crate::jobs::dispatch::{self, JobRequest};
+use crate::Queen;
+
+/// Serves submissions until `stop`.
+pub async fn serve(queen: Arc<Queen>, stop: CancellationToken) -> anyhow::Result<()> {
+    use async_nats::service::ServiceExt;
+    let service = queen
+        .bus
+        .client()
+        .service_builder()
+        .description("rbee queen: job submission")
+        .start("rbee-queen", env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot register with the nats service api: {e}"))?;
+    let mut endpoint = service
+        .endpoint_builder()
+        .name("submit")
+        .add(subject::QUEEN_JOBS_SUBMIT)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot subscribe to {}: {e}", subject::QUEEN_JOBS_SUBMIT))?;
+    tokio::spawn(async move {
+        loop {
+            let request = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = endpoint.next() => match r { Some(r) => r, None => break },
+            };
+            let queen = queen.clone();
+            tokio::spawn(async move {
+                let result = handle(&queen, &request.message.payload).await;
+                rbee_bus::rpc::respond(&request, &result).await;
+            });
+        }
+        let _ = service.stop().await;
+    });
+    Ok(())
+}
+
+async fn handle(queen: &Arc<Queen>, payload: &[u8]) -> Result<SubmitJobReply, WireError> {
+    let submit: SubmitJob = rbee_bus::rpc::decode(subject::QUEEN_JOBS_SUBMIT, payload).map_err(|e| {
+        queen.metrics.rejected_message();
+        WireError::new(ErrorCode::BadRequest, e.to_string())
+    })?;
+    let request = JobRequest {
+        model_id: submit.model_id,
+        prompt: submit.prompt,
+        params: submit.params,
+        deadline_ms: submit.deadline_ms,
+        job_id: submit.job_id,
+    };
+    let (job_id, _) = dispatch::submit(queen, request).await.map_err(to_wire)?;
+    Ok(SubmitJobReply {
+        v: SCHEMA_VERSION,
+        tokens_subject: subject::job_tokens(&job_id),
+        status_subject: subject::job_status(&job_id),
+        job_id,
+    })
+}
+
+fn to_wire(e: ApiError) -> WireError {
+    match &e {
+        ApiError::InvalidParams { param, .. } => WireError::invalid_field(param, e.to_string()),
+        ApiError::UnknownModel(_) => WireError::new(ErrorCode::UnknownModel, e.to_string()),
+        ApiError::PromptTooLarge(_) => WireError::new(ErrorCode::PromptTooLong, e.to_string()),
+        ApiError::QueueFull(_) | ApiError::Unavailable(_) => {
+            WireError::new(ErrorCode::QueueFull, e.to_string())
+        }
+        ApiError::NotFound(_) => WireError::new(ErrorCode::NotFound, e.to_string()),
+        _ => WireError::new(ErrorCode::BadRequest, e.to_string()),
+    }
+}
