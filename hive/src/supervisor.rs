@@ -135,8 +135,9 @@ impl Supervisor {
             }
             let pid = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok());
             if let Some(pid) = pid {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains("rbee-worker") {
+                let cmdline = process_cmdline(pid);
+                tracing::debug!(pid, cmdline = %cmdline, "pid file of a previous worker");
+                if cmdline.contains("rbee-worker") {
                     tracing::warn!(pid, file = %path.display(), "killing orphan worker from a previous hive");
                     signal(pid, Signal::Kill);
                     killed += 1;
@@ -333,6 +334,19 @@ impl Supervisor {
     pub fn run_dir(&self) -> &Path {
         &self.inner.run_dir
     }
+}
+
+/// A process's command line; empty when it does not exist. Retries briefly, because a process that has
+/// only just exec'd may show an empty command line for a moment.
+fn process_cmdline(pid: u32) -> String {
+    for _ in 0..10 {
+        match std::fs::read(format!("/proc/{pid}/cmdline")) {
+            Ok(bytes) if !bytes.is_empty() => return String::from_utf8_lossy(&bytes).into_owned(),
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => return String::new(),
+        }
+    }
+    String::new()
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {

@@ -1,0 +1,368 @@
+//! End to end over HTTP: a real nats-server, a real hive spawning a real worker on the real model, and
+//! the queen in front. Stream and non-stream, chat and completion, errors, jobs, cancel, NATS submit,
+//! a worker killed mid-job, and a restarted queen that keeps the view and the job history.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rbee_bus::*;
+use rbee_hive::{HiveConfig, ModelImport};
+use rbee_queen::QueenConfig;
+use rbee_testkit::NatsServer;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const MODEL: &str = "smollm2";
+
+struct Cluster {
+    server: NatsServer,
+    _dir: tempfile::TempDir,
+    hive_stop: CancellationToken,
+    queen_stop: CancellationToken,
+    queen_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    base: String,
+    http: reqwest::Client,
+}
+
+async fn start_queen(
+    server: &NatsServer,
+) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>, String) {
+    let bus = connect(&NatsConfig::url(server.url())).await.expect("queen connects");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let stop = CancellationToken::new();
+    let config = QueenConfig { queue_timeout: Duration::from_secs(30), ..QueenConfig::default() };
+    let task = tokio::spawn(rbee_queen::serve(config, bus, listener, stop.clone()));
+    (stop, task, base)
+}
+
+async fn start() -> Cluster {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut hive = HiveConfig::new("hive-e2e".parse().expect("id"), dir.path().to_path_buf());
+    hive.worker_binary = Some(rbee_testkit::paths::cargo_bin("rbee-worker"));
+    hive.import_models = vec![ModelImport {
+        path: rbee_testkit::paths::require_default_model(),
+        id: Some(MODEL.parse().expect("id")),
+    }];
+    hive.heartbeat_interval = Duration::from_millis(250);
+    hive.worker_nats_args = vec!["--nats-url".into(), server.url()];
+    let hive_bus = connect(&NatsConfig::url(server.url())).await.expect("hive connects");
+    let hive_stop = CancellationToken::new();
+    tokio::spawn(rbee_hive::run(hive, hive_bus, hive_stop.clone()));
+    let (queen_stop, queen_task, base) = start_queen(&server).await;
+    Cluster { server, _dir: dir, hive_stop, queen_stop, queen_task, base, http: reqwest::Client::new() }
+}
+
+impl Cluster {
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await.expect("get");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self.http.post(format!("{}{path}", self.base)).json(&body).send().await.expect("post");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn wait_until(&self, what: &str, mut check: impl FnMut(&Value, &Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            let (_, hives) = self.get("/v1/hives").await;
+            let (_, workers) = self.get("/v1/workers").await;
+            if check(&hives, &workers) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+}
+
+/// Reads an SSE body into its `data:` payloads (and event names).
+async fn sse_events(resp: reqwest::Response) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let mut body = resp.bytes_stream();
+    let mut event = String::from("message");
+    while let Some(chunk) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        while let Some(pos) = buf.find('\n') {
+            let line = buf[..pos].trim_end_matches('\r').to_owned();
+            buf.drain(..=pos);
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                out.push((event.clone(), data.trim().to_owned()));
+            } else if line.is_empty() {
+                event = "message".into();
+            }
+        }
+    }
+    out
+}
+
+fn chat(q: &str) -> Value {
+    json!({"model": MODEL, "messages": [{"role": "user", "content": q}], "temperature": 0, "max_tokens": 40})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_endpoints_jobs_and_failures() {
+    let c = start().await;
+    c.wait_until("the hive", |h, _| h["hives"].as_array().is_some_and(|a| !a.is_empty())).await;
+    let (status, models) = c.get("/v1/models").await;
+    assert_eq!(status, 200);
+    assert_eq!(models["data"][0]["id"], MODEL, "{models}");
+
+    // Errors before anything runs.
+    let (status, body) = c
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_found");
+    let (status, body) = c
+        .post(
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": 7}),
+        )
+        .await;
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("temperature")), "{body}");
+    let garbage = c
+        .http
+        .post(format!("{}/v1/chat/completions", c.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(garbage.status().as_u16(), 400);
+
+    // A job while no worker exists: the queen asks the hive to spawn one, then runs it.
+    let (status, body) =
+        c.post("/v1/chat/completions", chat("What is the capital of France? Answer in one sentence.")).await;
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    assert!(text.contains("Paris"), "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{body}");
+    let (_, workers) = c.get("/v1/workers").await;
+    assert_eq!(workers["workers"].as_array().map(Vec::len), Some(1), "{workers}");
+
+    // Streaming chat: OpenAI chunks ending with [DONE].
+    let resp = c.http.post(format!("{}/v1/chat/completions", c.base)).json(&json!({"stream": true, "model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0, "max_tokens": 40})).send().await.expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let events = sse_events(resp).await;
+    assert_eq!(events.last().map(|e| e.1.as_str()), Some("[DONE]"));
+    let chunks: Vec<Value> = events
+        .iter()
+        .filter(|e| e.1 != "[DONE]")
+        .map(|e| serde_json::from_str(&e.1).expect("chunk json"))
+        .collect();
+    assert!(chunks.len() >= 3, "{chunks:?}");
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    let streamed: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(streamed.contains("Paris"), "{streamed}");
+    let last = chunks.last().expect("last");
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert!(last["usage"]["total_tokens"].as_u64().unwrap_or(0) > 0);
+
+    // Completions, plain and streamed.
+    let (status, body) = c
+        .post(
+            "/v1/completions",
+            json!({"model": MODEL, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert!(!body["choices"][0]["text"].as_str().unwrap_or_default().is_empty());
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    let resp = c
+        .http
+        .post(format!("{}/v1/completions", c.base))
+        .json(&json!({"model": MODEL, "prompt": "Once upon a time", "max_tokens": 8, "stream": true}))
+        .send()
+        .await
+        .expect("post");
+    let events = sse_events(resp).await;
+    assert_eq!(events.last().map(|e| e.1.as_str()), Some("[DONE]"));
+
+    // A prompt longer than the worker's context: 413.
+    let long = "word ".repeat(6000);
+    let (status, body) = c.post("/v1/completions", json!({"model": MODEL, "prompt": long})).await;
+    assert_eq!(status, 413, "{body}");
+
+    // rbee jobs: submit, stream, look up.
+    let (status, job) = c.post("/v1/jobs", json!({"model": MODEL, "messages": [{"role": "user", "content": "Name a color."}], "max_tokens": 10})).await;
+    assert_eq!(status, 202, "{job}");
+    let job_id = job["job_id"].as_str().expect("job id").to_owned();
+    let resp = c
+        .http
+        .get(format!("{}{}", c.base, job["sse_url"].as_str().expect("sse url")))
+        .send()
+        .await
+        .expect("stream");
+    let events = sse_events(resp).await;
+    assert!(events.iter().any(|e| e.0 == "token"), "{events:?}");
+    let last: Value = serde_json::from_str(&events.last().expect("events").1).expect("status json");
+    assert_eq!(last["state"], "finished", "{last}");
+    let (status, record) = c.get(&format!("/v1/jobs/{job_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(record["state"]["phase"], "completed", "{record}");
+
+    // Cancel a long job mid-stream: it ends cancelled and the worker frees the slot.
+    let (_, job) = c
+        .post("/v1/jobs", json!({"model": MODEL, "prompt": "Write a long story.", "max_tokens": 2000}))
+        .await;
+    let job_id = job["job_id"].as_str().expect("id").to_owned();
+    let resp = c.http.get(format!("{}/v1/jobs/{job_id}/stream", c.base)).send().await.expect("stream");
+    let mut body = resp.bytes_stream();
+    let _first = body.next().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancel = c.http.delete(format!("{}/v1/jobs/{job_id}", c.base)).send().await.expect("delete");
+    assert_eq!(cancel.status().as_u16(), 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, record) = c.get(&format!("/v1/jobs/{job_id}")).await;
+        if record["state"]["phase"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not cancelled: {record}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A client that disconnects mid-stream cancels its job.
+    let resp = c.http.post(format!("{}/v1/chat/completions", c.base)).json(&json!({"stream": true, "model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 2000})).send().await.expect("post");
+    let mut body = resp.bytes_stream();
+    let _ = body.next().await;
+    drop(body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, jobs) = c.get("/v1/jobs?limit=1").await;
+        if jobs["jobs"][0]["state"]["phase"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "disconnect did not cancel: {jobs}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // NATS-native submission.
+    let bus = connect(&NatsConfig::url(c.server.url())).await.expect("connect");
+    let mine = JobId::new("job-from-nats").expect("id");
+    let mut status_sub = bus.client().subscribe(subject::job_status(&mine)).await.expect("sub");
+    bus.round_trip().await.expect("rt");
+    let submit = SubmitJob {
+        v: 1,
+        model_id: MODEL.parse().expect("id"),
+        prompt: Prompt::Text { text: "Hello".into() },
+        params: SamplingParams { max_tokens: 5, ..Default::default() },
+        job_id: Some(mine.clone()),
+        deadline_ms: None,
+    };
+    let reply: SubmitJobReply = bus
+        .request(subject::QUEEN_JOBS_SUBMIT.into(), &submit, Duration::from_secs(5))
+        .await
+        .expect("submitted");
+    assert_eq!(reply.job_id, mine);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(30), status_sub.next())
+            .await
+            .expect("status")
+            .expect("open");
+        let s: JobStatus = rpc::decode(&msg.subject, &msg.payload).expect("decodes");
+        if s.state.is_terminal() {
+            assert!(
+                matches!(s.state, JobState::Finished { finish_reason: FinishReason::Length, .. }),
+                "{s:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    let raw = bus.client().request(subject::QUEEN_JOBS_SUBMIT, "garbage".into()).await.expect("reply");
+    assert_eq!(
+        rpc::decode_reply::<SubmitJobReply>("x", &raw.payload)
+            .expect_err("refused")
+            .remote()
+            .map(|e| e.code()),
+        Some(ErrorCode::BadRequest)
+    );
+
+    // Metrics.
+    let metrics =
+        c.http.get(format!("{}/metrics", c.base)).send().await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("rbee_jobs{state=\"completed\"}"), "{metrics}");
+    assert!(metrics.contains("rbee_time_to_first_token_seconds_count"));
+
+    // A worker killed mid-job: the job ends with a clear failure (or completes on a retry).
+    let (_, workers) = c.get("/v1/workers").await;
+    let pid = workers["workers"][0]["pid"].as_u64().expect("pid") as u32;
+    let (_, job) = c
+        .post("/v1/jobs", json!({"model": MODEL, "prompt": "Write a long story.", "max_tokens": 3000}))
+        .await;
+    let job_id = job["job_id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, record) = c.get(&format!("/v1/jobs/{job_id}")).await;
+        if record["state"]["phase"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ran: {record}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rbee_hive::supervisor::signal(pid, rbee_hive::supervisor::Signal::Kill);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let record = loop {
+        let (_, record) = c.get(&format!("/v1/jobs/{job_id}")).await;
+        if record["state"]["phase"] == "failed" || record["state"]["phase"] == "completed" {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "job never ended after its worker died: {record}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if record["state"]["phase"] == "failed" {
+        let reason = record["state"]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("died"), "{record}");
+    }
+
+    // A restarted queen has the cluster view within about a second, and the job history.
+    let (_, before) = c.get("/v1/jobs?limit=100").await;
+    let known = before["jobs"].as_array().map(|a| a.len()).unwrap_or(0);
+    c.queen_stop.cancel();
+    let _ = c.queen_task.await;
+    let (stop, _task, base) = start_queen(&c.server).await;
+    let restarted = Instant::now();
+    let http = reqwest::Client::new();
+    loop {
+        let hives: Value =
+            http.get(format!("{base}/v1/hives")).send().await.expect("hives").json().await.expect("json");
+        if hives["hives"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(restarted.elapsed() < Duration::from_secs(2), "the restarted queen has no view after 2 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen_after = restarted.elapsed();
+    let after: Value =
+        http.get(format!("{base}/v1/jobs?limit=100")).send().await.expect("jobs").json().await.expect("json");
+    assert!(after["jobs"].as_array().map(|a| a.len()).unwrap_or(0) >= known.min(5), "history lost: {after}");
+    let record: Value = http
+        .get(format!("{base}/v1/jobs/job-from-nats"))
+        .send()
+        .await
+        .expect("job")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(record["state"]["phase"], "completed", "{record}");
+    eprintln!("restarted queen saw the cluster after {seen_after:?}");
+    stop.cancel();
+    c.hive_stop.cancel();
+}
