@@ -172,6 +172,14 @@ pub fn text(value: &Value, keys: &[&str]) -> String {
             Some(Value::String(s)) => return s.clone(),
             Some(Value::Number(n)) => return n.to_string(),
             Some(Value::Bool(b)) => return b.to_string(),
+            // Tagged states such as a job's `{"phase":"failed","reason":"..."}`.
+            Some(Value::Object(o)) if o.get("phase").is_some_and(Value::is_string) => {
+                let phase = o.get("phase").and_then(Value::as_str).unwrap_or_default();
+                return match o.get("reason").and_then(Value::as_str) {
+                    Some(reason) => format!("{phase}: {reason}"),
+                    None => phase.to_owned(),
+                };
+            }
             Some(other) => return other.to_string(),
         }
     }
