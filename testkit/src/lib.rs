@@ -6,4 +6,4 @@ pub mod gguf;
 pub mod nats;
 pub mod paths;
 
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};

@@ -121,3 +121,35 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port")
 }
+
+/// Three nats-servers on loopback joined in one cluster (JetStream on each), for tests that kill a node.
+pub struct NatsCluster {
+    /// The nodes, in order.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three clustered servers and waits until each accepts connections.
+    pub fn start() -> Self {
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes =
+            cluster_ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let nodes = cluster_ports
+            .iter()
+            .enumerate()
+            .map(|(i, cport)| {
+                let store = tempfile::tempdir().expect("temp dir for the nats store");
+                let name = format!("n{i}");
+                let listen = format!("nats://127.0.0.1:{cport}");
+                let args = ["-n", &name, "--cluster_name", "rbee", "--cluster", &listen, "--routes", &routes];
+                NatsServer::spawn(store, None, &args, None)
+            })
+            .collect();
+        Self { nodes }
+    }
+
+    /// Every node's client URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+}
