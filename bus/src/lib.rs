@@ -9,6 +9,7 @@ pub mod ids;
 pub mod messages;
 pub mod rpc;
 pub mod runtime;
+pub mod security;
 pub mod subject;
 
 pub use connect::{connect, NatsConfig};

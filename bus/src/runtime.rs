@@ -7,7 +7,13 @@ use tokio_util::sync::CancellationToken;
 pub fn init(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A write error (stderr a pipe to a hive that died) is dropped: with the default, tracing reports
+    // it with `eprintln!`, which panics on the same broken pipe and takes down the task that logged
+    // (a worker then never handled its SIGTERM).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let result = if std::env::var("RBEE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
     } else {

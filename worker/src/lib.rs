@@ -140,7 +140,7 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
 
     // Drain: no new jobs; in-flight ones finish or are cancelled at the deadline.
     shared.set_state(WorkerState::Draining);
-    heartbeat::send(&shared).await;
+    bounded("draining heartbeat", heartbeat::send(&shared)).await;
     tracing::info!(in_flight = shared.active.len(), "worker draining");
     job_tasks.close();
     if tokio::time::timeout(shared.config.drain_deadline, job_tasks.wait()).await.is_err() {
@@ -148,19 +148,30 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
         shared.active.cancel_all();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), job_tasks.wait()).await;
     }
-    let _ = service.stop().await;
+    bounded("service stop", service.stop()).await;
     engine.shutdown();
     finish(&shared, &tasks, &background_stop).await;
     Ok(())
 }
 
+/// Each NATS step of a shutdown gets this long: with NATS unreachable (a publish waits for the
+/// reconnect once the client's buffer is full, a flush until it is back), a worker must still exit on
+/// the one SIGTERM its dying hive sends it.
+const SHUTDOWN_STEP: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn bounded<F: std::future::Future>(step: &str, future: F) {
+    if tokio::time::timeout(SHUTDOWN_STEP, future).await.is_err() {
+        tracing::warn!(step, "nats unreachable during shutdown, not waiting for it");
+    }
+}
+
 async fn finish(shared: &WorkerShared, tasks: &TaskTracker, background_stop: &CancellationToken) {
     background_stop.cancel();
     tasks.close();
-    tasks.wait().await;
+    bounded("background tasks", tasks.wait()).await;
     shared.set_state(WorkerState::Stopped);
-    heartbeat::send(shared).await;
-    let _ = shared.bus.client().flush().await;
+    bounded("stopped heartbeat", heartbeat::send(shared)).await;
+    bounded("flush", shared.bus.client().flush()).await;
     tracing::info!(worker_id = %shared.config.worker_id, "worker stopped");
 }
 
