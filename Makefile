@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build release test test-fast up bench schemas fmt lint clean-data
+.PHONY: setup build release test test-faults up bench schemas fmt lint clean-data
 
 ## setup: install what is missing into project-local, git-ignored places (.venv/, .rbee/); idempotent
 setup:
@@ -21,6 +21,10 @@ release: setup
 test: build
 	$(CARGO) test --workspace --no-fail-fast
 	./scripts/check-compose.sh
+
+## test-faults: fault injection against a running cluster (nats restart, kill -9, partitions, load)
+test-faults: build
+	$(CARGO) test -p rbee-queen --test faults -- --ignored --test-threads 1
 
 ## up: start a local cluster (nats-server, queen, hive, one worker of the default model) and serve
 up: release

@@ -21,6 +21,10 @@ use crate::Queen;
 const ASSIGN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per job on different workers.
 const MAX_ATTEMPTS: u32 = 2;
+/// After the queen's own NATS connection was down, the silence of a worker says nothing about it for
+/// this long after the connection is back: workers reconnect on their own backoff (up to seconds),
+/// then heartbeat.
+const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
 /// A job as clients submit it (HTTP or NATS).
 #[derive(Debug, Clone)]
@@ -186,8 +190,16 @@ async fn drive(
                 let reply: Result<JobAccepted, BusError> =
                     queen.bus.request(subject::worker_jobs(&worker_id), &assignment, ASSIGN_TIMEOUT).await;
                 match reply {
-                    Ok(_) => match watch_worker(&queen, &stream, &worker_id).await {
+                    Ok(_) => match watch_worker(&queen, &stream, &worker_id, &job_id).await {
                         WorkerOutcome::Finished => return,
+                        WorkerOutcome::Lost => {
+                            let message = format!(
+                                "lost the end of the job: the nats connection was interrupted and worker \
+                                 {worker_id} is idle, but its final status never arrived"
+                            );
+                            fail(&queen, &job_id, &model_id, message, Some(worker_id)).await;
+                            return;
+                        }
                         WorkerOutcome::Died { tokens: 0 } if attempts < MAX_ATTEMPTS => {
                             fence(&queen, &worker_id, "died before the first token");
                             exclude.push(worker_id);
@@ -278,9 +290,9 @@ async fn drive(
                 wait_for_change(&queen, Duration::from_millis(500)).await;
             }
             Placement::Refuse { reason } => {
-                stream.set_failure_code(ErrorCode::QueueFull);
-                fail(&queen, &job_id, &model_id, reason, None).await;
-                return;
+                // Only new jobs are refused (429 at submit). A job already admitted keeps waiting, up
+                // to the queue timeout, even when the queue filled up behind it.
+                placement = Some(Placement::Queue { reason });
             }
         }
     }
@@ -337,24 +349,52 @@ fn request_spawn(queen: &Arc<Queen>, hive_id: &rbee_bus::HiveId, model_id: &Mode
 
 enum WorkerOutcome {
     Finished,
-    Died { tokens: usize },
+    Died {
+        tokens: usize,
+    },
+    /// The worker is alive and idle after a NATS interruption, and the job's end was lost.
+    Lost,
 }
 
-/// Follows a placed job until it ends, watching its worker's liveness.
+/// Follows a placed job until it ends, watching its worker's liveness. While the queen's own NATS
+/// connection is down, and for [`RECONNECT_GRACE`] after it is back, every worker looks silent: that
+/// silence is not taken as a death. After an interruption, a final status the queen missed (published
+/// before it had resubscribed) is looked up in the job history and announced again.
 async fn watch_worker(
     queen: &Queen,
     stream: &Arc<JobStream>,
     worker_id: &rbee_bus::WorkerId,
+    job_id: &JobId,
 ) -> WorkerOutcome {
+    let client = queen.bus.client();
+    let connects = || client.statistics().connects.load(Ordering::Relaxed);
+    let mut seen_connects = connects();
+    let mut interrupted_at: Option<Instant> = None;
+    let mut last_lookup: Option<Instant> = None;
     loop {
         if stream.is_finished() {
             return WorkerOutcome::Finished;
         }
-        let alive = queen
-            .registry()
-            .get_worker(worker_id, Instant::now())
-            .is_some_and(|w| w.liveness != crate::registry::Liveness::Offline);
-        if !alive {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        let now_connects = connects();
+        if !connected || now_connects != seen_connects {
+            seen_connects = now_connects;
+            interrupted_at = Some(Instant::now());
+        }
+        let in_grace = interrupted_at.is_some_and(|at| at.elapsed() < RECONNECT_GRACE);
+        if interrupted_at.is_some()
+            && connected
+            && last_lookup.is_none_or(|at| at.elapsed() > Duration::from_secs(1))
+        {
+            last_lookup = Some(Instant::now());
+            if recover_final_status(queen, job_id).await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        }
+        let worker = queen.registry().get_worker(worker_id, Instant::now());
+        let alive = worker.as_ref().is_some_and(|w| w.liveness != crate::registry::Liveness::Offline);
+        if !alive && !in_grace {
             // One more look: the final status may be in flight.
             tokio::time::sleep(Duration::from_millis(100)).await;
             if stream.is_finished() {
@@ -362,8 +402,40 @@ async fn watch_worker(
             }
             return WorkerOutcome::Died { tokens: stream.token_count() };
         }
+        let idle = worker.as_ref().is_some_and(|w| {
+            w.liveness == crate::registry::Liveness::Online && w.slots_busy == 0 && w.slots_reserved == 0
+        });
+        if interrupted_at.is_some() && !in_grace && idle {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if stream.is_finished() {
+                return WorkerOutcome::Finished;
+            }
+            return WorkerOutcome::Lost;
+        }
         let _ = tokio::time::timeout(Duration::from_millis(250), queen.registry_changed.notified()).await;
     }
+}
+
+/// Looks up the job's last status in the JetStream history; when it is final, publishes it again so
+/// the queen (and every subscriber that missed it) sees the end. True when it did.
+async fn recover_final_status(queen: &Queen, job_id: &JobId) -> bool {
+    if !queen.config.durable_jobs {
+        return false;
+    }
+    let js = async_nats::jetstream::new(queen.bus.client().clone());
+    let lookup = async {
+        let stream = js.get_stream(crate::jobs::store::STREAM).await.ok()?;
+        stream.get_last_raw_message_by_subject(&subject::job_status(job_id)).await.ok()
+    };
+    let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(2), lookup).await else { return false };
+    let Ok(status) = rbee_bus::rpc::decode::<JobStatus>(&message.subject, &message.payload) else {
+        return false;
+    };
+    if !status.state.is_terminal() {
+        return false;
+    }
+    tracing::warn!(%job_id, "final status recovered from the job history after a nats interruption");
+    queen.bus.publish(subject::job_status(job_id), &status).await.is_ok()
 }
 
 /// Cancels a job: queued jobs end at once; running ones are told on `rbee.job.<id>.cancel`.

@@ -1,0 +1,284 @@
+//! Section 3, registry: a real queen process folding the heartbeats of 1,000 hives and 10,000 workers, each
+//! once a second, published from this process on loopback at the real messages' sizes (the templates
+//! are heartbeats captured from the real hive and worker earlier in the run; every simulated hive lists
+//! its 10 workers). Measures the fold rate, the queen's CPU and memory, and a burst that finds the
+//! fold capacity; the floor is decoding the same bytes with serde in this process.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use rbee_bus::{
+    subject, Bus, EventStamper, HiveHeartbeat, HiveId, HiveWorkerStatus, HiveWorkerSummary, WorkerHeartbeat,
+    WorkerId,
+};
+
+use crate::cluster::{metric_sum, Api, Proc};
+use crate::stats;
+
+/// Hives simulated.
+pub const HIVES: usize = 1_000;
+/// Workers per simulated hive.
+pub const WORKERS_PER_HIVE: usize = 10;
+
+/// What the registry load measured.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RegistryResult {
+    /// Heartbeats offered per second (published, measured).
+    pub offered_per_s: f64,
+    /// Heartbeats the queen received per second over the window (`rbee_heartbeats_total`).
+    pub folded_per_s: f64,
+    /// Window, s.
+    pub window_s: f64,
+    /// Queen CPU over the window, percent of one core.
+    pub queen_cpu_percent: f64,
+    /// Queen CPU per heartbeat, µs.
+    pub queen_cpu_us_per_heartbeat: f64,
+    /// This process (the publishers) CPU over the window, percent of one core.
+    pub publisher_cpu_percent: f64,
+    /// Queen resident memory before any heartbeat, bytes.
+    pub rss_idle_bytes: u64,
+    /// Queen resident memory with the whole cluster registered, bytes.
+    pub rss_loaded_bytes: u64,
+    /// Workers the queen listed online at the end of the window.
+    pub workers_online: f64,
+    /// Hives the queen listed online at the end of the window.
+    pub hives_online: f64,
+    /// Workers in `GET /v1/workers`.
+    pub workers_listed: usize,
+    /// Sequence gaps the queen counted (lost heartbeats).
+    pub seq_gaps: f64,
+    /// Messages the queen rejected.
+    pub rejected: f64,
+    /// Bytes of one simulated hive heartbeat (10 workers listed).
+    pub hive_bytes: usize,
+    /// Bytes of one simulated worker heartbeat.
+    pub worker_bytes: usize,
+    /// Average heartbeat bytes the queen counted (`rbee_heartbeat_bytes_total` ÷ `rbee_heartbeats_total`).
+    pub queen_avg_bytes: f64,
+    /// Burst: heartbeats published as fast as possible.
+    pub burst_messages: u64,
+    /// Burst: heartbeats per second the queen folded (first publish → counter reached).
+    pub burst_fold_per_s: f64,
+    /// Burst: queen CPU per heartbeat, µs.
+    pub burst_cpu_us_per_heartbeat: f64,
+    /// Floor: serde decode of one worker heartbeat in this process, µs.
+    pub decode_worker_us: f64,
+    /// Floor: serde decode of one simulated hive heartbeat in this process, µs.
+    pub decode_hive_us: f64,
+}
+
+struct Publisher {
+    subject: String,
+    stamper: EventStamper,
+    kind: Kind,
+}
+
+enum Kind {
+    Hive(Box<HiveHeartbeat>),
+    Worker(Box<WorkerHeartbeat>),
+}
+
+impl Publisher {
+    fn payload(&self) -> Bytes {
+        let bytes = match &self.kind {
+            Kind::Hive(hb) => {
+                let mut hb = (**hb).clone();
+                hb.meta = self.stamper.next();
+                serde_json::to_vec(&hb)
+            }
+            Kind::Worker(hb) => {
+                let mut hb = (**hb).clone();
+                hb.meta = self.stamper.next();
+                serde_json::to_vec(&hb)
+            }
+        };
+        Bytes::from(bytes.unwrap_or_default())
+    }
+}
+
+fn publishers(hive: &HiveHeartbeat, worker: &WorkerHeartbeat) -> anyhow::Result<Vec<Publisher>> {
+    let mut out = Vec::with_capacity(HIVES * (WORKERS_PER_HIVE + 1));
+    for h in 0..HIVES {
+        let hive_id: HiveId = format!("sim-h{h:04}").parse()?;
+        let mut workers = Vec::new();
+        for w in 0..WORKERS_PER_HIVE {
+            let worker_id: WorkerId = format!("sim-w{:05}", h * WORKERS_PER_HIVE + w).parse()?;
+            let mut hb = worker.clone();
+            hb.worker_id = worker_id.clone();
+            hb.hive_id = hive_id.clone();
+            hb.pid = 10_000 + (h * WORKERS_PER_HIVE + w) as u32;
+            workers.push(HiveWorkerSummary {
+                worker_id: worker_id.clone(),
+                model_id: hb.model_id.clone(),
+                device: hb.device.clone(),
+                pid: hb.pid,
+                status: HiveWorkerStatus::Ready,
+                started_at_ms: rbee_bus::now_ms(),
+            });
+            out.push(Publisher {
+                subject: subject::worker_heartbeat(&worker_id),
+                stamper: EventStamper::new(worker_id.as_str()),
+                kind: Kind::Worker(Box::new(hb)),
+            });
+        }
+        let mut hb = hive.clone();
+        hb.hive_id = hive_id.clone();
+        hb.hostname = format!("sim-host-{h:04}");
+        hb.workers = workers;
+        out.push(Publisher {
+            subject: subject::hive_heartbeat(&hive_id),
+            stamper: EventStamper::new(hive_id.as_str()),
+            kind: Kind::Hive(Box::new(hb)),
+        });
+    }
+    Ok(out)
+}
+
+fn decode_us<T: serde::de::DeserializeOwned>(bytes: &[u8], rounds: u32) -> f64 {
+    let t = Instant::now();
+    for _ in 0..rounds {
+        let v: Result<T, _> = serde_json::from_slice(std::hint::black_box(bytes));
+        std::hint::black_box(v.is_ok());
+    }
+    stats::us(t.elapsed()) / f64::from(rounds)
+}
+
+/// Runs the load against a queen started here, on `nats`; `queen_bin` is the release binary.
+pub async fn run(
+    nats: &str,
+    queen_bin: &std::path::Path,
+    log_dir: &std::path::Path,
+    hive_template: &HiveHeartbeat,
+    worker_template: &WorkerHeartbeat,
+    window: Duration,
+) -> anyhow::Result<RegistryResult> {
+    let mut r = RegistryResult::default();
+    let pubs = Arc::new(publishers(hive_template, worker_template)?);
+    let total = pubs.len();
+    r.hive_bytes = pubs.iter().find(|p| matches!(p.kind, Kind::Hive(_))).map_or(0, |p| p.payload().len());
+    r.worker_bytes = pubs.iter().find(|p| matches!(p.kind, Kind::Worker(_))).map_or(0, |p| p.payload().len());
+
+    // The floor: decoding the same bytes.
+    let hive_sample =
+        pubs.iter().find(|p| matches!(p.kind, Kind::Hive(_))).map(|p| p.payload()).unwrap_or_default();
+    let worker_sample =
+        pubs.iter().find(|p| matches!(p.kind, Kind::Worker(_))).map(|p| p.payload()).unwrap_or_default();
+    r.decode_hive_us = decode_us::<HiveHeartbeat>(&hive_sample, 5_000);
+    r.decode_worker_us = decode_us::<WorkerHeartbeat>(&worker_sample, 20_000);
+
+    let port = crate::cluster::free_port();
+    let mut queen = Proc::spawn(
+        "queen (registry load)",
+        queen_bin,
+        &crate::cluster::queen_args(nats, port),
+        &log_dir.join("queen-registry.log"),
+    )?;
+    let api = Api::new(port);
+    api.wait_healthy(&mut queen, Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let qpid = queen.pid();
+    r.rss_idle_bytes = stats::rss_bytes(qpid);
+
+    let bus: Bus = rbee_bus::connect(&rbee_bus::NatsConfig::url(nats)).await?;
+    let paused = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(AtomicU64::new(0));
+    let task = {
+        let (bus, pubs, paused, stop, published) =
+            (bus.clone(), pubs.clone(), paused.clone(), stop.clone(), published.clone());
+        tokio::spawn(async move {
+            // 100 ticks a second, each publishing a hundredth of the cluster: every publisher once a second.
+            let per_tick = total.div_ceil(100);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut next = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if paused.load(Ordering::Relaxed) {
+                    continue;
+                }
+                for _ in 0..per_tick {
+                    let p = &pubs[next];
+                    next = (next + 1) % total;
+                    if bus.client().publish(p.subject.clone(), p.payload()).await.is_err() {
+                        return;
+                    }
+                    published.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    // Warm up: every publisher heard at least twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    queen.check()?;
+    let hb0 = api.metric("rbee_heartbeats_total").await?;
+    let bytes0 = api.metric("rbee_heartbeat_bytes_total").await?;
+    let pub0 = published.load(Ordering::Relaxed);
+    let cpu0 = stats::cpu_seconds(qpid).context("queen cpu")?;
+    let self0 = stats::cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let cpu1 = stats::cpu_seconds(qpid).context("queen cpu")?;
+    let self1 = stats::cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let pub1 = published.load(Ordering::Relaxed);
+    let metrics = api.get_text("/metrics").await?;
+    let hb1 = metric_sum(&metrics, "rbee_heartbeats_total", None);
+    let bytes1 = metric_sum(&metrics, "rbee_heartbeat_bytes_total", None);
+    r.window_s = elapsed;
+    r.offered_per_s = (pub1 - pub0) as f64 / elapsed;
+    r.folded_per_s = (hb1 - hb0) / elapsed;
+    r.queen_cpu_percent = (cpu1 - cpu0) / elapsed * 100.0;
+    r.queen_cpu_us_per_heartbeat = if hb1 > hb0 { (cpu1 - cpu0) * 1e6 / (hb1 - hb0) } else { 0.0 };
+    r.publisher_cpu_percent = (self1 - self0) / elapsed * 100.0;
+    r.queen_avg_bytes = if hb1 > hb0 { (bytes1 - bytes0) / (hb1 - hb0) } else { 0.0 };
+    r.rss_loaded_bytes = stats::rss_bytes(qpid);
+    r.workers_online =
+        metric_sum(&metrics, "rbee_registry_entries", Some("kind=\"worker\",liveness=\"online\""));
+    r.hives_online = metric_sum(&metrics, "rbee_registry_entries", Some("kind=\"hive\",liveness=\"online\""));
+    r.seq_gaps = metric_sum(&metrics, "rbee_heartbeat_seq_gaps", None);
+    r.rejected = metric_sum(&metrics, "rbee_rejected_messages_total", None);
+    r.workers_listed = api.workers().await?.len();
+
+    // Burst: as fast as this process can publish, to find how fast the queen folds.
+    paused.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let burst: Vec<&Publisher> = pubs.iter().filter(|p| matches!(p.kind, Kind::Worker(_))).collect();
+    let rounds = 5u64;
+    let payloads: Vec<(String, Bytes)> = (0..rounds)
+        .flat_map(|_| burst.iter().map(|p| (p.subject.clone(), p.payload())).collect::<Vec<_>>())
+        .collect();
+    r.burst_messages = payloads.len() as u64;
+    let base = api.metric("rbee_heartbeats_total").await?;
+    let cpu_b0 = stats::cpu_seconds(qpid).context("queen cpu")?;
+    let tb = Instant::now();
+    for (subject, payload) in payloads {
+        bus.client().publish(subject, payload).await?;
+    }
+    bus.client().flush().await?;
+    let target = base + r.burst_messages as f64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done_at = loop {
+        let seen = api.metric("rbee_heartbeats_total").await?;
+        if seen >= target {
+            break Instant::now();
+        }
+        if Instant::now() > deadline {
+            bail!("the queen received {} of {} burst heartbeats within 60 s", seen - base, r.burst_messages);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let cpu_b1 = stats::cpu_seconds(qpid).context("queen cpu")?;
+    r.burst_fold_per_s = r.burst_messages as f64 / done_at.saturating_duration_since(tb).as_secs_f64();
+    // Includes the queen's answers to the /metrics polls (every 25 ms): an upper bound.
+    r.burst_cpu_us_per_heartbeat = (cpu_b1 - cpu_b0) * 1e6 / r.burst_messages as f64;
+
+    stop.store(true, Ordering::Relaxed);
+    let _ = task.await;
+    queen.stop(Duration::from_secs(5));
+    Ok(r)
+}
