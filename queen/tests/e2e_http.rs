@@ -218,7 +218,7 @@ async fn openai_endpoints_jobs_and_failures() {
 
     // Cancel a long job mid-stream: it ends cancelled and the worker frees the slot.
     let (_, job) = c
-        .post("/v1/jobs", json!({"model": MODEL, "prompt": "Write a long story.", "max_tokens": 2000}))
+        .post("/v1/jobs", json!({"model": MODEL, "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}], "temperature": 0, "max_tokens": 2000}))
         .await;
     let job_id = job["job_id"].as_str().expect("id").to_owned();
     let resp = c.http.get(format!("{}/v1/jobs/{job_id}/stream", c.base)).send().await.expect("stream");
@@ -238,7 +238,7 @@ async fn openai_endpoints_jobs_and_failures() {
     }
 
     // A client that disconnects mid-stream cancels its job.
-    let resp = c.http.post(format!("{}/v1/chat/completions", c.base)).json(&json!({"stream": true, "model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 2000})).send().await.expect("post");
+    let resp = c.http.post(format!("{}/v1/chat/completions", c.base)).json(&json!({"stream": true, "model": MODEL, "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}], "temperature": 0, "max_tokens": 2000})).send().await.expect("post");
     let mut body = resp.bytes_stream();
     let _ = body.next().await;
     drop(body);
@@ -305,7 +305,7 @@ async fn openai_endpoints_jobs_and_failures() {
     let (_, workers) = c.get("/v1/workers").await;
     let pid = workers["workers"][0]["pid"].as_u64().expect("pid") as u32;
     let (_, job) = c
-        .post("/v1/jobs", json!({"model": MODEL, "prompt": "Write a long story.", "max_tokens": 3000}))
+        .post("/v1/jobs", json!({"model": MODEL, "messages": [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}], "temperature": 0, "max_tokens": 300}))
         .await;
     let job_id = job["job_id"].as_str().expect("id").to_owned();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -318,7 +318,7 @@ async fn openai_endpoints_jobs_and_failures() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     rbee_hive::supervisor::signal(pid, rbee_hive::supervisor::Signal::Kill);
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(90);
     let record = loop {
         let (_, record) = c.get(&format!("/v1/jobs/{job_id}")).await;
         if record["state"]["phase"] == "failed" || record["state"]["phase"] == "completed" {
