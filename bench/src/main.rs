@@ -227,11 +227,14 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         report.date
     );
     println!("logs in {}", env.logs.display());
-    if report.load_average_start > 0.5 * report.machine.logical_cpus as f64 {
+    let quiet = stats::ForeignLoad::start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy = quiet.cores();
+    if busy > FOREIGN_MAX_CORES {
         println!(
-            "warning: the machine is busy (load average {:.2} on {} cpus): other work competes with the \
-             processes measured, and the figures will be noisy",
-            report.load_average_start, report.machine.logical_cpus
+            "warning: other processes take {busy:.2} cores of {} now; runs wait for quiet moments and the figures \
+             will be noisier",
+            report.machine.logical_cpus
         );
     }
 
@@ -442,6 +445,8 @@ pub struct TokenPath {
     pace_ms: f64,
     chunks: u32,
     rounds: usize,
+    /// Median cores taken by other processes during a round.
+    foreign_cores: f64,
 }
 
 async fn token_path(
@@ -482,11 +487,14 @@ async fn token_path(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (mut raw, mut relayed, mut queen) = (Vec::new(), Vec::new(), Vec::new());
+    let mut foreign = Vec::new();
     // Warm-up, not counted.
     token_path::nats_run(&publisher, &reader, "bench.raw", "bench.raw", 50, plan.pace).await?;
     token_path::nats_run(&publisher, &reader, "bench.relay.in", "bench.relay.out", 50, plan.pace).await?;
     token_path::queen_run(api, &echo, 50).await?;
     for _ in 0..plan.rounds {
+        wait_quiet(Duration::from_secs(10)).await;
+        let meter = stats::ForeignLoad::start();
         raw.extend(
             token_path::nats_run(&publisher, &reader, "bench.raw", "bench.raw", plan.chunks, plan.pace)
                 .await?,
@@ -503,6 +511,7 @@ async fn token_path(
             .await?,
         );
         queen.extend(token_path::queen_run(api, &echo, plan.chunks).await?);
+        foreign.push(meter.cores());
     }
     echo.stop().await;
     relay.stop(Duration::from_secs(2));
@@ -517,6 +526,7 @@ async fn token_path(
         pace_ms: plan.pace.as_secs_f64() * 1e3,
         chunks: plan.chunks,
         rounds: plan.rounds,
+        foreign_cores: stats::median(&foreign),
     };
     report.figure(
         S1,
@@ -572,7 +582,7 @@ async fn token_path(
         "token_path",
         json!({
             "chunks_per_run": plan.chunks, "runs": plan.rounds, "pace_ms": plan.pace.as_secs_f64() * 1e3,
-            "payload_bytes": tp.payload_bytes, "raw_us": tp.raw, "relay_us": tp.relay, "queen_sse_us": tp.queen,
+            "payload_bytes": tp.payload_bytes, "foreign_cores": tp.foreign_cores, "raw_us": tp.raw, "relay_us": tp.relay, "queen_sse_us": tp.queen,
         }),
     );
     Ok(tp)
@@ -599,7 +609,7 @@ pub struct EndToEnd {
 /// Above this many cores of CPU taken by other processes during a direct/queen pair, the pair is
 /// measured again (llama.cpp's threads on a 2-core machine slow down many times over when anything else
 /// runs): other users of the machine, not rbee, would decide the figures otherwise.
-const FOREIGN_MAX_CORES: f64 = 0.25;
+pub const FOREIGN_MAX_CORES: f64 = 0.25;
 
 /// Waits (up to `within`) for a second in which other processes take less than [`FOREIGN_MAX_CORES`].
 async fn wait_quiet(within: Duration) -> f64 {
@@ -690,7 +700,7 @@ async fn end_to_end(
         let (mut direct, mut queen) = (Vec::new(), Vec::new());
         let mut rep = 0;
         while rep < reps {
-            wait_quiet(Duration::from_secs(15)).await;
+            wait_quiet(Duration::from_secs(15).min(deadline.saturating_duration_since(Instant::now()))).await;
             extra_workers += single_worker(api, worker_id).await?;
             let watch = (c == 1).then_some(bus);
             let meter = stats::ForeignLoad::start();

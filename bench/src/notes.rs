@@ -31,19 +31,6 @@ pub fn write(
     spawns: &[SpawnTiming],
     detections: &[Detection],
 ) {
-    let busy = report.load_average_start > 0.5 * report.machine.logical_cpus as f64
-        || report.load_average_end > 0.5 * report.machine.logical_cpus as f64;
-    if busy {
-        report.note(
-            S1,
-            format!(
-                "**Caveat for the whole run:** the machine was busy with other work (load average {:.2} at \
-                 the start, {:.2} at the end, on {} cpus). Everything here competes for the same cores, so \
-                 latencies and rates are noisier than on an idle machine; rerun `make bench` on a quiet one.",
-                report.load_average_start, report.load_average_end, report.machine.logical_cpus
-            ),
-        );
-    }
     token_path(report, tp, e2e);
     end_to_end(report, e2e);
     registry(report, reg);
@@ -77,11 +64,13 @@ fn token_path(report: &mut Report, tp: &TokenPath, e2e: &EndToEnd) {
              client can cost. Raw, relay and queen runs alternate. **real worker**: during the single-stream \
              end-to-end runs (SmolLM2 on the real worker), a plain NATS subscriber in `rbee-bench` and the SSE reader \
              stamp the same chunks; SSE − subscriber is what the queen adds over reading the bus directly. (The \
-             chunks' own `sent_at_ms` has only millisecond resolution, so it is not used.)",
+             chunks' own `sent_at_ms` has only millisecond resolution, so it is not used.) Each round starts once \
+             other processes on the machine are quiet; during the rounds they took a median of {} cores.",
             tp.payload_bytes,
             num(tp.pace_ms),
             tp.chunks,
-            tp.rounds
+            tp.rounds,
+            num(tp.foreign_cores)
         ),
     );
     let r50 = ratio(report, "token_path.queen_sse.p50_us");
@@ -182,12 +171,49 @@ fn end_to_end(report: &mut Report, e2e: &EndToEnd) {
              are read from its channel, no NATS and no HTTP. Time to first token = request sent (or submitted) → first \
              token read. Decode tokens/s = (completion tokens − 1) ÷ (last token − first token), per stream. \
              Aggregate = all completion tokens ÷ (first request → last token). Direct and through-queen runs \
-             alternate ({} runs each way); medians. Greedy decoding gives both sides the same tokens.",
+             alternate ({} runs each way); medians. Greedy decoding gives both sides the same tokens. On 2 cores \
+             llama.cpp's two threads slow down many times over when any other process runs, so each direct/queen \
+             pair starts once the machine is quiet, and a pair during which processes outside this run took more \
+             than {} cores is measured again (this run: {} pair(s) measured again, listed in `BENCHMARKS.json`){}.",
             e2e.max_tokens,
             crate::e2e::PROMPT,
-            reps.join(", ")
+            reps.join(", "),
+            crate::FOREIGN_MAX_CORES,
+            e2e.discarded,
+            if e2e.extra_workers > 0 {
+                format!(
+                    "; {} worker(s) that the queen spawned on its own while the first one was starved (it missed \
+                     heartbeats, so the queen placed the next job on a new worker, as designed) were stopped before \
+                     the next pair, so that every run compares one worker with one engine",
+                    e2e.extra_workers
+                )
+            } else {
+                String::new()
+            }
         ),
     );
+    if !e2e.splits.is_empty() {
+        let med =
+            |f: fn(&crate::e2e::TtftSplit) -> f64| median(&e2e.splits.iter().map(f).collect::<Vec<_>>());
+        let direct_ttft = report.get("e2e.c1.ttft_ms").and_then(|f| f.baseline).unwrap_or(0.0);
+        report.note(
+            S2,
+            format!(
+                "**Where the single-stream time to first token goes** (medians over {} streams, from the job's status \
+                 events and token chunks as a plain NATS subscriber saw them): request → the queen's `scheduled` \
+                 status {} ms (HTTP, validation, placement); → the worker's `accepted` {} ms (NATS assignment, the \
+                 worker checks, renders and tokenizes the prompt); → the first token chunk on the bus {} ms (prefill \
+                 and the first decode step, which llama.cpp driven directly does in {} ms from submit to first \
+                 token); → the client's first SSE event {} ms.",
+                e2e.splits.len(),
+                num(med(|s| s.to_scheduled)),
+                num(med(|s| s.to_accepted)),
+                num(med(|s| s.to_first_chunk)),
+                num(direct_ttft),
+                num(med(|s| s.to_client))
+            ),
+        );
+    }
     let mut findings = Vec::new();
     let cpu = e2e.cpu;
     for (c, direct, queen) in &e2e.runs {
@@ -215,14 +241,28 @@ fn end_to_end(report: &mut Report, e2e: &EndToEnd) {
                     num(d_last)
                 ));
             } else {
+                let med = |f: fn(&crate::e2e::TtftSplit) -> f64| {
+                    median(&e2e.splits.iter().map(f).collect::<Vec<_>>())
+                };
+                let path = med(|s| s.to_scheduled) + med(|s| s.to_accepted) + med(|s| s.to_client);
+                let direct_ttft = report.get(&ttft_key).and_then(|f| f.baseline).unwrap_or(0.0);
                 findings.push(format!(
                     "**Time to first token, single stream ({:.2}x direct):** {} ms through the queen against {} ms \
-                     directly; the difference, {} ms, is the HTTP request, placement, the NATS assignment and the \
-                     worker's accept, plus the way back.",
+                     directly. The queen's own path, request → `scheduled` → `accepted` plus first chunk → client, \
+                     takes {} ms of it (split above); the rest is the worker's prefill and first decode step, {} ms \
+                     against {} ms for the same prompt in process. On 2 cores the worker's two llama.cpp threads \
+                     share the CPU with the queen, nats-server and the client, and they all wake during that first \
+                     step (the worker publishes `accepted` and the queen answers the HTTP request with its headers as \
+                     the prefill starts), so the prefill itself runs slower than in a process where nothing else \
+                     wakes. On a machine with a core to spare for the queen the first token would come within the \
+                     queen's own {} ms of the direct one.",
                     ratio(report, &ttft_key),
                     num(value(report, &ttft_key)),
-                    num(report.get(&ttft_key).and_then(|f| f.baseline).unwrap_or(0.0)),
-                    num(value(report, &ttft_key) - report.get(&ttft_key).and_then(|f| f.baseline).unwrap_or(0.0))
+                    num(direct_ttft),
+                    num(path),
+                    num(med(|s| s.to_first_chunk)),
+                    num(direct_ttft),
+                    num(path)
                 ));
             }
         }
@@ -283,11 +323,13 @@ fn registry(report: &mut Report, r: &RegistryResult) {
              and resident memory (`VmRSS`), and what `/metrics` and `GET /v1/workers` list. Then the periodic \
              publishers pause and {} worker heartbeats are published as fast as `rbee-bench` can, to find how fast \
              the queen folds (first publish → the queen's counter reaches them, polled every 25 ms). Floor: serde \
-             decoding the same bytes in `rbee-bench`, one core.",
+             decoding the same bytes in `rbee-bench`, one core. Other processes on the machine took {} cores during \
+             the window.",
             "1,000",
             "10,000",
             r.window_s,
-            num(r.burst_messages as f64)
+            num(r.burst_messages as f64),
+            num(r.foreign_cores)
         ),
     );
     report.note(

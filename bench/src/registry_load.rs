@@ -64,6 +64,8 @@ pub struct RegistryResult {
     pub burst_fold_per_s: f64,
     /// Burst: queen CPU per heartbeat, µs.
     pub burst_cpu_us_per_heartbeat: f64,
+    /// Cores other processes took during the window.
+    pub foreign_cores: f64,
     /// Floor: serde decode of one worker heartbeat in this process, µs.
     pub decode_worker_us: f64,
     /// Floor: serde decode of one simulated hive heartbeat in this process, µs.
@@ -220,11 +222,13 @@ pub async fn run(
     let pub0 = published.load(Ordering::Relaxed);
     let cpu0 = stats::cpu_seconds(qpid).context("queen cpu")?;
     let self0 = stats::cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let foreign = stats::ForeignLoad::start();
     let t0 = Instant::now();
     tokio::time::sleep(window).await;
     let cpu1 = stats::cpu_seconds(qpid).context("queen cpu")?;
     let self1 = stats::cpu_seconds(std::process::id()).unwrap_or(0.0);
     let elapsed = t0.elapsed().as_secs_f64();
+    r.foreign_cores = foreign.cores();
     let pub1 = published.load(Ordering::Relaxed);
     let metrics = api.get_text("/metrics").await?;
     let hb1 = metric_sum(&metrics, "rbee_heartbeats_total", None);
