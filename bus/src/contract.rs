@@ -14,6 +14,10 @@ use crate::messages::job::{
     JobAccepted, JobAssignment, JobCancel, JobStatus, SubmitJob, SubmitJobReply, TokenChunk,
 };
 use crate::messages::lifecycle::WorkerLifecycle;
+use crate::messages::models::{
+    ModelImportRequest, ModelPullAccepted, ModelPullEvent, ModelPullRequest, ModelRemoveReply,
+    ModelRemoveRequest, ModelReply,
+};
 use crate::subject as s;
 
 /// How a subject is used.
@@ -145,6 +149,37 @@ pub fn subjects() -> Vec<SubjectEntry> {
             "list the hive's model catalog",
         ),
         request(
+            s::HIVE_MODELS_IMPORT_ALL,
+            "ModelImportRequest",
+            "ModelReply",
+            &["queen"],
+            &["hive"],
+            "copy a GGUF file on the hive's machine into its catalog",
+        ),
+        request(
+            s::HIVE_MODELS_PULL_ALL,
+            "ModelPullRequest",
+            "ModelPullAccepted",
+            &["queen"],
+            &["hive"],
+            "download a GGUF file into the catalog; progress follows on the pull's subject",
+        ),
+        event(
+            s::HIVE_PULLS_ALL,
+            "ModelPullEvent",
+            &["hive"],
+            &["queen", "observers"],
+            "progress of one pull, then done or failed",
+        ),
+        request(
+            s::HIVE_MODELS_REMOVE_ALL,
+            "ModelRemoveRequest",
+            "ModelRemoveReply",
+            &["queen"],
+            &["hive"],
+            "delete a model no running worker uses",
+        ),
+        request(
             s::HIVE_DEVICES_ALL,
             "ListRequest",
             "DeviceList",
@@ -211,6 +246,13 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("WorkerList", schema::<WorkerList>()),
         ("ModelList", schema::<ModelList>()),
         ("DeviceList", schema::<DeviceList>()),
+        ("ModelImportRequest", schema::<ModelImportRequest>()),
+        ("ModelReply", schema::<ModelReply>()),
+        ("ModelPullRequest", schema::<ModelPullRequest>()),
+        ("ModelPullAccepted", schema::<ModelPullAccepted>()),
+        ("ModelPullEvent", schema::<ModelPullEvent>()),
+        ("ModelRemoveRequest", schema::<ModelRemoveRequest>()),
+        ("ModelRemoveReply", schema::<ModelRemoveReply>()),
         ("JobAssignment", schema::<JobAssignment>()),
         ("JobAccepted", schema::<JobAccepted>()),
         ("TokenChunk", schema::<TokenChunk>()),

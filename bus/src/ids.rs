@@ -142,6 +142,12 @@ id_type!(
     "queen id",
     "queen"
 );
+id_type!(
+    /// One model download on a hive, chosen by whoever asks for it.
+    PullId,
+    "pull id",
+    "pull"
+);
 
 #[cfg(test)]
 mod tests {

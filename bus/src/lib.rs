@@ -13,7 +13,7 @@ pub mod security;
 pub mod subject;
 
 pub use connect::{connect, NatsConfig};
-pub use ids::{HiveId, IdError, JobId, ModelId, QueenId, WorkerId};
+pub use ids::{HiveId, IdError, JobId, ModelId, PullId, QueenId, WorkerId};
 pub use messages::error::{ErrorBody, ErrorCode, WireError};
 pub use messages::heartbeat::{Backend, HiveHeartbeat, HiveState, QueenHello, WorkerHeartbeat, WorkerState};
 pub use messages::hive::{
@@ -26,5 +26,9 @@ pub use messages::job::{
     Prompt, SamplingParams, SubmitJob, SubmitJobReply, TokenChunk, Usage,
 };
 pub use messages::lifecycle::{LifecycleEvent, WorkerLifecycle};
+pub use messages::models::{
+    ModelImportRequest, ModelPullAccepted, ModelPullEvent, ModelPullRequest, ModelRemoveReply,
+    ModelRemoveRequest, ModelReply, PullProgress,
+};
 pub use messages::{now_ms, EventMeta, EventStamper, SCHEMA_VERSION};
 pub use rpc::{Bus, BusError};

@@ -7,8 +7,8 @@
 //!
 //! | role | publishes | subscribes |
 //! |---|---|---|
-//! | queen | spawn, stop and listings of every hive; assignments of every worker; job status and cancel; hello; the JetStream API of stream `RBEE_JOBS` | every heartbeat and lifecycle event, `rbee.job.>`, job submission |
-//! | hive | its own heartbeat; lifecycle events of its own worker pool | its own spawn/stop/listing subjects, worker heartbeats, hello |
+//! | queen | spawn, stop, listings and model import/pull/remove of every hive; assignments of every worker; job status and cancel; hello; the JetStream API of stream `RBEE_JOBS` | every heartbeat, lifecycle and pull progress event, `rbee.job.>`, job submission |
+//! | hive | its own heartbeat and pull progress; lifecycle events of its own worker pool | its own spawn/stop/listing/model subjects, worker heartbeats, hello |
 //! | worker | its own heartbeat; job tokens and status | its own assignment subject, job cancels, hello |
 //! | observer | nothing | token streams, job status, heartbeats, lifecycle events |
 //! | cli | job submission, hive listings, job cancel, the service API (`$SRV.>`) | token streams, job status, heartbeats, lifecycle events |
@@ -415,6 +415,9 @@ impl SecurityConfig {
                     subject::HIVE_WORKERS_ALL,
                     subject::HIVE_MODELS_ALL,
                     subject::HIVE_DEVICES_ALL,
+                    subject::HIVE_MODELS_IMPORT_ALL,
+                    subject::HIVE_MODELS_PULL_ALL,
+                    subject::HIVE_MODELS_REMOVE_ALL,
                     subject::WORKER_JOBS_ALL,
                     subject::JOB_STATUS_ALL,
                     subject::JOB_CANCEL_ALL,
@@ -426,6 +429,7 @@ impl SecurityConfig {
                     subject::HIVE_HEARTBEAT_ALL,
                     subject::WORKER_HEARTBEAT_ALL,
                     subject::WORKER_LIFECYCLE_ALL,
+                    subject::HIVE_PULLS_ALL,
                     JOB_ALL,
                     subject::QUEEN_JOBS_SUBMIT,
                 ]);
@@ -434,7 +438,8 @@ impl SecurityConfig {
                 Permissions { publish, subscribe, allow_responses: true }
             }
             Role::Hive { hive_id } => {
-                let mut publish = vec![subject::hive_heartbeat(hive_id)];
+                let mut publish =
+                    vec![subject::hive_heartbeat(hive_id), format!("rbee.hive.{hive_id}.pulls.*")];
                 for worker in self.worker_pool(hive_id) {
                     if let Role::Worker { worker_id, .. } = &worker.role {
                         publish.push(subject::worker_lifecycle(worker_id));
@@ -447,6 +452,9 @@ impl SecurityConfig {
                     subject::hive_workers(hive_id),
                     subject::hive_models(hive_id),
                     subject::hive_devices(hive_id),
+                    subject::hive_models_import(hive_id),
+                    subject::hive_models_pull(hive_id),
+                    subject::hive_models_remove(hive_id),
                     subject::WORKER_HEARTBEAT_ALL.to_owned(),
                     subject::QUEEN_HELLO.to_owned(),
                 ];

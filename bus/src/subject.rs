@@ -1,7 +1,7 @@
 //! Every subject rbee uses, built from typed ids, and the wildcards that match them. No other crate
 //! formats a subject string.
 
-use crate::ids::{HiveId, JobId, WorkerId};
+use crate::ids::{HiveId, JobId, PullId, WorkerId};
 
 /// Root of every rbee subject.
 pub const ROOT: &str = "rbee";
@@ -22,6 +22,14 @@ pub const HIVE_STOP_ALL: &str = "rbee.hive.*.stop";
 pub const HIVE_WORKERS_ALL: &str = "rbee.hive.*.workers";
 /// All model listing requests.
 pub const HIVE_MODELS_ALL: &str = "rbee.hive.*.models";
+/// All model import requests.
+pub const HIVE_MODELS_IMPORT_ALL: &str = "rbee.hive.*.models.import";
+/// All model pull requests.
+pub const HIVE_MODELS_PULL_ALL: &str = "rbee.hive.*.models.pull";
+/// All model removal requests.
+pub const HIVE_MODELS_REMOVE_ALL: &str = "rbee.hive.*.models.remove";
+/// Progress of every model pull.
+pub const HIVE_PULLS_ALL: &str = "rbee.hive.*.pulls.*";
 /// All device listing requests.
 pub const HIVE_DEVICES_ALL: &str = "rbee.hive.*.devices";
 /// All job assignments.
@@ -56,6 +64,22 @@ pub fn hive_workers(hive: &HiveId) -> String {
 /// `rbee.hive.<hive_id>.models`
 pub fn hive_models(hive: &HiveId) -> String {
     format!("rbee.hive.{hive}.models")
+}
+/// `rbee.hive.<hive_id>.models.import`
+pub fn hive_models_import(hive: &HiveId) -> String {
+    format!("rbee.hive.{hive}.models.import")
+}
+/// `rbee.hive.<hive_id>.models.pull`
+pub fn hive_models_pull(hive: &HiveId) -> String {
+    format!("rbee.hive.{hive}.models.pull")
+}
+/// `rbee.hive.<hive_id>.models.remove`
+pub fn hive_models_remove(hive: &HiveId) -> String {
+    format!("rbee.hive.{hive}.models.remove")
+}
+/// `rbee.hive.<hive_id>.pulls.<pull_id>`
+pub fn hive_pull(hive: &HiveId, pull: &PullId) -> String {
+    format!("rbee.hive.{hive}.pulls.{pull}")
 }
 /// `rbee.hive.<hive_id>.devices`
 pub fn hive_devices(hive: &HiveId) -> String {
@@ -115,6 +139,7 @@ mod tests {
         let h = HiveId::new("h1").expect("valid");
         let w = WorkerId::new("w1").expect("valid");
         let j = JobId::new("j1").expect("valid");
+        let p = PullId::new("p1").expect("valid");
         let pairs = [
             (hive_heartbeat(&h), HIVE_HEARTBEAT_ALL),
             (hive_spawn(&h), HIVE_SPAWN_ALL),
@@ -122,6 +147,10 @@ mod tests {
             (hive_workers(&h), HIVE_WORKERS_ALL),
             (hive_models(&h), HIVE_MODELS_ALL),
             (hive_devices(&h), HIVE_DEVICES_ALL),
+            (hive_models_import(&h), HIVE_MODELS_IMPORT_ALL),
+            (hive_models_pull(&h), HIVE_MODELS_PULL_ALL),
+            (hive_models_remove(&h), HIVE_MODELS_REMOVE_ALL),
+            (hive_pull(&h, &p), HIVE_PULLS_ALL),
             (worker_heartbeat(&w), WORKER_HEARTBEAT_ALL),
             (worker_jobs(&w), WORKER_JOBS_ALL),
             (worker_lifecycle(&w), WORKER_LIFECYCLE_ALL),

@@ -32,7 +32,8 @@ pub fn estimate_worker_bytes(model: &ModelEntry, slots: u32, ctx_per_slot: u32) 
     (model.size + kv) * 11 / 10
 }
 
-fn model_summary(m: &ModelEntry) -> ModelSummary {
+/// A catalog entry as listed on the bus.
+pub fn model_summary(m: &ModelEntry) -> ModelSummary {
     ModelSummary {
         model_id: m.id.clone(),
         size_bytes: m.size,

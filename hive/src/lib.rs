@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod heartbeat;
 pub mod inventory;
+pub mod models;
 pub mod registry;
 pub mod supervisor;
 
@@ -47,12 +48,18 @@ pub struct Hive {
     pub supervisor: Supervisor,
     inventory: Mutex<Inventory>,
     shutting_down: AtomicBool,
+    beat_now: Arc<Notify>,
 }
 
 impl Hive {
     /// A fresh reading of devices and memory.
     pub fn inventory_snapshot(&self) -> Snapshot {
         self.inventory.lock().unwrap_or_else(PoisonError::into_inner).read()
+    }
+
+    /// Sends a heartbeat now rather than at the next interval (after the catalog or a worker changed).
+    pub fn heartbeat_soon(&self) {
+        self.beat_now.notify_one();
     }
 
     /// True once shutdown began: spawns are refused.
@@ -98,7 +105,9 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
         tracing::warn!(path = %p.path.display(), reason = %p.reason, "skipping broken model catalog entry");
     }
 
+    let beat_now = Arc::new(Notify::new());
     let hive = Arc::new(Hive {
+        beat_now: beat_now.clone(),
         hostname: sysinfo::System::host_name().unwrap_or_else(|| "unknown".to_owned()),
         inventory: Mutex::new(Inventory::detect()),
         shutting_down: AtomicBool::new(false),
@@ -138,10 +147,12 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
     let mut worker_lists = endpoint("workers", subject::hive_workers(id)).await?;
     let mut model_lists = endpoint("models", subject::hive_models(id)).await?;
     let mut device_lists = endpoint("devices", subject::hive_devices(id)).await?;
+    let mut imports = endpoint("models-import", subject::hive_models_import(id)).await?;
+    let mut pulls = endpoint("models-pull", subject::hive_models_pull(id)).await?;
+    let mut removals = endpoint("models-remove", subject::hive_models_remove(id)).await?;
 
     let tasks = TaskTracker::new();
     let background_stop = CancellationToken::new();
-    let beat_now = Arc::new(Notify::new());
     let hello = bus.client().subscribe(subject::QUEEN_HELLO).await.context("subscribe to queen hello")?;
     let worker_beats = bus
         .client()
@@ -183,6 +194,44 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
                     rbee_bus::rpc::respond(&req, &result).await;
                     now.notify_one();
                 });
+            }
+            Some(req) = imports.next() => {
+                requests.spawn(async move {
+                    let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
+                        Ok(import) => models::import(&hive, import).await,
+                        Err(e) => Err(bad_request(e)),
+                    };
+                    match &result {
+                        Ok(reply) => tracing::info!(model_id = %reply.model.model_id, "model imported over the bus"),
+                        Err(e) => tracing::info!(code = e.code().as_str(), reason = %e.error.message, "model import refused"),
+                    }
+                    rbee_bus::rpc::respond(&req, &result).await;
+                    hive.heartbeat_soon();
+                });
+            }
+            Some(req) = pulls.next() => {
+                let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
+                    Ok(pull) => models::pull(&hive, pull, &background_stop).map(|(accepted, download)| {
+                        tasks.spawn(download);
+                        accepted
+                    }),
+                    Err(e) => Err(bad_request(e)),
+                };
+                if let Err(e) = &result {
+                    tracing::info!(code = e.code().as_str(), reason = %e.error.message, "model pull refused");
+                }
+                rbee_bus::rpc::respond(&req, &result).await;
+            }
+            Some(req) = removals.next() => {
+                let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
+                    Ok(remove) => models::remove(&hive, remove),
+                    Err(e) => Err(bad_request(e)),
+                };
+                if let Err(e) = &result {
+                    tracing::info!(code = e.code().as_str(), reason = %e.error.message, "model removal refused");
+                }
+                rbee_bus::rpc::respond(&req, &result).await;
+                hive.heartbeat_soon();
             }
             Some(req) = worker_lists.next() => rbee_bus::rpc::respond(&req, &Ok(control::workers(&hive))).await,
             Some(req) = model_lists.next() => rbee_bus::rpc::respond(&req, &Ok(control::model_list(&hive))).await,

@@ -24,6 +24,9 @@ pub enum ApiError {
     /// No such job, worker or hive (404).
     #[error("{0}")]
     NotFound(String),
+    /// The request clashes with what is there: an id already stored, a model in use (409).
+    #[error("{0}")]
+    Conflict(String),
     /// The prompt is too large (413).
     #[error("{0}")]
     PromptTooLarge(String),
@@ -66,6 +69,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "bad_request"),
             ApiError::UnknownModel(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "conflict"),
             ApiError::PromptTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "prompt_too_long")
             }

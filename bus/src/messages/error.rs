@@ -35,6 +35,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Something failed inside the responder.
     Internal,
+    /// The request clashes with what is there: an id already stored, a download of it already running,
+    /// a model a running worker still uses.
+    Conflict,
 }
 
 impl ErrorCode {
@@ -54,6 +57,7 @@ impl ErrorCode {
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }

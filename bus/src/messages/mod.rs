@@ -7,6 +7,7 @@ pub mod heartbeat;
 pub mod hive;
 pub mod job;
 pub mod lifecycle;
+pub mod models;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

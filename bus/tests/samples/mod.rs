@@ -44,6 +44,14 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         quantization: "Q4_1".into(),
         context_length: Some(8192),
     };
+    let pull_event = |progress| ModelPullEvent {
+        v: SCHEMA_VERSION,
+        meta: meta("hive-1"),
+        hive_id: id("hive-1"),
+        pull_id: id("pull-1"),
+        model_id: id("tiny"),
+        progress,
+    };
     let cpu = CpuInfo { model: "AMD EPYC".into(), physical_cores: 2, logical_cores: 2 };
     let ram = MemoryInfo { total_bytes: 24 << 30, available_bytes: 20 << 30 };
     let usage = Usage {
@@ -161,8 +169,56 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
             "WorkerList",
             j(&WorkerList { v: SCHEMA_VERSION, workers: vec![worker_summary(HiveWorkerStatus::Busy)] }),
         ),
-        ("ModelList", j(&ModelList { v: SCHEMA_VERSION, models: vec![model] })),
+        ("ModelList", j(&ModelList { v: SCHEMA_VERSION, models: vec![model.clone()] })),
         ("DeviceList", j(&DeviceList { v: SCHEMA_VERSION, cpu, ram, devices: vec![device] })),
+        (
+            "ModelImportRequest",
+            j(&ModelImportRequest {
+                v: SCHEMA_VERSION,
+                path: "/models/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+                model_id: Some(id("smollm2")),
+            }),
+        ),
+        (
+            "ModelImportRequest",
+            j(&ModelImportRequest { v: SCHEMA_VERSION, path: "/m/x.gguf".into(), model_id: None }),
+        ),
+        ("ModelReply", j(&ModelReply { v: SCHEMA_VERSION, model: model.clone(), sha256: "ab".repeat(32) })),
+        (
+            "ModelPullRequest",
+            j(&ModelPullRequest {
+                v: SCHEMA_VERSION,
+                pull_id: id("pull-1"),
+                url: "https://example.org/tiny.gguf".into(),
+                model_id: Some(id("tiny")),
+                sha256: Some("ab".repeat(32)),
+            }),
+        ),
+        (
+            "ModelPullAccepted",
+            j(&ModelPullAccepted { v: SCHEMA_VERSION, pull_id: id("pull-1"), model_id: id("tiny") }),
+        ),
+        (
+            "ModelPullEvent",
+            j(&pull_event(PullProgress::Progress { downloaded: 1 << 20, total: Some(98_000_000) })),
+        ),
+        ("ModelPullEvent", j(&pull_event(PullProgress::Progress { downloaded: 4096, total: None }))),
+        ("ModelPullEvent", j(&pull_event(PullProgress::Done { model: model.clone() }))),
+        (
+            "ModelPullEvent",
+            j(&pull_event(PullProgress::Failed {
+                error: WireError::new(
+                    ErrorCode::BadRequest,
+                    "https://example.org/tiny.gguf answered HTTP 404",
+                )
+                .error,
+            })),
+        ),
+        ("ModelRemoveRequest", j(&ModelRemoveRequest { v: SCHEMA_VERSION, model_id: id("tiny") })),
+        (
+            "ModelRemoveReply",
+            j(&ModelRemoveReply { v: SCHEMA_VERSION, model_id: id("tiny"), freed_bytes: 98_000_000 }),
+        ),
         (
             "JobAssignment",
             j(&JobAssignment::new(id("job-1"), id("smollm2-135m-instruct"), chat.clone(), params.clone())),
@@ -255,6 +311,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
             j(&WireError::invalid_field("temperature", "invalid temperature: 5 is outside [0, 2]")),
         ),
         ("WireError", j(&WireError::new(ErrorCode::NoFreeSlot, "all 4 slots are busy"))),
+        ("WireError", j(&WireError::new(ErrorCode::Conflict, "model tiny is in use by worker wrk-1"))),
     ]
 }
 

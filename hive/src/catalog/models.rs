@@ -179,6 +179,11 @@ impl ModelCatalog {
         self.inner.list_with_problems()
     }
 
+    /// Whether this process is downloading model `id` now.
+    pub fn is_downloading(&self, id: &ModelId) -> bool {
+        self.downloading.lock().unwrap_or_else(PoisonError::into_inner).contains(id)
+    }
+
     /// Marks model `id` as used now (its `last_accessed`).
     pub fn touch(&self, id: &ModelId) -> Result<(), CatalogError> {
         self.inner.touch(id.as_str())

@@ -1,9 +1,10 @@
 //! The HTTP front door (axum): OpenAI-compatible endpoints ([`openai`]), rbee jobs ([`jobs`]), the
-//! cluster ([`cluster`]), and health and metrics ([`ops`]). An optional bearer key guards everything
+//! cluster ([`cluster`]), model catalogs ([`models`]), and health and metrics ([`ops`]). An optional bearer key guards everything
 //! but `/health`.
 
 pub mod cluster;
 pub mod jobs;
+pub mod models;
 pub mod openai;
 pub mod ops;
 
@@ -24,6 +25,9 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/import", post(models::import))
+        .route("/v1/models/pull", post(models::pull))
+        .route("/v1/models/{id}", delete(models::remove))
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/v1/jobs/{id}/stream", get(jobs::stream))

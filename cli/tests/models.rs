@@ -1,0 +1,219 @@
+//! `rbee models import|pull|ls|rm` as a person runs them, against a real cluster: a nats-server, the
+//! `rbee-queen` and `rbee-hive` binaries, and a plain HTTP server on loopback to pull from. The model
+//! files are tiny random-weight GGUFs, so the catalog path is exercised without the big download.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rbee_testkit::NatsServer;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Kills the process on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+/// Serves `file` at `/tiny.gguf`, 404 for anything else, on a thread; returns the base URL.
+fn serve_file(file: PathBuf) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("");
+            if path == "/tiny.gguf" {
+                let body = std::fs::read(&file).expect("read model");
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&body);
+            } else {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        }
+    });
+    base
+}
+
+fn rbee(queen: &str, nats: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rbee"));
+    c.args(["--queen", queen, "--nats-url", nats]).env("NO_COLOR", "1").env_remove("RBEE_CONFIG");
+    c
+}
+
+fn run(command: &mut Command) -> (Output, String, String) {
+    let out = command.output().expect("run rbee");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+fn catalog(queen: &str, nats: &str) -> Vec<String> {
+    let (out, stdout, stderr) = run(rbee(queen, nats).args(["models", "ls", "--hive", "local", "--json"]));
+    assert!(out.status.success(), "models ls failed: {stderr}");
+    let list: Value = serde_json::from_str(&stdout).expect("models ls --json prints json");
+    list["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| m["model_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn sha256_of(path: &Path) -> String {
+    let mut hasher = Sha256::new();
+    let mut file = std::fs::File::open(path).expect("open");
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).expect("read");
+    hasher.update(&buf);
+    hex::encode(hasher.finalize())
+}
+
+#[test]
+fn import_pull_list_and_remove_through_the_queen() {
+    let server = NatsServer::start();
+    let nats = server.url();
+    let dir = tempfile::tempdir().expect("tmp");
+    let tiny = rbee_testkit::gguf::tiny_llama_in(dir.path()).expect("tiny model");
+    let base = serve_file(tiny.clone());
+
+    let port = free_port();
+    let queen = format!("http://127.0.0.1:{port}");
+    let quiet = |c: &mut Command| {
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+    };
+    let mut queen_cmd = Command::new(rbee_testkit::paths::cargo_bin("rbee-queen"));
+    queen_cmd.args(["--http-addr", &format!("127.0.0.1:{port}"), "--nats-url", &nats]);
+    quiet(&mut queen_cmd);
+    let _queen = Proc(queen_cmd.spawn().expect("start rbee-queen"));
+    let mut hive_cmd = Command::new(rbee_testkit::paths::cargo_bin("rbee-hive"));
+    hive_cmd
+        .args(["--hive-id", "local", "--heartbeat-ms", "250", "--nats-url", &nats, "--catalog-dir"])
+        .arg(dir.path().join("catalog"))
+        .arg("--worker-bin")
+        .arg(rbee_testkit::paths::cargo_bin("rbee-worker"));
+    quiet(&mut hive_cmd);
+    let _hive = Proc(hive_cmd.spawn().expect("start rbee-hive"));
+    wait_for("the hive in the queen's view", || {
+        run(rbee(&queen, &nats).args(["status", "--json"])).1.contains("\"local\"")
+    });
+    assert!(catalog(&queen, &nats).is_empty());
+
+    // Import a file that is on the hive's machine.
+    let (out, stdout, stderr) =
+        run(rbee(&queen, &nats).args(["models", "import"]).arg(&tiny).args(["--id", "tiny-a"]));
+    assert!(out.status.success(), "import failed: {stderr}");
+    assert!(stdout.contains("imported model tiny-a"), "{stdout}");
+    assert_eq!(catalog(&queen, &nats), vec!["tiny-a"]);
+
+    // The same id again, a file that is not GGUF, a file that is not there: clear refusals.
+    let (out, _, stderr) =
+        run(rbee(&queen, &nats).args(["models", "import"]).arg(&tiny).args(["--id", "tiny-a"]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("already in the catalog"), "{stderr}");
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"not a model at all").expect("write");
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "import"]).arg(&junk));
+    assert!(!out.status.success());
+    assert!(stderr.to_lowercase().contains("gguf"), "{stderr}");
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "import", "/nowhere/model.gguf"]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("no file /nowhere/model.gguf"), "{stderr}");
+
+    // Pull over HTTP with the right checksum: progress, then done.
+    let sha = sha256_of(&tiny);
+    let url = format!("{base}/tiny.gguf");
+    let (out, stdout, stderr) =
+        run(rbee(&queen, &nats).args(["models", "pull", &url, "--id", "tiny-b", "--sha256", &sha]));
+    assert!(out.status.success(), "pull failed: {stderr}");
+    assert!(stdout.contains("pulled model tiny-b"), "{stdout}");
+    assert!(stderr.contains("100.0%"), "no progress shown: {stderr}");
+    assert_eq!(catalog(&queen, &nats), vec!["tiny-a", "tiny-b"]);
+
+    // A wrong checksum and a missing file fail with the reason; nothing enters the catalog.
+    let wrong = "0".repeat(64);
+    let (out, _, stderr) =
+        run(rbee(&queen, &nats).args(["models", "pull", &url, "--id", "tiny-c", "--sha256", &wrong]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("sha256"), "{stderr}");
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", &format!("{base}/missing.gguf")]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("404"), "{stderr}");
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", "ftp://example.org/x.gguf"]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("not http or https"), "{stderr}");
+    assert_eq!(catalog(&queen, &nats), vec!["tiny-a", "tiny-b"]);
+
+    // The queen's view follows the hive's catalog.
+    wait_for("tiny-b in the queen's view", || {
+        run(rbee(&queen, &nats).args(["status", "--json"])).1.contains("tiny-b")
+    });
+
+    // A model a running worker uses cannot be removed; once the worker stops, it can.
+    let (out, stdout, stderr) =
+        run(rbee(&queen, &nats).args(["workers", "spawn", "tiny-a", "--hive", "local", "--slots", "1"]));
+    assert!(out.status.success(), "spawn failed: {stderr}");
+    let worker = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("wrk-"))
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-').to_owned())
+        .unwrap_or_else(|| panic!("no worker id in {stdout}"));
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "rm", "tiny-a"]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("in use by worker"), "{stderr}");
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["workers", "stop", &worker]));
+    assert!(out.status.success(), "stop failed: {stderr}");
+
+    for id in ["tiny-a", "tiny-b"] {
+        let (out, stdout, stderr) = run(rbee(&queen, &nats).args(["models", "rm", id]));
+        assert!(out.status.success(), "rm {id} failed: {stderr}");
+        assert!(stdout.contains(&format!("removed model {id}")), "{stdout}");
+    }
+    assert!(catalog(&queen, &nats).is_empty());
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "rm", "tiny-a"]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("no model tiny-a"), "{stderr}");
+}

@@ -1,0 +1,227 @@
+//! The model catalog over the bus: import a file on this machine, pull one from a URL with progress
+//! events on `rbee.hive.<hive_id>.pulls.<pull_id>`, and remove one no running worker uses. The catalog
+//! itself (files, manifests, checksums, resumable downloads) is [`crate::catalog`]; this module turns
+//! its results into replies and wire errors.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rbee_bus::{
+    subject, ErrorCode, ModelId, ModelImportRequest, ModelPullAccepted, ModelPullEvent, ModelPullRequest,
+    ModelRemoveReply, ModelRemoveRequest, ModelReply, PullProgress, WireError, SCHEMA_VERSION,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::download::DownloadProgress;
+use crate::catalog::{CatalogError, ModelCatalog, ModelCatalogError};
+use crate::control::model_summary;
+use crate::Hive;
+
+/// How often a running pull publishes its progress, at most.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+fn catalog_error(e: ModelCatalogError) -> WireError {
+    match e {
+        ModelCatalogError::Catalog(CatalogError::AlreadyExists { id }) => {
+            WireError::new(ErrorCode::Conflict, format!("model {id} is already in the catalog"))
+        }
+        ModelCatalogError::DownloadInProgress { id } => {
+            WireError::new(ErrorCode::Conflict, format!("model {id} is already being downloaded"))
+        }
+        ModelCatalogError::NoDefaultId { .. } => {
+            WireError::invalid_field("model_id", format!("{e}; pass a model id"))
+        }
+        ModelCatalogError::Catalog(_) | ModelCatalogError::HttpClient(_) => {
+            WireError::new(ErrorCode::Internal, e.to_string())
+        }
+        other => WireError::new(ErrorCode::BadRequest, other.to_string()),
+    }
+}
+
+/// Copies a GGUF file on this machine into the catalog.
+pub async fn import(hive: &Hive, req: ModelImportRequest) -> Result<ModelReply, WireError> {
+    let path = Path::new(&req.path).to_path_buf();
+    if !path.is_absolute() {
+        return Err(WireError::invalid_field(
+            "path",
+            format!("path {:?} is not absolute (the hive reads it on its own machine)", req.path),
+        ));
+    }
+    if !path.is_file() {
+        return Err(WireError::invalid_field(
+            "path",
+            format!("no file {} on hive {}", path.display(), hive.config.hive_id),
+        ));
+    }
+    let models = hive.models.clone();
+    let entry = tokio::task::spawn_blocking(move || models.import_local(&path, req.model_id))
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Internal, format!("import task failed: {e}")))?
+        .map_err(catalog_error)?;
+    Ok(ModelReply {
+        v: SCHEMA_VERSION,
+        sha256: entry.sha256.clone().unwrap_or_default(),
+        model: model_summary(&entry),
+    })
+}
+
+/// The id a pulled file gets when none is given: from the last path segment of the URL.
+fn id_from_url(url: &reqwest::Url) -> Result<ModelId, WireError> {
+    let name = url.path_segments().and_then(|mut s| s.next_back()).filter(|s| !s.is_empty()).unwrap_or("");
+    ModelCatalog::model_id_default_for(Path::new(name)).map_err(|_| {
+        WireError::invalid_field("model_id", format!("cannot derive a model id from {url}; pass one"))
+    })
+}
+
+/// Checks a pull: the reply that says it started, and the download to run in the background (it
+/// publishes progress, then `done` or `failed`; cancelled by `stop`, it says so and leaves the part
+/// file to resume from).
+pub fn pull(
+    hive: &Arc<Hive>,
+    req: ModelPullRequest,
+    stop: &CancellationToken,
+) -> Result<(ModelPullAccepted, impl std::future::Future<Output = ()> + Send + 'static), WireError> {
+    if hive.shutting_down() {
+        return Err(WireError::new(
+            ErrorCode::ShuttingDown,
+            format!("hive {} is shutting down", hive.config.hive_id),
+        ));
+    }
+    let url = reqwest::Url::parse(&req.url)
+        .map_err(|e| WireError::invalid_field("url", format!("invalid url {:?}: {e}", req.url)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(WireError::invalid_field("url", format!("url {url} is not http or https")));
+    }
+    if let Some(sha) = &req.sha256 {
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(WireError::invalid_field("sha256", format!("sha256 {sha:?} is not 64 hex digits")));
+        }
+    }
+    let model_id = match req.model_id {
+        Some(id) => id,
+        None => id_from_url(&url)?,
+    };
+    if hive.models.contains(&model_id) {
+        return Err(WireError::new(
+            ErrorCode::Conflict,
+            format!("model {model_id} is already in the catalog"),
+        ));
+    }
+    if hive.models.is_downloading(&model_id) {
+        return Err(WireError::new(
+            ErrorCode::Conflict,
+            format!("model {model_id} is already being downloaded"),
+        ));
+    }
+    let accepted =
+        ModelPullAccepted { v: SCHEMA_VERSION, pull_id: req.pull_id.clone(), model_id: model_id.clone() };
+    let task = PullTask { hive: hive.clone(), req: ModelPullRequest { model_id: Some(model_id), ..req } };
+    Ok((accepted, task.run(stop.clone())))
+}
+
+struct PullTask {
+    hive: Arc<Hive>,
+    req: ModelPullRequest,
+}
+
+impl PullTask {
+    fn model_id(&self) -> ModelId {
+        self.req.model_id.clone().unwrap_or_else(ModelId::generate)
+    }
+
+    async fn publish(&self, progress: PullProgress) {
+        let event = ModelPullEvent {
+            v: SCHEMA_VERSION,
+            meta: self.hive.stamper.next(),
+            hive_id: self.hive.config.hive_id.clone(),
+            pull_id: self.req.pull_id.clone(),
+            model_id: self.model_id(),
+            progress,
+        };
+        let subject = subject::hive_pull(&self.hive.config.hive_id, &self.req.pull_id);
+        if let Err(e) = self.hive.bus.publish(subject, &event).await {
+            tracing::warn!(pull_id = %self.req.pull_id, error = %e, "cannot publish pull progress");
+        }
+    }
+
+    async fn run(self, stop: CancellationToken) {
+        let id = self.model_id();
+        tracing::info!(pull_id = %self.req.pull_id, model_id = %id, url = %self.req.url, "model pull started");
+        let (tx, mut rx) = tokio::sync::watch::channel(DownloadProgress { downloaded: 0, total: None });
+        let download =
+            self.hive.models.download(&self.req.url, id.clone(), self.req.sha256.as_deref(), move |p| {
+                let _ = tx.send(p);
+            });
+        tokio::pin!(download);
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                result = &mut download => break Some(result),
+                _ = stop.cancelled() => break None,
+                _ = tick.tick() => {
+                    if rx.has_changed().unwrap_or(false) {
+                        let p = *rx.borrow_and_update();
+                        self.publish(PullProgress::Progress { downloaded: p.downloaded, total: p.total }).await;
+                    }
+                }
+            }
+        };
+        match result {
+            Some(Ok(entry)) => {
+                let p = *rx.borrow();
+                self.publish(PullProgress::Progress {
+                    downloaded: entry.size,
+                    total: p.total.or(Some(entry.size)),
+                })
+                .await;
+                tracing::info!(pull_id = %self.req.pull_id, model_id = %id, size = entry.size, "model pull done");
+                self.publish(PullProgress::Done { model: model_summary(&entry) }).await;
+            }
+            Some(Err(e)) => {
+                let error = catalog_error(e).error;
+                tracing::warn!(pull_id = %self.req.pull_id, model_id = %id, error = %error.message, "model pull failed");
+                self.publish(PullProgress::Failed { error }).await;
+            }
+            None => {
+                let error = WireError::new(
+                    ErrorCode::ShuttingDown,
+                    format!(
+                        "hive {} stopped during the download; pull again to resume it",
+                        self.hive.config.hive_id
+                    ),
+                )
+                .error;
+                self.publish(PullProgress::Failed { error }).await;
+            }
+        }
+        self.hive.heartbeat_soon();
+    }
+}
+
+/// Deletes a model that no running worker of this hive uses.
+pub fn remove(hive: &Hive, req: ModelRemoveRequest) -> Result<ModelRemoveReply, WireError> {
+    let entry = hive.models.get(&req.model_id).map_err(|_| {
+        WireError::new(
+            ErrorCode::UnknownModel,
+            format!("hive {} has no model {}", hive.config.hive_id, req.model_id),
+        )
+    })?;
+    let users: Vec<String> = hive
+        .registry
+        .list()
+        .into_iter()
+        .filter(|w| w.is_running() && w.model_id == req.model_id)
+        .map(|w| w.id.to_string())
+        .collect();
+    if !users.is_empty() {
+        return Err(WireError::new(
+            ErrorCode::Conflict,
+            format!("model {} is in use by worker(s) {}; stop them first", req.model_id, users.join(", ")),
+        ));
+    }
+    hive.models.remove(&req.model_id).map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+    tracing::info!(model_id = %req.model_id, freed = entry.size, "model removed");
+    Ok(ModelRemoveReply { v: SCHEMA_VERSION, model_id: req.model_id, freed_bytes: entry.size })
+}

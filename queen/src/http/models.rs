@@ -1,0 +1,244 @@
+//! Model catalogs through the queen: `POST /v1/models/import`, `POST /v1/models/pull` (server-sent
+//! events: `progress` `{downloaded,total}`, then `done` `{model_id,hive_id,...}` or `error`) and
+//! `DELETE /v1/models/{id}?hive=`. Each asks one hive over its `rbee.hive.<hive_id>.models.*` subjects;
+//! `GET /v1/models` (the OpenAI listing) is in [`super::openai`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use rbee_bus::{
+    subject, BusError, ErrorCode, HiveId, ModelImportRequest, ModelPullAccepted, ModelPullEvent,
+    ModelPullRequest, ModelRemoveReply, ModelRemoveRequest, ModelReply, PullId, PullProgress, SCHEMA_VERSION,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::openai::model_id;
+use super::JsonBody;
+use crate::error::ApiError;
+use crate::Queen;
+
+/// How long an import may take (the hive copies and hashes the whole file).
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(600);
+/// A pull that reports nothing for this long is given up on.
+const PULL_SILENCE: Duration = Duration::from_secs(120);
+
+/// Maps a hive's refusal to the API's errors.
+fn hive_error(hive: &HiveId, e: BusError) -> ApiError {
+    match e {
+        BusError::NoResponders { .. } => {
+            ApiError::NotFound(format!("no hive {hive} answers on nats (`rbee status` lists the hives)"))
+        }
+        BusError::Remote { error, .. } => {
+            let message = error.error.message;
+            match error.error.code {
+                ErrorCode::UnknownModel => ApiError::NotFound(message),
+                ErrorCode::Conflict => ApiError::Conflict(message),
+                ErrorCode::InvalidParams => ApiError::invalid(error.error.field.unwrap_or_default(), message),
+                ErrorCode::BadRequest => ApiError::BadRequest(message),
+                _ => ApiError::Unavailable(message),
+            }
+        }
+        other => ApiError::Unavailable(format!("hive {hive}: {other}")),
+    }
+}
+
+/// The hive named, or the only one there is.
+fn pick_hive(queen: &Queen, named: Option<&str>) -> Result<HiveId, ApiError> {
+    if let Some(name) = named {
+        return name.parse().map_err(|e: rbee_bus::IdError| ApiError::invalid("hive", e.to_string()));
+    }
+    let hives = queen.registry().list_hives(Instant::now());
+    match hives.as_slice() {
+        [only] => Ok(only.hive_id.clone()),
+        [] => Err(ApiError::Unavailable("no hive is online".to_owned())),
+        many => {
+            let names: Vec<&str> = many.iter().map(|h| h.hive_id.as_str()).collect();
+            Err(ApiError::invalid("hive", format!("name the hive: one of {}", names.join(", "))))
+        }
+    }
+}
+
+/// Body of `POST /v1/models/import`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    /// The hive (optional when there is one).
+    hive: Option<String>,
+    /// Absolute path of the file on the hive's machine.
+    path: String,
+    /// Model id; derived from the file name when absent.
+    id: Option<String>,
+}
+
+/// `POST /v1/models/import`
+pub async fn import(
+    State(queen): State<Arc<Queen>>,
+    JsonBody(body): JsonBody<ImportBody>,
+) -> Result<Response, ApiError> {
+    let hive = pick_hive(&queen, body.hive.as_deref())?;
+    let model_id = body.id.as_deref().map(model_id).transpose()?;
+    let request = ModelImportRequest { v: SCHEMA_VERSION, path: body.path, model_id };
+    let reply: ModelReply = queen
+        .bus
+        .request(subject::hive_models_import(&hive), &request, IMPORT_TIMEOUT)
+        .await
+        .map_err(|e| hive_error(&hive, e))?;
+    let mut out = serde_json::to_value(&reply.model).unwrap_or_default();
+    out["hive_id"] = json!(hive);
+    out["sha256"] = json!(reply.sha256);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// Body of `POST /v1/models/pull`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullBody {
+    /// The hive (optional when there is one).
+    hive: Option<String>,
+    /// `http(s)://` URL of a GGUF file.
+    url: String,
+    /// Model id; derived from the URL when absent.
+    id: Option<String>,
+    /// Expected sha256, hex.
+    sha256: Option<String>,
+}
+
+/// `POST /v1/models/pull`: refusals (bad URL, id taken, no such hive) come back as plain errors;
+/// once the hive took the pull, its progress streams as server-sent events. The download goes on
+/// on the hive when the client leaves.
+pub async fn pull(
+    State(queen): State<Arc<Queen>>,
+    JsonBody(body): JsonBody<PullBody>,
+) -> Result<Response, ApiError> {
+    let hive = pick_hive(&queen, body.hive.as_deref())?;
+    let model_id = body.id.as_deref().map(model_id).transpose()?;
+    let pull_id = PullId::generate();
+    // Subscribe before asking, so no event is missed.
+    let progress = queen
+        .bus
+        .client()
+        .subscribe(subject::hive_pull(&hive, &pull_id))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot subscribe to pull progress: {e}")))?;
+    let request = ModelPullRequest {
+        v: SCHEMA_VERSION,
+        pull_id: pull_id.clone(),
+        url: body.url,
+        model_id,
+        sha256: body.sha256,
+    };
+    let accepted: ModelPullAccepted = queen
+        .bus
+        .request(subject::hive_models_pull(&hive), &request, Duration::from_secs(10))
+        .await
+        .map_err(|e| hive_error(&hive, e))?;
+    tracing::info!(%pull_id, hive_id = %hive, model_id = %accepted.model_id, "model pull accepted");
+    let state = (progress, hive, accepted.model_id, false);
+    let events = futures::stream::unfold(state, |(mut sub, hive, model, ended)| async move {
+        if ended {
+            return None;
+        }
+        let (event, end) = match tokio::time::timeout(PULL_SILENCE, sub.next()).await {
+            Ok(Some(msg)) => match rbee_bus::rpc::decode::<ModelPullEvent>(&msg.subject, &msg.payload) {
+                Ok(e) => pull_event(&hive, e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable pull progress");
+                    (Event::default().comment("undecodable progress event"), false)
+                }
+            },
+            Ok(None) => {
+                (error_event(&format!("lost the progress of the pull of {model} from hive {hive}")), true)
+            }
+            Err(_) => (
+                error_event(&format!(
+                    "hive {hive} said nothing about the pull of {model} for {} s",
+                    PULL_SILENCE.as_secs()
+                )),
+                true,
+            ),
+        };
+        Some((Ok::<_, Infallible>(event), (sub, hive, model, end)))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn error_event(message: &str) -> Event {
+    Event::default()
+        .event("error")
+        .data(json!({"error": {"code": "unavailable", "message": message}}).to_string())
+}
+
+/// One SSE event for one hive event, and whether it is the last.
+fn pull_event(hive: &HiveId, event: ModelPullEvent) -> (Event, bool) {
+    match event.progress {
+        PullProgress::Progress { downloaded, total } => (
+            Event::default()
+                .event("progress")
+                .data(json!({"downloaded": downloaded, "total": total}).to_string()),
+            false,
+        ),
+        PullProgress::Done { model } => {
+            let mut body = serde_json::to_value(&model).unwrap_or_default();
+            body["hive_id"] = json!(hive);
+            (Event::default().event("done").data(body.to_string()), true)
+        }
+        PullProgress::Failed { error } => {
+            (Event::default().event("error").data(json!({"error": error}).to_string()), true)
+        }
+    }
+}
+
+/// Query of `DELETE /v1/models/{id}`.
+#[derive(Debug, Deserialize)]
+pub struct RemoveQuery {
+    /// The hive; when absent, the one hive whose catalog has the model.
+    hive: Option<String>,
+}
+
+/// `DELETE /v1/models/{id}?hive=`
+pub async fn remove(
+    State(queen): State<Arc<Queen>>,
+    Path(id): Path<String>,
+    Query(query): Query<RemoveQuery>,
+) -> Result<Response, ApiError> {
+    let model = model_id(&id)?;
+    let hive = match query.hive.as_deref() {
+        Some(name) => pick_hive(&queen, Some(name))?,
+        None => {
+            let holders: Vec<HiveId> = queen
+                .registry()
+                .list_hives(Instant::now())
+                .into_iter()
+                .filter(|h| h.model(&model).is_some())
+                .map(|h| h.hive_id)
+                .collect();
+            match holders.as_slice() {
+                [only] => only.clone(),
+                [] => return Err(ApiError::NotFound(format!("no hive has model {model}"))),
+                many => {
+                    let names: Vec<&str> = many.iter().map(HiveId::as_str).collect();
+                    return Err(ApiError::invalid(
+                        "hive",
+                        format!("name the hive: {model} is on {}", names.join(", ")),
+                    ));
+                }
+            }
+        }
+    };
+    let request = ModelRemoveRequest { v: SCHEMA_VERSION, model_id: model };
+    let reply: ModelRemoveReply = queen
+        .bus
+        .request(subject::hive_models_remove(&hive), &request, Duration::from_secs(30))
+        .await
+        .map_err(|e| hive_error(&hive, e))?;
+    Ok(Json(json!({"model_id": reply.model_id, "hive_id": hive, "freed_bytes": reply.freed_bytes}))
+        .into_response())
+}
