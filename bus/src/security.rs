@@ -32,16 +32,19 @@
 //! publish tokens and status for any job id; likewise a cli may cancel any job. Passwords are kept in
 //! plain text in the generated file, which is written with mode 0600; TLS is configured separately.
 //!
-//! Not wired in yet (this module generates and checks; the daemons do not use it by themselves): the
-//! hive must spawn workers with its pool's ids and hand each its user (`--nats-user`), password
-//! (`RBEE_NATS_PASSWORD` in the environment) and inbox prefix (the worker has no flag for it yet),
-//! and the daemons must set [`NatsConfig::inbox_prefix`] from their identity. An observer may not
-//! subscribe to `rbee.>` (that would include assignments, which carry prompts): `rbee watch` must
-//! subscribe to the observer's wildcards instead.
+//! How it is wired: `rbee secure init` (and `rbee up --secure`) writes this configuration with TLS, one
+//! env file per process and one pool file ([`PoolIdentity`]) per hive. A hive started with a pool
+//! spawns workers with its pool's ids only and hands each its user (`--nats-user`), password and inbox
+//! prefix (`RBEE_NATS_PASSWORD`, `RBEE_NATS_INBOX_PREFIX` in the environment, never in argv); every
+//! daemon sets [`NatsConfig::inbox_prefix`] from `RBEE_NATS_INBOX_PREFIX`. An observer may not
+//! subscribe to `rbee.>` (that would include assignments, which carry prompts): `rbee watch` subscribes
+//! to the readable wildcards instead.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::connect::NatsConfig;
 use crate::ids::{HiveId, WorkerId};
@@ -329,6 +332,50 @@ pub struct ServerOptions {
     pub listen: Option<String>,
     /// Enables JetStream with this store directory.
     pub jetstream_store: Option<PathBuf>,
+    /// Serves TLS only, with this certificate and key (PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The server's certificate and key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+}
+
+/// One worker identity of a hive's pool, as the hive reads it from its pool file (JSON, mode 0600): the
+/// hive starts the worker as `worker_id` with this user, password and inbox prefix.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolIdentity {
+    /// The worker id this identity is bound to.
+    pub worker_id: WorkerId,
+    /// NATS user.
+    pub user: String,
+    /// NATS password.
+    pub password: String,
+    /// Reply inbox prefix.
+    pub inbox_prefix: String,
+}
+
+impl std::fmt::Debug for PoolIdentity {
+    // The password never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolIdentity")
+            .field("worker_id", &self.worker_id)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("inbox_prefix", &self.inbox_prefix)
+            .finish()
+    }
+}
+
+/// Reads a pool file written by [`SecurityConfig::write_pool`].
+pub fn read_pool(path: &Path) -> Result<Vec<PoolIdentity>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{} is not a worker pool file: {e}", path.display()))
 }
 
 impl SecurityConfig {
@@ -514,6 +561,14 @@ impl SecurityConfig {
         if let Some(listen) = &options.listen {
             let _ = writeln!(out, "listen: \"{listen}\"");
         }
+        if let Some(tls) = &options.tls {
+            let _ = writeln!(
+                out,
+                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 2\n}}",
+                tls.cert.display(),
+                tls.key.display()
+            );
+        }
         if let Some(store) = &options.jetstream_store {
             let _ = writeln!(out, "jetstream {{\n  store_dir: \"{}\"\n}}", store.display());
         }
@@ -544,6 +599,29 @@ impl SecurityConfig {
         Ok(out)
     }
 
+    /// The worker identities of `hive_id`'s pool, as its pool file lists them.
+    pub fn pool_identities(&self, hive_id: &HiveId) -> Vec<PoolIdentity> {
+        self.worker_pool(hive_id)
+            .into_iter()
+            .filter_map(|i| match &i.role {
+                Role::Worker { worker_id, .. } => Some(PoolIdentity {
+                    worker_id: worker_id.clone(),
+                    user: i.user.clone(),
+                    password: i.password.clone(),
+                    inbox_prefix: i.inbox_prefix(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Writes `hive_id`'s pool file to `path` (mode 0600).
+    pub fn write_pool(&self, hive_id: &HiveId, path: &Path) -> Result<(), SecurityError> {
+        let text = serde_json::to_string_pretty(&self.pool_identities(hive_id)).unwrap_or_default();
+        write_private(path, text.as_bytes())
+            .map_err(|source| SecurityError::Write { path: path.to_path_buf(), source })
+    }
+
     /// Writes the configuration to `path` (mode 0600: it holds passwords).
     pub fn write(&self, path: &Path, options: &ServerOptions) -> Result<(), SecurityError> {
         let text = self.render(options)?;
@@ -552,7 +630,8 @@ impl SecurityConfig {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` readable by the owner only (mode 0600 on Unix).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

@@ -137,8 +137,11 @@ fn generated_config_passes_nats_server_t_and_a_broken_one_does_not() {
     let mut config = SecurityConfig::new();
     config.add(Role::Queen).expect("queen");
     config.add(Role::Hive { hive_id: "h1".parse().expect("id") }).expect("hive");
-    let options =
-        ServerOptions { listen: Some("127.0.0.1:4222".into()), jetstream_store: Some(dir.path().join("js")) };
+    let options = ServerOptions {
+        listen: Some("127.0.0.1:4222".into()),
+        jetstream_store: Some(dir.path().join("js")),
+        tls: None,
+    };
     let path = dir.path().join("ok.conf");
     config.write(&path, &options).expect("write");
     let bin = rbee_testkit::paths::nats_server_bin();

@@ -62,6 +62,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Generate the files of a secure multi-machine cluster.
+    Secure {
+        /// What to do.
+        #[command(subcommand)]
+        command: SecureCommand,
+    },
     /// List, show, cancel and follow jobs.
     Jobs {
         /// What to do with jobs.
@@ -93,6 +99,38 @@ pub struct UpArgs {
     /// Where the cluster keeps its state and logs (default: data_dir, else <project>/.rbee/data).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Secure mode: TLS to NATS with a generated CA, one NATS identity per process with per-role
+    /// permissions, and an HTTP API key (files under <data_dir>/secure).
+    #[arg(long)]
+    pub secure: bool,
+}
+
+/// `rbee secure ...`
+#[derive(Debug, Subcommand)]
+pub enum SecureCommand {
+    /// Write a CA, a server certificate, the nats-server configuration, one identity per process
+    /// and an API key, for a cluster of several machines.
+    Init {
+        /// Where to write the files.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Host name or address clients reach the nats-server at (repeatable; localhost and
+        /// 127.0.0.1 are always included).
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// A hive that gets an identity and a worker pool (repeatable).
+        #[arg(long = "hive", value_name = "HIVE_ID", required = true)]
+        hives: Vec<String>,
+        /// Worker identities per hive (the most workers a hive runs at once).
+        #[arg(long, default_value_t = crate::secure::DEFAULT_POOL)]
+        pool: usize,
+        /// The nats-server's listen address.
+        #[arg(long, default_value = "0.0.0.0:4222")]
+        listen: String,
+        /// The nats-server's JetStream store.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/rbee/nats")]
+        jetstream_store: PathBuf,
+    },
 }
 
 /// `rbee infer`

@@ -42,6 +42,8 @@ pub enum Source {
     Env(&'static str),
     /// A command-line flag.
     Flag(&'static str),
+    /// The files of a running `rbee up --secure`.
+    Secure(PathBuf),
 }
 
 impl fmt::Display for Source {
@@ -51,6 +53,7 @@ impl fmt::Display for Source {
             Source::File(path) => write!(f, "file {}", path.display()),
             Source::Env(var) => write!(f, "env {var}"),
             Source::Flag(flag) => write!(f, "flag {flag}"),
+            Source::Secure(path) => write!(f, "secure mode {}", path.display()),
         }
     }
 }
@@ -90,6 +93,33 @@ pub struct Config {
     pub default_model: Setting<String>,
     /// Where `rbee up` keeps its state; `None` means `<project>/.rbee/data`.
     pub data_dir: Setting<Option<PathBuf>>,
+    /// Who the CLI is on NATS in secure mode (`RBEE_NATS_USER` and friends, or the `cli.env` of a
+    /// running `rbee up --secure`). Never printed.
+    pub nats_identity: Option<Setting<NatsIdentity>>,
+}
+
+/// A NATS identity: user, password, reply inbox prefix and the CA to trust.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NatsIdentity {
+    /// NATS user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// Its reply inbox prefix.
+    pub inbox_prefix: Option<String>,
+    /// CA certificate (PEM) of the server.
+    pub ca: Option<PathBuf>,
+}
+
+impl fmt::Debug for NatsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsIdentity")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("inbox_prefix", &self.inbox_prefix)
+            .field("ca", &self.ca)
+            .finish()
+    }
 }
 
 impl fmt::Debug for Config {
@@ -102,6 +132,7 @@ impl fmt::Debug for Config {
             .field("nats_url", &self.nats_url)
             .field("default_model", &self.default_model)
             .field("data_dir", &self.data_dir)
+            .field("nats_identity", &self.nats_identity)
             .finish()
     }
 }
@@ -171,7 +202,16 @@ impl Config {
             file.data_dir.map(|p| p.to_string_lossy().into_owned()),
         ));
         let data_dir = Setting::new(data_dir.value.map(PathBuf::from), data_dir.source);
-        Ok(Self { file: file_path, queen_url, api_key, nats_url, default_model, data_dir })
+        let nats_identity = env("RBEE_NATS_USER").zip(env("RBEE_NATS_PASSWORD")).map(|(user, password)| {
+            let identity = NatsIdentity {
+                user,
+                password,
+                inbox_prefix: env("RBEE_NATS_INBOX_PREFIX"),
+                ca: env("RBEE_NATS_CA").map(PathBuf::from),
+            };
+            Setting::new(identity, Source::Env("RBEE_NATS_USER"))
+        });
+        Ok(Self { file: file_path, queen_url, api_key, nats_url, default_model, data_dir, nats_identity })
     }
 }
 
@@ -236,6 +276,19 @@ pub fn show(config: &Config) -> anyhow::Result<()> {
         ),
         ("default_model", config.default_model.value.clone(), config.default_model.source.to_string()),
         ("data_dir", data_dir.0, data_dir.1),
+        (
+            "nats_user",
+            config
+                .nats_identity
+                .as_ref()
+                .map(|i| i.value.user.clone())
+                .unwrap_or_else(|| "<none>".to_owned()),
+            config
+                .nats_identity
+                .as_ref()
+                .map(|i| i.source.to_string())
+                .unwrap_or_else(|| "default".to_owned()),
+        ),
     ];
     let width = rows.iter().map(|(_, value, _)| value.len()).max().unwrap_or(0);
     for (name, value, source) in rows {

@@ -1,6 +1,7 @@
 //! The `rbee` command-line tool: start a local cluster (`rbee up`), run prompts (`rbee infer`), look at
 //! the cluster (`rbee status`, `rbee workers`, `rbee models`, `rbee jobs`), watch the bus (`rbee watch`)
-//! and show the effective configuration (`rbee config show`).
+//! show the effective configuration (`rbee config show`) and write the files of a secure cluster
+//! (`rbee secure init`).
 //!
 //! Talks HTTP to the queen ([`client`]) and NATS to hives and observers ([`watch`], [`models`]). One
 //! module per command; [`args`] holds the flags, [`config`] the layered configuration, [`render`] the
@@ -15,6 +16,7 @@ pub mod infer;
 pub mod jobs;
 pub mod models;
 pub mod nats;
+pub mod secure;
 pub mod sse;
 pub mod status;
 pub mod up;
@@ -53,8 +55,12 @@ pub fn main() -> ExitCode {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&cli.flags(), &config::process_env)?;
+    let mut config = Config::load(&cli.flags(), &config::process_env)?;
+    if !matches!(cli.command, Command::Up(_) | Command::Secure { .. }) {
+        secure::apply_local(&mut config);
+    }
     match cli.command {
+        Command::Secure { command } => secure::run(command)?,
         Command::Up(args) => up::run(&config, args).await?,
         Command::Infer(args) => infer::run(&config, args).await?,
         Command::Status(args) => status::run(&config, args).await?,

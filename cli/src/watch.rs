@@ -41,11 +41,32 @@ pub enum Kind {
 /// Runs the command until ctrl-c.
 pub async fn run(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
     let bus = crate::nats::connect(config).await?;
-    let mut messages = bus
-        .client()
-        .subscribe(args.subject.clone())
-        .await
-        .with_context(|| format!("cannot subscribe to {}", args.subject))?;
+    // In secure mode the cli identity may not read all of `rbee.>` (assignments carry prompts): the
+    // default watch then covers what it may read, one subscription per wildcard.
+    let subjects: Vec<String> = if config.nats_identity.is_some() && args.subject == rbee_bus::subject::ALL {
+        [
+            rbee_bus::subject::HIVE_HEARTBEAT_ALL,
+            rbee_bus::subject::WORKER_HEARTBEAT_ALL,
+            rbee_bus::subject::WORKER_LIFECYCLE_ALL,
+            rbee_bus::subject::JOB_TOKENS_ALL,
+            rbee_bus::subject::JOB_STATUS_ALL,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    } else {
+        vec![args.subject.clone()]
+    };
+    let mut streams = Vec::new();
+    for subject in &subjects {
+        let sub = bus
+            .client()
+            .subscribe(subject.clone())
+            .await
+            .with_context(|| format!("cannot subscribe to {subject}"))?;
+        streams.push(sub);
+    }
+    let mut messages = futures::stream::select_all(streams);
     // After one round trip the server knows the subscription: nothing published from now on is missed.
     bus.round_trip().await?;
     let err_style = Style::stderr();
@@ -53,7 +74,7 @@ pub async fn run(config: &Config, args: WatchArgs) -> anyhow::Result<()> {
         "{}",
         err_style.dim(format!(
             "watching {} on {} (ctrl-c to stop)",
-            args.subject,
+            subjects.join(", "),
             crate::nats::host_port(&config.nats_url.value)
         ))
     );

@@ -50,6 +50,10 @@ pub struct HiveConfig {
     pub restart: RestartPolicy,
     /// Arguments passed to every worker so it reaches NATS (`--nats-url ...`).
     pub worker_nats_args: Vec<String>,
+    /// Secure mode: the worker identities this hive may hand out; workers get ids from this pool
+    /// only, and a spawn is refused when every identity is in use. Empty: any worker id, and workers
+    /// inherit the hive's NATS settings.
+    pub worker_pool: Vec<rbee_bus::security::PoolIdentity>,
 }
 
 impl HiveConfig {
@@ -64,6 +68,7 @@ impl HiveConfig {
             stop_deadline: Duration::from_secs(10),
             restart: RestartPolicy::default(),
             worker_nats_args: Vec::new(),
+            worker_pool: Vec::new(),
         }
     }
 }

@@ -110,7 +110,7 @@ pub async fn spawn(hive: &Hive, req: SpawnRequest) -> Result<SpawnReply, WireErr
                 ),
             )
         })?;
-    let worker_id = req.worker_id.unwrap_or_else(WorkerId::generate);
+    let (worker_id, identity) = worker_identity(hive, req.worker_id)?;
     if hive.registry.get(&worker_id).map(|w| w.is_running()).unwrap_or(false) {
         return Err(WireError::invalid_field("worker_id", format!("worker {worker_id} is already running")));
     }
@@ -123,12 +123,48 @@ pub async fn spawn(hive: &Hive, req: SpawnRequest) -> Result<SpawnReply, WireErr
         ctx_per_slot: ctx,
         threads: req.threads,
         binary: binary.path.clone(),
+        identity,
     };
     let pid = hive.supervisor.spawn(plan).await.map_err(|e| {
         WireError::new(ErrorCode::Internal, format!("cannot start {}: {e}", binary.path.display()))
     })?;
     let _ = hive.models.touch(&model.id);
     Ok(SpawnReply { v: SCHEMA_VERSION, worker_id, pid, device: device.id.clone() })
+}
+
+/// The id of the new worker and, in secure mode, its NATS identity: the one asked for (which must be in
+/// the pool in secure mode), else a free pool identity, else a fresh id.
+fn worker_identity(
+    hive: &Hive,
+    wanted: Option<WorkerId>,
+) -> Result<(WorkerId, Option<rbee_bus::security::PoolIdentity>), WireError> {
+    let pool = &hive.config.worker_pool;
+    if pool.is_empty() {
+        return Ok((wanted.unwrap_or_else(WorkerId::generate), None));
+    }
+    let busy = |id: &WorkerId| hive.registry.get(id).map(|w| w.is_running()).unwrap_or(false);
+    let found = match &wanted {
+        Some(id) => pool.iter().find(|p| &p.worker_id == id).ok_or_else(|| {
+            WireError::invalid_field(
+                "worker_id",
+                format!(
+                    "worker id {id} is not in the worker pool of hive {} (secure mode)",
+                    hive.config.hive_id
+                ),
+            )
+        })?,
+        None => pool.iter().find(|p| !busy(&p.worker_id)).ok_or_else(|| {
+            WireError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "all {} worker identities of hive {} are in use; stop a worker first",
+                    pool.len(),
+                    hive.config.hive_id
+                ),
+            )
+        })?,
+    };
+    Ok((found.worker_id.clone(), Some(found.clone())))
 }
 
 /// The device to run on: the one asked for, or the fitting GPU with the most free memory, else the CPU.

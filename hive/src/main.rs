@@ -46,6 +46,12 @@ struct Args {
     /// CA certificate for TLS to NATS.
     #[arg(long, env = "RBEE_NATS_CA")]
     nats_ca: Option<PathBuf>,
+    /// Secure mode: JSON file of this hive's worker identities (written by `rbee secure init`).
+    #[arg(long, env = "RBEE_WORKER_POOL")]
+    worker_pool: Option<PathBuf>,
+    /// Prefix of this process's NATS reply inboxes (secure mode: `_INBOX_<user>`).
+    #[arg(long, env = "RBEE_NATS_INBOX_PREFIX")]
+    nats_inbox_prefix: Option<String>,
 }
 
 fn default_hive_id() -> String {
@@ -78,6 +84,7 @@ async fn main() -> std::process::ExitCode {
         password: std::env::var("RBEE_NATS_PASSWORD").ok(),
         creds_file: args.nats_creds.clone(),
         tls_ca: args.nats_ca.clone(),
+        inbox_prefix: args.nats_inbox_prefix.clone(),
         name: Some(format!("rbee-hive {hive_id}")),
         ..NatsConfig::default()
     };
@@ -93,6 +100,19 @@ async fn main() -> std::process::ExitCode {
     config.worker_nats_args = vec!["--nats-url".to_owned(), args.nats_url.join(",")];
     if let Some(ca) = &args.nats_ca {
         config.worker_nats_args.extend(["--nats-ca".to_owned(), ca.display().to_string()]);
+    }
+    if let Some(path) = &args.worker_pool {
+        match rbee_bus::security::read_pool(path) {
+            Ok(pool) if !pool.is_empty() => config.worker_pool = pool,
+            Ok(_) => {
+                eprintln!("error: the worker pool {} lists no identity", path.display());
+                return std::process::ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
     }
     let bus = match rbee_bus::connect(&nats).await {
         Ok(bus) => bus,

@@ -40,6 +40,8 @@ pub struct LaunchPlan {
     pub threads: Option<u32>,
     /// The worker binary.
     pub binary: PathBuf,
+    /// In secure mode, the pool identity the worker connects to NATS with.
+    pub identity: Option<rbee_bus::security::PoolIdentity>,
 }
 
 /// Whether crashed workers are started again.
@@ -188,6 +190,24 @@ impl Supervisor {
             .kill_on_drop(false);
         if let Some(threads) = plan.threads {
             cmd.arg("--threads").arg(threads.to_string());
+        }
+        if let Some(identity) = &plan.identity {
+            // The worker's own identity, never the hive's: the password and inbox prefix go in the
+            // environment (not argv, which any local user can read), the hive's own secrets are removed.
+            for var in [
+                "RBEE_NATS_USER",
+                "RBEE_NATS_PASSWORD",
+                "RBEE_NATS_INBOX_PREFIX",
+                "RBEE_NATS_CREDS",
+                "RBEE_WORKER_POOL",
+                "RBEE_API_KEY",
+            ] {
+                cmd.env_remove(var);
+            }
+            cmd.arg("--nats-user")
+                .arg(&identity.user)
+                .env("RBEE_NATS_PASSWORD", &identity.password)
+                .env("RBEE_NATS_INBOX_PREFIX", &identity.inbox_prefix);
         }
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn()?;

@@ -56,6 +56,9 @@ struct Args {
     /// CA certificate for TLS to NATS.
     #[arg(long, env = "RBEE_NATS_CA")]
     nats_ca: Option<PathBuf>,
+    /// Prefix of this process's NATS reply inboxes (secure mode: `_INBOX_<user>`).
+    #[arg(long, env = "RBEE_NATS_INBOX_PREFIX")]
+    nats_inbox_prefix: Option<String>,
 }
 
 #[tokio::main]
@@ -68,6 +71,7 @@ async fn main() -> std::process::ExitCode {
         password: std::env::var("RBEE_NATS_PASSWORD").ok(),
         creds_file: args.nats_creds.clone(),
         tls_ca: args.nats_ca.clone(),
+        inbox_prefix: args.nats_inbox_prefix.clone(),
         name: Some(format!("rbee-worker {}", args.worker_id)),
         ..NatsConfig::default()
     };

@@ -25,6 +25,8 @@ pub struct Ready {
     pub logs: PathBuf,
     /// Whether an API key is configured.
     pub api_key_set: bool,
+    /// Secure mode: where the generated API key is.
+    pub api_key_file: Option<PathBuf>,
 }
 
 /// Prints the banner on stdout.
@@ -42,6 +44,13 @@ pub fn print(ready: &Ready) -> anyhow::Result<()> {
         None => outln!("  worker   none (--no-worker): `rbee workers spawn {model}`"),
     }
     outln!("  logs     {}/{{nats,queen,hive}}.log", ready.logs.display());
+    if let Some(file) = &ready.api_key_file {
+        outln!("  secure   TLS to nats, one identity per process, API key required");
+        outln!(
+            "           export RBEE_API_KEY=$(cat {})   (rbee commands find it by themselves)",
+            file.display()
+        );
+    }
     outln!();
     outln!("{}", style.bold("try it"));
     let auth = if ready.api_key_set { " -H \"Authorization: Bearer $RBEE_API_KEY\"" } else { "" };

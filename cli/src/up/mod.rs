@@ -74,6 +74,8 @@ struct Plan {
     /// An existing NATS server to use instead of starting one, and where that setting came from.
     external_nats: Option<(String, String)>,
     api_key: Option<String>,
+    /// `--secure`: TLS, per-process identities and an API key.
+    secure: bool,
 }
 
 /// Runs the command until ctrl-c or a child's death.
@@ -102,7 +104,17 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
             .is_explicit()
             .then(|| (config.nats_url.value.clone(), config.nats_url.source.to_string())),
         api_key: config.api_key.value.clone(),
+        secure: args.secure,
     };
+    if plan.secure && plan.external_nats.is_some() {
+        bail!(
+            "--secure starts its own nats-server with generated permissions; for an existing server use \
+             `rbee secure init` and its files (see the README's security section)"
+        );
+    }
+    // The CLI uses `secure/cli.env` while a secure cluster runs: never leave one behind for a plain one.
+    let cli_env = plan.data_dir.join("secure").join("cli.env");
+    let _ = std::fs::remove_file(&cli_env);
 
     let kill_list = KillList::default();
     let mut interrupt = Interrupt::install(kill_list.clone())?;
@@ -124,6 +136,7 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
         None => Ok(()),
     };
     cluster.stop().await;
+    let _ = std::fs::remove_file(&cli_env);
     result
 }
 
@@ -135,6 +148,7 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
     let hive_bin = root::sibling_binary("rbee-hive")?;
     let model_file = root::setup_file(&plan.root, root::DEFAULT_MODEL_FILE)?;
 
+    let mut secure: Option<crate::secure::Bundle> = None;
     let nats_url = match &plan.external_nats {
         Some((url, source)) => {
             if crate::nats::connect_url(url).await.is_err() {
@@ -159,11 +173,31 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
                 );
                 port
             };
-            let args = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]
-                .iter()
-                .map(|s| s.to_string())
-                .chain([plan.data_dir.join("nats").display().to_string()])
-                .collect::<Vec<_>>();
+            if plan.secure {
+                let options = crate::secure::InitOptions {
+                    dir: plan.data_dir.join("secure"),
+                    hosts: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+                    hives: vec![rbee_bus::HiveId::new(HIVE_ID)?],
+                    pool: crate::secure::DEFAULT_POOL,
+                    listen: format!("127.0.0.1:{port}"),
+                    jetstream_store: plan.data_dir.join("nats"),
+                };
+                let bundle = crate::secure::init(&options, &nats_bin)?;
+                errln!(
+                    "secure mode: TLS with the CA {}, one NATS identity per process, API key in {}",
+                    bundle.ca.display(),
+                    bundle.api_key_file.display()
+                );
+                secure = Some(bundle);
+            }
+            let args = match &secure {
+                Some(bundle) => vec!["-c".to_owned(), bundle.nats_conf.display().to_string()],
+                None => ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([plan.data_dir.join("nats").display().to_string()])
+                    .collect::<Vec<_>>(),
+            };
             let child =
                 Child::spawn("nats", &nats_bin, &args, &[], &logs.join("nats.log"), &cluster.kill_list)?;
             errln!(
@@ -173,12 +207,27 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
             );
             cluster.nats = Some(child);
             wait_for_port(cluster, port).await?;
-            format!("nats://127.0.0.1:{port}")
+            let scheme = if secure.is_some() { "tls" } else { "nats" };
+            format!("{scheme}://127.0.0.1:{port}")
         }
     };
 
     let http_addr = format!("127.0.0.1:{}", plan.port);
-    let envs: Vec<(&str, String)> = plan.api_key.iter().map(|key| ("RBEE_API_KEY", key.clone())).collect();
+    let identity_env = |name: &str| -> anyhow::Result<Vec<(String, String)>> {
+        match &secure {
+            Some(bundle) => crate::secure::read_env_file(&bundle.env_file(name)),
+            None => Ok(Vec::new()),
+        }
+    };
+    let api_key = match &secure {
+        Some(bundle) => Some(bundle.api_key()?),
+        None => plan.api_key.clone(),
+    };
+    let mut queen_env = identity_env("queen")?;
+    if secure.is_none() {
+        queen_env.extend(api_key.iter().map(|key| ("RBEE_API_KEY".to_owned(), key.clone())));
+    }
+    let envs: Vec<(&str, String)> = queen_env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let args = vec!["--http-addr".to_owned(), http_addr.clone(), "--nats-url".to_owned(), nats_url.clone()];
     let queen = Child::spawn("queen", &queen_bin, &args, &envs, &logs.join("queen.log"), &cluster.kill_list)?;
     errln!("started queen on {http_addr} (pid {}, log {})", queen.pid(), queen.log.display());
@@ -198,11 +247,13 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
     .iter()
     .map(|s| s.to_string())
     .collect::<Vec<_>>();
-    let hive = Child::spawn("hive", &hive_bin, &args, &[], &logs.join("hive.log"), &cluster.kill_list)?;
+    let hive_env = identity_env(&format!("hive-{HIVE_ID}"))?;
+    let envs: Vec<(&str, String)> = hive_env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let hive = Child::spawn("hive", &hive_bin, &args, &envs, &logs.join("hive.log"), &cluster.kill_list)?;
     errln!("started hive {HIVE_ID} (pid {}, log {})", hive.pid(), hive.log.display());
     cluster.hive = Some(hive);
 
-    let api = Queen::with_url(&format!("http://{http_addr}"), plan.api_key.clone())?;
+    let api = Queen::with_url(&format!("http://{http_addr}"), api_key.clone())?;
     cluster.api = Some(api.clone());
     wait_for_health(cluster, &api).await?;
     wait_for_hive(cluster, &api, &plan.model).await?;
@@ -232,6 +283,7 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
         model: plan.model.clone(),
         worker,
         logs,
-        api_key_set: plan.api_key.is_some(),
+        api_key_set: api_key.is_some(),
+        api_key_file: secure.as_ref().map(|b| b.api_key_file.clone()),
     })
 }
