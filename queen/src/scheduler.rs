@@ -15,7 +15,11 @@
 //!    `estimated_bytes`). Accelerators (CUDA, Metal) before the CPU, then the device with the most free
 //!    memory, then hive and device id. Busy workers of the model do not prevent a spawn: when every
 //!    slot is taken and a hive has room, a new worker is the faster way to serve (this is "unless the
-//!    hive has room").
+//!    hive has room"). Except on a CPU that already runs a worker of the model (online or suspect, not
+//!    fenced, not excluded): that worker already batches its slots over all the cores, so a second
+//!    process would only split the same cores and make both slower (on a 2-core machine an extra
+//!    worker cut aggregate throughput several times over in `make bench`). The job waits for a slot
+//!    there instead; an explicit `POST /v1/workers` still starts one.
 //! 5. **Queue** with a reason a person can act on, always naming the model: waiting for a slot on N
 //!    workers; no hive is online; no hive has the model; every hive with it is offline or leaving; or
 //!    the model does not fit (needs N MiB, most free M MiB).
@@ -120,12 +124,21 @@ pub fn schedule(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Plac
         };
     }
     tally.loading += starting_on_hives(snapshot, model_id);
+    // CPUs that already run a worker of the model: no second one there.
+    let occupied_cpus: HashSet<&HiveId> = snapshot
+        .workers
+        .iter()
+        .filter(|w| &w.model_id == model_id && w.device == "cpu")
+        .filter(|w| w.liveness != Liveness::Offline && !w.fenced && !excluded.contains(&w.worker_id))
+        .filter(|w| !matches!(w.state, WorkerState::Draining | WorkerState::Stopped))
+        .map(|w| &w.hive_id)
+        .collect();
     if tally.loading > 0 {
         return Placement::Queue {
             reason: format!("waiting for {} loading model {model_id}", plural(tally.loading, "worker")),
         };
     }
-    let hives = survey_hives(snapshot, request);
+    let hives = survey_hives(snapshot, request, &occupied_cpus);
     if let Some(spawn) = hives.best_spawn {
         return Placement::Spawn { hive_id: spawn.hive_id.clone(), device: spawn.device.to_owned() };
     }
@@ -248,6 +261,8 @@ struct HiveSurvey<'a> {
     needed_bytes: Option<u64>,
     /// The largest free device memory among eligible hives, in bytes.
     most_free_bytes: u64,
+    /// CPUs with room that already run a worker of the model.
+    occupied_cpus: usize,
     /// The best fitting device.
     best_spawn: Option<SpawnCandidate<'a>>,
 }
@@ -274,7 +289,11 @@ impl SpawnCandidate<'_> {
     }
 }
 
-fn survey_hives<'a>(snapshot: &'a RegistrySnapshot, request: &PlacementRequest) -> HiveSurvey<'a> {
+fn survey_hives<'a>(
+    snapshot: &'a RegistrySnapshot,
+    request: &PlacementRequest,
+    occupied_cpus: &HashSet<&HiveId>,
+) -> HiveSurvey<'a> {
     let mut survey = HiveSurvey::default();
     for hive in &snapshot.hives {
         let online = hive.liveness == Liveness::Online;
@@ -292,6 +311,10 @@ fn survey_hives<'a>(snapshot: &'a RegistrySnapshot, request: &PlacementRequest) 
         for device in &hive.devices {
             survey.most_free_bytes = survey.most_free_bytes.max(device.free_bytes);
             if device.free_bytes < needed {
+                continue;
+            }
+            if device.kind == DeviceKind::Cpu && occupied_cpus.contains(&hive.hive_id) {
+                survey.occupied_cpus += 1;
                 continue;
             }
             let candidate = SpawnCandidate {
@@ -319,6 +342,8 @@ fn queue_reason(model_id: &ModelId, tally: &WorkerTally, hives: &HiveSurvey<'_>)
             "no online hive has model {model_id} ({} with it offline or leaving)",
             plural(hives.with_model, "hive")
         )
+    } else if hives.occupied_cpus > 0 {
+        format!("every cpu with room for model {model_id} already runs a worker of it")
     } else {
         format!(
             "model {model_id} does not fit the free memory of any hive (needs {} MiB, most free {} MiB)",

@@ -218,6 +218,42 @@ fn spawn_prefers_an_accelerator_then_the_most_free_memory() {
 }
 
 #[test]
+fn a_cpu_already_running_the_model_gets_no_second_worker() {
+    let now = Instant::now();
+    let mut registry = Registry::new(RegistryConfig::default());
+    let cpu_hive = |seq: u64, devices| {
+        let mut beat = hive_beat(0, HiveState::Online, devices, vec![model(0, 100 * MIB)]);
+        beat.meta.seq = seq;
+        beat
+    };
+    registry.apply_hive(&cpu_hive(1, vec![device("cpu", DeviceKind::Cpu, 16 * GIB)]), now);
+    // One CPU worker with every slot taken: the job waits for a slot, though the memory has room.
+    registry.apply_worker(&worker_beat(0, 0, 0, WorkerState::Busy, 4, 4, 50.0), now);
+    assert_eq!(
+        reason(&schedule(&registry.snapshot(now), &request(0))),
+        "waiting for a slot on 1 worker of model model-0"
+    );
+    // Excluded (it refused this job), it no longer holds the CPU.
+    let retry = PlacementRequest { exclude_workers: vec![worker_id(0)], ..request(0) };
+    assert_eq!(
+        schedule(&registry.snapshot(now), &retry),
+        Placement::Spawn { hive_id: hive_id(0), device: "cpu".into() }
+    );
+    // A GPU on the same hive still gets a worker.
+    registry.apply_hive(
+        &cpu_hive(
+            2,
+            vec![device("cpu", DeviceKind::Cpu, 16 * GIB), device("cuda:0", DeviceKind::Cuda, 8 * GIB)],
+        ),
+        now,
+    );
+    assert_eq!(
+        schedule(&registry.snapshot(now), &request(0)),
+        Placement::Spawn { hive_id: hive_id(0), device: "cuda:0".into() }
+    );
+}
+
+#[test]
 fn a_worker_the_hive_reports_as_starting_holds_off_a_second_spawn() {
     let now = Instant::now();
     let mut registry = Registry::new(RegistryConfig::default());
@@ -468,8 +504,25 @@ fn spawnable(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> bool {
     snapshot.hives.iter().filter(|h| h.liveness == Liveness::Online && !h.leaving).any(|hive| {
         hive.model(&request.model_id).is_some_and(|model| {
             let needed = request.estimated_bytes.unwrap_or_else(|| estimate_spawn_bytes(model));
-            hive.devices.iter().any(|device| device.free_bytes >= needed)
+            hive.devices.iter().any(|device| {
+                device.free_bytes >= needed
+                    && !(device.kind == DeviceKind::Cpu && cpu_occupied(snapshot, request, &hive.hive_id))
+            })
         })
+    })
+}
+
+/// The hive's CPU already runs a worker of the model that still counts (not offline, fenced,
+/// excluded or draining): no second one is spawned there.
+fn cpu_occupied(snapshot: &RegistrySnapshot, request: &PlacementRequest, hive_id: &HiveId) -> bool {
+    snapshot.workers.iter().any(|w| {
+        &w.hive_id == hive_id
+            && w.model_id == request.model_id
+            && w.device == "cpu"
+            && w.liveness != Liveness::Offline
+            && !w.fenced
+            && !request.exclude_workers.contains(&w.worker_id)
+            && !matches!(w.state, WorkerState::Draining | WorkerState::Stopped)
     })
 }
 
@@ -530,6 +583,12 @@ fn check_placement(scenario: &Scenario) -> Result<(), TestCaseError> {
                     request.estimated_bytes.unwrap_or_else(|| model.map_or(u64::MAX, estimate_spawn_bytes));
                 let fits = hive.devices.iter().any(|d| &d.id == device && d.free_bytes >= needed);
                 prop_assert!(fits, "device {} of {} does not fit {} bytes", device, hive_id, needed);
+                let cpu = hive.devices.iter().any(|d| &d.id == device && d.kind == DeviceKind::Cpu);
+                prop_assert!(
+                    !(cpu && cpu_occupied(&snapshot, &request, hive_id)),
+                    "a second worker of the model spawned on the cpu of {}",
+                    hive_id
+                );
             }
         }
         Placement::Queue { reason } => {
