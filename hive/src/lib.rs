@@ -12,7 +12,7 @@ pub mod models;
 pub mod registry;
 pub mod supervisor;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context;
@@ -49,6 +49,7 @@ pub struct Hive {
     inventory: Mutex<Inventory>,
     shutting_down: AtomicBool,
     beat_now: Arc<Notify>,
+    rejected: Arc<AtomicU64>,
 }
 
 impl Hive {
@@ -60,6 +61,17 @@ impl Hive {
     /// Sends a heartbeat now rather than at the next interval (after the catalog or a worker changed).
     pub fn heartbeat_soon(&self) {
         self.beat_now.notify_one();
+    }
+
+    /// Counts and logs a message that did not decode; the hive goes on.
+    pub fn reject(&self, subject: &str, error: &dyn std::fmt::Display) {
+        let total = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(%subject, %error, rejected_total = total, "malformed message rejected");
+    }
+
+    /// Messages rejected so far.
+    pub fn rejected_count(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
     }
 
     /// True once shutdown began: spawns are refused.
@@ -106,8 +118,10 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
     }
 
     let beat_now = Arc::new(Notify::new());
+    let rejected = Arc::new(AtomicU64::new(0));
     let hive = Arc::new(Hive {
         beat_now: beat_now.clone(),
+        rejected: rejected.clone(),
         hostname: sysinfo::System::host_name().unwrap_or_else(|| "unknown".to_owned()),
         inventory: Mutex::new(Inventory::detect()),
         shutting_down: AtomicBool::new(false),
@@ -126,6 +140,16 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
             .service_builder()
             .description(format!("rbee hive {}", hive.config.hive_id))
             .metadata([("hive_id".to_owned(), hive.config.hive_id.to_string())].into())
+            .stats_handler({
+                let hive = hive.clone();
+                move |_endpoint, _stats| {
+                    serde_json::json!({
+                        "workers_running": hive.supervisor.running_count(),
+                        "models": hive.models.list().len(),
+                        "rejected_messages": hive.rejected_count(),
+                    })
+                }
+            })
             .start("rbee-hive", env!("CARGO_PKG_VERSION"))
             .await
             .map_err(|e| anyhow::anyhow!("cannot register with the nats service api: {e}"))?
@@ -175,7 +199,10 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
                 requests.spawn(async move {
                     let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
                         Ok(spawn) => control::spawn(&hive, spawn).await,
-                        Err(e) => Err(bad_request(e)),
+                        Err(e) => {
+                            hive.reject(&req.message.subject, &e);
+                            Err(bad_request(e))
+                        }
                     };
                     if let Err(e) = &result {
                         tracing::info!(code = e.code().as_str(), reason = %e.error.message, "spawn refused");
@@ -189,7 +216,10 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
                 requests.spawn(async move {
                     let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
                         Ok(stop) => control::stop(&hive, stop).await,
-                        Err(e) => Err(bad_request(e)),
+                        Err(e) => {
+                            hive.reject(&req.message.subject, &e);
+                            Err(bad_request(e))
+                        }
                     };
                     rbee_bus::rpc::respond(&req, &result).await;
                     now.notify_one();
@@ -199,7 +229,10 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
                 requests.spawn(async move {
                     let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
                         Ok(import) => models::import(&hive, import).await,
-                        Err(e) => Err(bad_request(e)),
+                        Err(e) => {
+                            hive.reject(&req.message.subject, &e);
+                            Err(bad_request(e))
+                        }
                     };
                     match &result {
                         Ok(reply) => tracing::info!(model_id = %reply.model.model_id, "model imported over the bus"),
@@ -215,7 +248,10 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
                         tasks.spawn(download);
                         accepted
                     }),
-                    Err(e) => Err(bad_request(e)),
+                    Err(e) => {
+                        hive.reject(&req.message.subject, &e);
+                        Err(bad_request(e))
+                    }
                 };
                 if let Err(e) = &result {
                     tracing::info!(code = e.code().as_str(), reason = %e.error.message, "model pull refused");
@@ -225,7 +261,10 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
             Some(req) = removals.next() => {
                 let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
                     Ok(remove) => models::remove(&hive, remove),
-                    Err(e) => Err(bad_request(e)),
+                    Err(e) => {
+                        hive.reject(&req.message.subject, &e);
+                        Err(bad_request(e))
+                    }
                 };
                 if let Err(e) = &result {
                     tracing::info!(code = e.code().as_str(), reason = %e.error.message, "model removal refused");
@@ -310,7 +349,13 @@ async fn track_worker_states(
             _ = stop.cancelled() => return,
             msg = sub.next() => match msg { Some(m) => m, None => return },
         };
-        let Ok(hb) = rbee_bus::rpc::decode::<WorkerHeartbeat>(&msg.subject, &msg.payload) else { continue };
+        let hb = match rbee_bus::rpc::decode::<WorkerHeartbeat>(&msg.subject, &msg.payload) {
+            Ok(hb) => hb,
+            Err(e) => {
+                hive.reject(&msg.subject, &e);
+                continue;
+            }
+        };
         if hb.hive_id != hive.config.hive_id {
             continue;
         }

@@ -255,3 +255,56 @@ async fn missing_worker_binary_is_refused_and_orphans_are_killed() {
     shutdown.cancel();
     hive_task.await.expect("join").expect("hive ran");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_are_refused_counted_and_the_hive_goes_on() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let bus = connect(&NatsConfig::url(server.url())).await.expect("connect");
+    let hive_id: HiveId = "hive-m".parse().expect("id");
+    let shutdown = CancellationToken::new();
+    let hive_bus = connect(&NatsConfig::url(server.url())).await.expect("connect");
+    let hive_task = tokio::spawn(rbee_hive::run(
+        config(&server, "hive-m", dir.path(), false),
+        hive_bus,
+        shutdown.clone(),
+    ));
+    wait_hive(&bus, &hive_id).await;
+
+    // Garbage on each request subject gets a bad_request reply, not silence.
+    let garbage = bytes::Bytes::from_static(b"{\"v\":1,\"model_id\":\"a.b\"");
+    for subject in [
+        subject::hive_spawn(&hive_id),
+        subject::hive_stop(&hive_id),
+        subject::hive_models_import(&hive_id),
+        subject::hive_models_pull(&hive_id),
+        subject::hive_models_remove(&hive_id),
+    ] {
+        let reply = bus.client().request(subject.clone(), garbage.clone()).await.expect("a reply");
+        let error: WireError = serde_json::from_slice(&reply.payload).expect("a wire error");
+        assert_eq!(error.code(), ErrorCode::BadRequest, "{subject}: {error}");
+    }
+    // A forged worker heartbeat that does not decode is dropped and counted too.
+    bus.client().publish("rbee.worker.x.heartbeat", garbage.clone()).await.expect("publish");
+    bus.round_trip().await.expect("flush");
+
+    // The hive still answers, and its service stats count every rejection.
+    let models: ModelList = bus
+        .request(subject::hive_models(&hive_id), &ListRequest { v: 1 }, Duration::from_secs(5))
+        .await
+        .expect("list");
+    assert_eq!(models.models.len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = bus.client().request("$SRV.STATS.rbee-hive", bytes::Bytes::new()).await.expect("stats");
+        let stats: serde_json::Value = serde_json::from_slice(&stats.payload).expect("json");
+        let rejected = stats["endpoints"][0]["data"]["rejected_messages"].as_u64().unwrap_or(0);
+        if rejected >= 6 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the hive counted {rejected} of 6 rejections: {stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    hive_task.await.expect("join").expect("hive ran");
+}
