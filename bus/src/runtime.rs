@@ -13,6 +13,10 @@ pub fn init(default_filter: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colors only on a terminal: log files (`rbee up` writes one per process) stay plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
+        )
         .log_internal_errors(false);
     let result = if std::env::var("RBEE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()

@@ -291,10 +291,16 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), requests.wait()).await;
     background_stop.cancel();
     tasks.close();
-    tasks.wait().await;
-    heartbeat::send(&hive, HiveState::Leaving).await;
-    let _ = service.stop().await;
-    let _ = bus.client().flush().await;
+    // Every step that talks to NATS is bounded: with the server gone, the hive still exits.
+    let bounded = std::time::Duration::from_secs(2);
+    if tokio::time::timeout(bounded * 2, tasks.wait()).await.is_err() {
+        tracing::warn!("background tasks did not end in time (is nats gone?)");
+    }
+    let _ = tokio::time::timeout(bounded, heartbeat::send(&hive, HiveState::Leaving)).await;
+    let _ = tokio::time::timeout(bounded, service.stop()).await;
+    if tokio::time::timeout(bounded, bus.client().flush()).await.is_err() {
+        tracing::warn!("could not flush the last messages to nats");
+    }
     tracing::info!(hive_id = %hive.config.hive_id, "hive stopped");
     Ok(())
 }

@@ -127,7 +127,10 @@ pub async fn serve(
     let stop = shutdown.clone();
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
     background.cancel();
-    let _ = queen.bus.client().flush().await;
+    // Bounded: with the server gone, the queen still exits.
+    if tokio::time::timeout(std::time::Duration::from_secs(2), queen.bus.client().flush()).await.is_err() {
+        tracing::warn!("could not flush the last messages to nats");
+    }
     tracing::info!("queen stopped");
     Ok(())
 }
