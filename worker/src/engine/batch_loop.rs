@@ -6,9 +6,9 @@
 //! asked for logits.
 
 use std::num::NonZeroU32;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
@@ -32,6 +32,11 @@ pub(crate) fn prefill_per_step(gpu_offload: bool) -> usize {
         256
     }
 }
+
+/// How long an idle loop waits, after the first job arrives, for others sent at the same time before it
+/// starts the first step: a few milliseconds of the first token's time, against a whole prefill step
+/// (tens of milliseconds on CPU) for each job that would miss the first one.
+pub(crate) const GATHER_WINDOW: Duration = Duration::from_millis(2);
 
 /// A message to the loop thread.
 pub(crate) enum Command {
@@ -92,6 +97,7 @@ pub(crate) fn run(setup: LoopSetup, ready: SyncSender<Result<u32, String>>) {
         batch: LlamaBatch::new(n_batch, 1),
         shared: &shared,
         active: Vec::with_capacity(slots),
+        slots,
         per_slot,
         prefill_per_step,
     };
@@ -117,6 +123,8 @@ struct BatchLoop<'m> {
     shared: &'m Shared,
     /// Slots in admission order.
     active: Vec<Slot>,
+    /// How many jobs may run at once.
+    slots: usize,
     per_slot: u32,
     prefill_per_step: usize,
 }
@@ -129,6 +137,17 @@ impl BatchLoop<'_> {
                 match rx.recv() {
                     Ok(Command::Start(job)) => self.admit(*job),
                     Ok(Command::Shutdown) | Err(_) => return,
+                }
+                // Jobs sent together reach an idle worker a fraction of a millisecond apart (one NATS
+                // assignment each): gather them for a moment so their prompts share the first step,
+                // instead of the later ones waiting a whole prefill step for the first.
+                let until = Instant::now() + GATHER_WINDOW;
+                while self.active.len() < self.slots {
+                    match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                        Ok(Command::Start(job)) => self.admit(*job),
+                        Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+                        Err(RecvTimeoutError::Timeout) => break,
+                    }
                 }
             }
             loop {
