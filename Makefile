@@ -18,13 +18,14 @@ release: setup
 	$(CARGO) build --workspace --bins --release
 
 ## test: setup, build, then the whole suite against real nats-servers, workers and the real model
+## (the fault-injection tests included: they take turns, one cluster at a time)
 test: build
 	$(CARGO) test --workspace --no-fail-fast
 	./scripts/check-compose.sh
 
-## test-faults: fault injection against a running cluster (nats restart, kill -9, partitions, load)
+## test-faults: just the fault injection against a running cluster (nats restart, kill -9, partitions, load)
 test-faults: build
-	$(CARGO) test -p rbee-queen --test faults -- --ignored --test-threads 1
+	$(CARGO) test -p rbee-queen --test faults -- --test-threads 1
 
 ## up: start a local cluster (nats-server, queen, hive, one worker of the default model) and serve
 up: release

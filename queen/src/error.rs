@@ -30,6 +30,11 @@ pub enum ApiError {
     /// The prompt is too large (413).
     #[error("{0}")]
     PromptTooLarge(String),
+    /// The request body is over the limit and was not read to its end (413, `Connection: close`: the
+    /// rest of the body is still on the connection, which the server then closes, so a client must
+    /// not send its next request on it).
+    #[error("{0}")]
+    BodyTooLarge(String),
     /// The queue is full (429, Retry-After).
     #[error("{0}")]
     QueueFull(String),
@@ -70,7 +75,7 @@ impl ApiError {
             ApiError::UnknownModel(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "conflict"),
-            ApiError::PromptTooLarge(_) => {
+            ApiError::PromptTooLarge(_) | ApiError::BodyTooLarge(_) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "prompt_too_long")
             }
             ApiError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "queue_full"),
@@ -95,6 +100,25 @@ impl IntoResponse for ApiError {
         if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if matches!(self, ApiError::BodyTooLarge(_)) {
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_left_unread_closes_the_connection() {
+        let response = ApiError::BodyTooLarge("over the limit".to_owned()).into_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers().get(header::CONNECTION).map(|v| v.as_bytes()), Some(&b"close"[..]));
+        // A prompt read to its end and found too long keeps the connection.
+        let response = ApiError::PromptTooLarge("too long".to_owned()).into_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(response.headers().get(header::CONNECTION).is_none());
     }
 }

@@ -71,7 +71,9 @@ fn to_wire(e: ApiError) -> WireError {
     match &e {
         ApiError::InvalidParams { param, .. } => WireError::invalid_field(param, e.to_string()),
         ApiError::UnknownModel(_) => WireError::new(ErrorCode::UnknownModel, e.to_string()),
-        ApiError::PromptTooLarge(_) => WireError::new(ErrorCode::PromptTooLong, e.to_string()),
+        ApiError::PromptTooLarge(_) | ApiError::BodyTooLarge(_) => {
+            WireError::new(ErrorCode::PromptTooLong, e.to_string())
+        }
         ApiError::QueueFull(_) | ApiError::Unavailable(_) => {
             WireError::new(ErrorCode::QueueFull, e.to_string())
         }

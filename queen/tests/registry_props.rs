@@ -165,6 +165,76 @@ fn a_heartbeat_after_silence_reports_the_recovery() {
 }
 
 #[test]
+fn tokens_and_statuses_of_the_current_epoch_keep_a_busy_worker_alive() {
+    let base = Instant::now();
+    let mut registry = Registry::new(RegistryConfig::default());
+    let busy = WorkerFigures { state: WorkerState::Busy, slots_busy: 3, ..WorkerFigures::default() };
+    registry.apply_worker(&worker_beat(0, "e1", 1, &busy), base);
+    assert!(registry.reserve_slot(&worker_id(0), at(base, 100)));
+    let before = registry.get_worker(&worker_id(0), at(base, 100)).expect("listed");
+    let applied = registry.stats(base).heartbeats_applied;
+    let liveness =
+        |registry: &Registry, ms| registry.get_worker(&worker_id(0), at(base, ms)).map(|w| w.liveness);
+
+    // Its heartbeats stop (a starved timer) but its tokens keep coming: online all along.
+    for ms in (500..=6_000).step_by(500) {
+        assert_eq!(registry.apply_worker_activity(&worker_id(0), "e1", at(base, ms)), Vec::new());
+        assert_eq!(registry.expire(at(base, ms + 400)), Vec::new(), "a transition at {ms} ms");
+        assert_eq!(liveness(&registry, ms + 400), Some(Liveness::Online));
+    }
+    let after = registry.get_worker(&worker_id(0), at(base, 6_000)).expect("listed");
+    assert_eq!(after.age_ms, 0, "the age counts from the last sign of life");
+    // Liveness only: the figures, sequence and reservations are the heartbeat's.
+    assert_eq!(
+        (after.state, after.slots_busy, after.slots_reserved, after.seq, &after.epoch),
+        (before.state, before.slots_busy, before.slots_reserved, before.seq, &before.epoch)
+    );
+    assert_eq!(registry.stats(base).heartbeats_applied, applied, "a token is not a heartbeat");
+
+    // Then everything stops: suspect, offline and removed on the usual schedule from the last token.
+    assert_eq!(liveness(&registry, 8_100), Some(Liveness::Suspect));
+    assert_eq!(liveness(&registry, 9_100), Some(Liveness::Offline));
+    registry.expire(at(base, 9_100));
+    // A late token of the same process brings it back, and says so.
+    let recovered = Change::WorkerLiveness {
+        worker_id: worker_id(0),
+        previous: Liveness::Offline,
+        liveness: Liveness::Online,
+    };
+    assert_eq!(registry.apply_worker_activity(&worker_id(0), "e1", at(base, 9_200)), vec![recovered]);
+    assert_eq!(liveness(&registry, 9_200), Some(Liveness::Online));
+    let removed = registry.expire(at(base, 19_300));
+    assert!(
+        matches!(&removed[..], [Change::WorkerRemoved { reason: RemovalReason::Expired, .. }]),
+        "{removed:?}"
+    );
+}
+
+#[test]
+fn messages_of_another_epoch_or_an_unknown_worker_prove_nothing() {
+    let base = Instant::now();
+    let mut registry = Registry::new(RegistryConfig::default());
+    // Not heard yet: a token does not add it (it has no figures to list).
+    assert_eq!(registry.apply_worker_activity(&worker_id(0), "e1", base), Vec::new());
+    assert!(registry.get_worker(&worker_id(0), base).is_none());
+
+    registry.apply_worker(&worker_beat(0, "e2", 1, &WorkerFigures::default()), base);
+    // A late chunk of the process it replaced, or of one not heard yet, does not vouch for this one.
+    for epoch in ["e1", "e3"] {
+        assert_eq!(registry.apply_worker_activity(&worker_id(0), epoch, at(base, 2_500)), Vec::new());
+    }
+    let view = registry.get_worker(&worker_id(0), at(base, 3_100)).expect("listed");
+    assert_eq!((view.liveness, view.age_ms), (Liveness::Offline, 3_100));
+    // Nor does one of another worker.
+    registry.apply_worker(&worker_beat(1, "e1", 1, &WorkerFigures::default()), base);
+    registry.apply_worker_activity(&worker_id(0), "e1", at(base, 3_000));
+    assert_eq!(
+        registry.get_worker(&worker_id(1), at(base, 3_100)).map(|w| w.liveness),
+        Some(Liveness::Offline)
+    );
+}
+
+#[test]
 fn a_new_hive_epoch_drops_its_old_workers_and_keeps_them_out() {
     let base = Instant::now();
     let mut registry = Registry::new(RegistryConfig::default());
@@ -378,6 +448,8 @@ enum Op {
     Reserve(usize),
     /// The queen releases a slot.
     Release(usize),
+    /// A token chunk or job status from a worker, of its current epoch or another one.
+    Activity { worker: usize, current_epoch: bool },
 }
 
 const HIVES: usize = 3;
@@ -421,6 +493,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..WORKERS).prop_map(Op::Fence),
         1 => (0..WORKERS).prop_map(Op::Reserve),
         1 => (0..WORKERS).prop_map(Op::Release),
+        2 => (0..WORKERS, prop::bool::weighted(0.8))
+            .prop_map(|(worker, current_epoch)| Op::Activity { worker, current_epoch }),
     ]
 }
 
@@ -644,6 +718,33 @@ fn run_history(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Release(worker) => {
                 registry.release_slot(&worker_id(worker));
                 Vec::new()
+            }
+            Op::Activity { worker, current_epoch } => {
+                let before = registry.get_worker(&worker_id(worker), now);
+                let epoch = match (&before, current_epoch) {
+                    (Some(view), true) => view.epoch.clone(),
+                    _ => "w-other".to_owned(),
+                };
+                let changes = registry.apply_worker_activity(&worker_id(worker), &epoch, now);
+                let after = registry.get_worker(&worker_id(worker), now);
+                match (&before, &after) {
+                    (None, None) => prop_assert!(changes.is_empty()),
+                    (Some(b), Some(a)) => {
+                        // Liveness only: the heartbeat's figures and the queen's marks stay.
+                        prop_assert_eq!(
+                            (a.state, a.slots_busy, a.slots_reserved, a.seq, &a.epoch, a.fenced),
+                            (b.state, b.slots_busy, b.slots_reserved, b.seq, &b.epoch, b.fenced)
+                        );
+                        if b.epoch == epoch {
+                            prop_assert_eq!((a.age_ms, a.liveness), (0, Liveness::Online));
+                        } else {
+                            prop_assert_eq!(a.age_ms, b.age_ms);
+                            prop_assert!(changes.is_empty());
+                        }
+                    }
+                    _ => prop_assert!(false, "a sign of life added or removed a worker"),
+                }
+                changes
             }
         };
         for change in &changes {

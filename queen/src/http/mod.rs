@@ -77,7 +77,7 @@ where
             Ok(axum::Json(v)) => Ok(JsonBody(v)),
             Err(rejection) => {
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    Err(ApiError::PromptTooLarge("request body is over the 4 MiB limit".to_owned()))
+                    Err(ApiError::BodyTooLarge("request body is over the 4 MiB limit".to_owned()))
                 } else {
                     Err(ApiError::BadRequest(rejection.body_text()))
                 }

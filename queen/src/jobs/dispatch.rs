@@ -356,10 +356,13 @@ enum WorkerOutcome {
     Lost,
 }
 
-/// Follows a placed job until it ends, watching its worker's liveness. While the queen's own NATS
-/// connection is down, and for [`RECONNECT_GRACE`] after it is back, every worker looks silent: that
-/// silence is not taken as a death. After an interruption, a final status the queen missed (published
-/// before it had resubscribed) is looked up in the job history and announced again.
+/// Follows a placed job until it ends, watching its worker's liveness. The worker is dead when the
+/// registry no longer lists it, or lists it offline (no heartbeat, token chunk or status from it for 3
+/// intervals: a worker streaming tokens is never offline) and [`confirm_silent`] agrees. While the
+/// queen's own NATS connection is down, and for [`RECONNECT_GRACE`] after it is back, every worker
+/// looks silent: that silence is not taken as a death. After an interruption, a final status the
+/// queen missed (published before it had resubscribed) is looked up in the job history and announced
+/// again.
 async fn watch_worker(
     queen: &Queen,
     stream: &Arc<JobStream>,
@@ -395,6 +398,15 @@ async fn watch_worker(
         let worker = queen.registry().get_worker(worker_id, Instant::now());
         let alive = worker.as_ref().is_some_and(|w| w.liveness != crate::registry::Liveness::Offline);
         if !alive && !in_grace {
+            // Listed but offline: first make sure the silence is the worker's, not a backlog of the
+            // queen's own. Removed (its hive saw it exit, it stopped, or it was silent past the removal
+            // age): gone.
+            if let Some(w) = &worker {
+                let interval = queen.registry().config().interval(w.interval_ms);
+                if !confirm_silent(queen, worker_id, interval).await {
+                    continue;
+                }
+            }
             // One more look: the final status may be in flight.
             tokio::time::sleep(Duration::from_millis(100)).await;
             if stream.is_finished() {
@@ -413,6 +425,32 @@ async fn watch_worker(
             return WorkerOutcome::Lost;
         }
         let _ = tokio::time::timeout(Duration::from_millis(250), queen.registry_changed.notified()).await;
+    }
+}
+
+/// Confirms that a worker the registry lists offline is really silent before its job is failed: the
+/// queen catches up with what NATS already delivered to it (a server round trip: every message the
+/// server sent before the reply is then in the queen's subscriptions), and gives the heartbeat fold and
+/// the token relay up to one more `interval` to apply it. A worker whose heartbeats or tokens were only
+/// waiting behind a busy queen is online again (false); one that is silent stays offline or is removed
+/// (true). Costs a round trip and at most one interval, and only when a death is suspected.
+async fn confirm_silent(queen: &Queen, worker_id: &rbee_bus::WorkerId, interval: Duration) -> bool {
+    let _ = tokio::time::timeout(Duration::from_secs(2), queen.bus.round_trip()).await;
+    let deadline = Instant::now() + interval;
+    loop {
+        match queen.registry().get_worker(worker_id, Instant::now()) {
+            None => return true,
+            Some(w) if w.liveness != crate::registry::Liveness::Offline => {
+                tracing::info!(%worker_id, "worker looked silent but its messages were waiting: not dead");
+                return false;
+            }
+            Some(_) => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        let _ = tokio::time::timeout(left, queen.registry_changed.notified()).await;
     }
 }
 

@@ -1,7 +1,8 @@
 //! The token path inside the queen: one subscription to `rbee.job.>` (one subscription, so a job's
 //! tokens and its final status arrive in the order the worker published them) feeds a per-job buffer
 //! that any number of readers (SSE clients, non-streaming waiters, the dispatcher) follow from the
-//! start. Status events also fold into the job registry.
+//! start. Status events also fold into the job registry, and every chunk or status a worker published
+//! counts in the registry as a sign of life of that worker (its current epoch), like a heartbeat.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use rbee_bus::{subject, ErrorCode, JobId, JobState, JobStatus, TokenChunk};
+use rbee_bus::{subject, ErrorCode, JobId, JobState, JobStatus, TokenChunk, WorkerId};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -216,6 +217,9 @@ async fn relay(queen: Arc<Queen>, mut sub: async_nats::Subscriber, stop: Cancell
         if subject::matches(subject::JOB_TOKENS_ALL, subject) {
             match rbee_bus::rpc::decode::<TokenChunk>(subject, &msg.payload) {
                 Ok(chunk) => {
+                    if chunk.meta.publisher == chunk.worker_id.as_str() {
+                        worker_alive(&queen, &chunk.worker_id, &chunk.meta.epoch);
+                    }
                     let job_id = chunk.job_id.clone();
                     let tokens = chunk.tokens;
                     if let Some(stream) = queen.streams.push(&job_id, JobEvent::Token(chunk)) {
@@ -230,6 +234,10 @@ async fn relay(queen: Arc<Queen>, mut sub: async_nats::Subscriber, stop: Cancell
         } else if subject::matches(subject::JOB_STATUS_ALL, subject) {
             match rbee_bus::rpc::decode::<JobStatus>(subject, &msg.payload) {
                 Ok(status) => {
+                    // The worker's own statuses (accepted, running, finished) are signs of life too.
+                    if let Ok(worker_id) = WorkerId::new(status.meta.publisher.as_str()) {
+                        worker_alive(&queen, &worker_id, &status.meta.epoch);
+                    }
                     queen.jobs().apply_status(&status, rbee_bus::now_ms());
                     let job_id = status.job_id.clone();
                     if let JobState::Finished { finish_reason, .. } = &status.state {
@@ -243,5 +251,18 @@ async fn relay(queen: Arc<Queen>, mut sub: async_nats::Subscriber, stop: Cancell
                 }
             }
         }
+    }
+}
+
+/// A message a worker published on a job subject proves it alive (see
+/// [`Registry::apply_worker_activity`](crate::registry::Registry::apply_worker_activity)): a worker
+/// busy streaming tokens is not declared offline, nor its jobs failed, because its heartbeats are late.
+fn worker_alive(queen: &Queen, worker_id: &WorkerId, epoch: &str) {
+    let changes = queen.registry().apply_worker_activity(worker_id, epoch, Instant::now());
+    if !changes.is_empty() {
+        for change in &changes {
+            tracing::info!(change = ?change, "registry change (a sign of life other than a heartbeat)");
+        }
+        queen.registry_changed.notify_waiters();
     }
 }

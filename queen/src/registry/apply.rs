@@ -150,6 +150,31 @@ impl Registry {
         changes
     }
 
+    /// Folds in a sign of life from a worker other than its heartbeat, received at `now`: a token chunk
+    /// or a job status it published, stamped with its `epoch`. A worker busy generating is alive even
+    /// when its heartbeats are late (a starved CPU delays the heartbeat timer, not the tokens already
+    /// decoded), so its liveness counts from the later of the two. Liveness only: state, slots,
+    /// sequence, reservations and fences still follow heartbeats alone. Ignored for an unknown worker
+    /// (its first heartbeat adds it) and for any epoch but its current one (a message of a process that
+    /// was replaced proves nothing about the new one). Returns the recovery to `online` when the worker
+    /// was last reported suspect or offline.
+    pub fn apply_worker_activity(&mut self, worker_id: &WorkerId, epoch: &str, now: Instant) -> Vec<Change> {
+        let Some(entry) = self.workers.get_mut(worker_id) else {
+            return Vec::new();
+        };
+        if entry.sequence.epoch != epoch {
+            return Vec::new();
+        }
+        match entry.heard.alive(now) {
+            Some(previous) => vec![Change::WorkerLiveness {
+                worker_id: worker_id.clone(),
+                previous,
+                liveness: Liveness::Online,
+            }],
+            None => Vec::new(),
+        }
+    }
+
     /// Folds in a worker lifecycle event from its hive: `exited` and `failed` remove the worker at
     /// once instead of waiting for its heartbeats to age; `started` changes nothing (the worker's own
     /// heartbeat adds it).

@@ -1,6 +1,7 @@
-//! Liveness by the queen's own receive clock: the age of the last heartbeat, counted in the interval
-//! the publisher announced. The sender's `sent_at_ms` is never used (clock skew between machines made
-//! other systems declare healthy nodes lost).
+//! Liveness by the queen's own receive clock: the age of the last heartbeat (for a worker, of the last
+//! message it published, heartbeat or not), counted in the interval the publisher announced. The
+//! sender's `sent_at_ms` is never used (clock skew between machines made other systems declare healthy
+//! nodes lost).
 
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,8 @@ impl Liveness {
 /// When an entry was heard from, at which interval, and the liveness last reported as a change.
 #[derive(Debug, Clone)]
 pub(crate) struct Heard {
-    /// Receive time of the last accepted heartbeat.
+    /// Receive time of the last accepted heartbeat or, for a worker, of the last other message it
+    /// published in its current epoch (a token chunk, a job status), whichever came later.
     pub last_seen: Instant,
     /// The interval believed for this publisher (announced, then clamped).
     pub interval: Duration,
@@ -79,8 +81,14 @@ impl Heard {
     /// `Online`, so the caller can report the recovery. A `now` earlier than the last heartbeat (the
     /// caller's clock is monotonic, so only a caller mistake) never moves `last_seen` back.
     pub fn heard(&mut self, now: Instant, interval: Duration) -> Option<Liveness> {
-        self.last_seen = self.last_seen.max(now);
         self.interval = interval;
+        self.alive(now)
+    }
+
+    /// Records a sign of life other than a heartbeat, received at `now`: like [`heard`](Self::heard),
+    /// but the interval stays the one the last heartbeat announced.
+    pub fn alive(&mut self, now: Instant) -> Option<Liveness> {
+        self.last_seen = self.last_seen.max(now);
         let previous = std::mem::replace(&mut self.reported, Liveness::Online);
         (previous != Liveness::Online).then_some(previous)
     }

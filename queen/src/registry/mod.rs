@@ -18,6 +18,12 @@
 //!   announces, clamped). The sender's `sent_at_ms` is never read. Queries compute liveness at the
 //!   `now` they are given, so an answer is never stale-online even if `expire` has not run; `expire`
 //!   reports each transition once, as a change.
+//! - **Any message is a sign of life.** For a worker, every message it publishes in its current epoch
+//!   counts like a heartbeat for liveness ([`apply_worker_activity`](Registry::apply_worker_activity),
+//!   fed with its token chunks and job statuses): a worker streaming tokens is alive even when a
+//!   starved CPU delays its heartbeats. Its age (`age_ms`) is that of the last message of either kind.
+//!   Its figures (state, slots, sequence) still come from heartbeats only, and a message of another
+//!   epoch, or of a worker not yet heard, changes nothing.
 //! - **Ordering per publisher.** A publisher is the heartbeat's `hive_id` / `worker_id` (the subject's
 //!   id). Within one epoch, a sequence number at or below the last one is a duplicate or out of order:
 //!   ignored and counted (`stale_ignored`); a jump counts the skipped numbers as `seq_gaps` (per entry
