@@ -22,6 +22,9 @@ if [ ! -x .venv/bin/nats-server ] || [ ! -f .rbee/models/SmolLM2-135M-Instruct.Q
 fi
 
 mkdir -p target
+# The hive starts workers with GOMP_SPINCOUNT=10000 (llama.cpp's OpenMP threads spin briefly, then
+# sleep); the direct llama.cpp baseline inside rbee-bench gets the same, so both sides run alike.
+export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-10000}"
 start=$(date +%s)
 # shellcheck disable=SC2086
 target/release/rbee-bench --root "$root" ${BENCH_ARGS:-} "$@" 2>&1 | tee target/bench.log

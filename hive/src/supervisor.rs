@@ -44,6 +44,9 @@ pub struct LaunchPlan {
     pub identity: Option<rbee_bus::security::PoolIdentity>,
 }
 
+/// `GOMP_SPINCOUNT` of spawned workers unless the hive's environment sets one (see `start_process`).
+pub const WORKER_GOMP_SPINCOUNT: &str = "10000";
+
 /// Whether crashed workers are started again.
 #[derive(Debug, Clone, Copy)]
 pub struct RestartPolicy {
@@ -208,6 +211,14 @@ impl Supervisor {
                 .arg(&identity.user)
                 .env("RBEE_NATS_PASSWORD", &identity.password)
                 .env("RBEE_NATS_INBOX_PREFIX", &identity.inbox_prefix);
+        }
+        // llama.cpp's OpenMP threads spin-wait for each other between ops by default. On a machine whose
+        // cores are shared (the queen, nats-server and clients wake for every token), a spinning thread
+        // burns the core its partner needs, and decoding slowed 6-30x in the fault tests under load; a
+        // short spin then sleep cost 13% idle and kept it within 2.6x. OpenMP reads this at process
+        // start, so it is set here; a value set by the user is kept.
+        if std::env::var_os("GOMP_SPINCOUNT").is_none() && std::env::var_os("OMP_WAIT_POLICY").is_none() {
+            cmd.env("GOMP_SPINCOUNT", WORKER_GOMP_SPINCOUNT);
         }
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn()?;
