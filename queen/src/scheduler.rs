@@ -149,8 +149,21 @@ pub fn schedule(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Plac
 /// that the next placement before the worker's heartbeat sees the slot taken. The caller holds the
 /// registry's lock across this call and releases the slot if the worker refuses.
 pub fn place(registry: &mut Registry, request: &PlacementRequest, now: Instant) -> Placement {
-    let snapshot = registry.snapshot_for_model(&request.model_id, now);
-    let placement = schedule(&snapshot, request);
+    // Most jobs go to a worker, and assigning (or refusing on a full queue) reads the model's workers
+    // only: decide from those first, and copy the hives only when a spawn or the queue is the answer.
+    // The caller holds the registry lock all along, so copying less is time the heartbeats do not wait.
+    let workers_only = RegistrySnapshot {
+        hives: Vec::new(),
+        workers: registry.list_workers_for_model(&request.model_id, now),
+    };
+    let first = schedule(&workers_only, request);
+    let placement = if matches!(first, Placement::Assign { .. } | Placement::Refuse { .. }) {
+        first
+    } else {
+        let RegistrySnapshot { workers, .. } = workers_only;
+        let snapshot = RegistrySnapshot { hives: registry.hive_snapshot(now), workers };
+        schedule(&snapshot, request)
+    };
     if let Placement::Assign { worker_id } = &placement {
         // The snapshot said the worker has a free slot, so the reservation succeeds.
         registry.reserve_slot(worker_id, now);

@@ -191,6 +191,11 @@ impl Registry {
         }
     }
 
+    /// Every hive at `now` without worker totals: the hive half of [`snapshot_for_model`](Self::snapshot_for_model).
+    pub fn hive_snapshot(&self, now: Instant) -> Vec<HiveView> {
+        self.hive_views(now, false, |_| true)
+    }
+
     /// Counts for metrics.
     pub fn stats(&self, now: Instant) -> RegistryStats {
         let mut stats = RegistryStats {
