@@ -177,7 +177,17 @@ pub async fn spawn_timed(
         reply.get("worker_id").and_then(Value::as_str).context("spawn reply without worker_id")?.to_owned();
     let pid = reply.get("pid").and_then(Value::as_u64).unwrap_or(0) as u32;
     let t_queen = wait_listed_idle(api, &worker_id, Duration::from_secs(120)).await?;
-    let seen = watcher.seen(&worker_id);
+    // The queen may fold the `idle` heartbeat before this process's own subscriber has handled it: give
+    // the subscriber a moment to catch up (the times it records are its receive stamps, so waiting here
+    // changes no figure).
+    let mut seen = watcher.seen(&worker_id);
+    let catch_up = Instant::now() + Duration::from_secs(2);
+    while (seen.started.is_none() || seen.first_heartbeat.is_none() || seen.idle.is_none())
+        && Instant::now() < catch_up
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        seen = watcher.seen(&worker_id);
+    }
     let (Some(started), Some(first), Some(idle)) = (seen.started, seen.first_heartbeat, seen.idle) else {
         bail!("missing bus events for worker {worker_id}: {seen:?}");
     };
