@@ -195,80 +195,49 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(req) = spawns.next() => {
-                let now = beat_now.clone();
                 requests.spawn(async move {
-                    let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
+                    let result = match decode_request(&hive, &req) {
                         Ok(spawn) => control::spawn(&hive, spawn).await,
-                        Err(e) => {
-                            hive.reject(&req.message.subject, &e);
-                            Err(bad_request(e))
-                        }
+                        Err(e) => Err(e),
                     };
-                    if let Err(e) = &result {
-                        tracing::info!(code = e.code().as_str(), reason = %e.error.message, "spawn refused");
-                    }
+                    log_refusal("spawn", &result);
                     rbee_bus::rpc::respond(&req, &result).await;
-                    now.notify_one();
+                    hive.heartbeat_soon();
                 });
             }
             Some(req) = stops.next() => {
-                let now = beat_now.clone();
                 requests.spawn(async move {
-                    let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
+                    let result = match decode_request(&hive, &req) {
                         Ok(stop) => control::stop(&hive, stop).await,
-                        Err(e) => {
-                            hive.reject(&req.message.subject, &e);
-                            Err(bad_request(e))
-                        }
+                        Err(e) => Err(e),
                     };
                     rbee_bus::rpc::respond(&req, &result).await;
-                    now.notify_one();
+                    hive.heartbeat_soon();
                 });
             }
             Some(req) = imports.next() => {
                 requests.spawn(async move {
-                    let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
+                    let result = match decode_request(&hive, &req) {
                         Ok(import) => models::import(&hive, import).await,
-                        Err(e) => {
-                            hive.reject(&req.message.subject, &e);
-                            Err(bad_request(e))
-                        }
+                        Err(e) => Err(e),
                     };
-                    match &result {
-                        Ok(reply) => tracing::info!(model_id = %reply.model.model_id, "model imported over the bus"),
-                        Err(e) => tracing::info!(code = e.code().as_str(), reason = %e.error.message, "model import refused"),
-                    }
+                    log_refusal("model import", &result);
                     rbee_bus::rpc::respond(&req, &result).await;
                     hive.heartbeat_soon();
                 });
             }
             Some(req) = pulls.next() => {
-                let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
-                    Ok(pull) => models::pull(&hive, pull, &background_stop).map(|(accepted, download)| {
-                        tasks.spawn(download);
-                        accepted
-                    }),
-                    Err(e) => {
-                        hive.reject(&req.message.subject, &e);
-                        Err(bad_request(e))
-                    }
-                };
-                if let Err(e) = &result {
-                    tracing::info!(code = e.code().as_str(), reason = %e.error.message, "model pull refused");
-                }
+                let result = decode_request(&hive, &req).and_then(|pull| {
+                    let (accepted, download) = models::pull(&hive, pull, &background_stop)?;
+                    tasks.spawn(download);
+                    Ok(accepted)
+                });
+                log_refusal("model pull", &result);
                 rbee_bus::rpc::respond(&req, &result).await;
             }
             Some(req) = removals.next() => {
-                let result = match rbee_bus::rpc::decode(&req.message.subject, &req.message.payload) {
-                    Ok(remove) => models::remove(&hive, remove),
-                    Err(e) => {
-                        hive.reject(&req.message.subject, &e);
-                        Err(bad_request(e))
-                    }
-                };
-                if let Err(e) = &result {
-                    tracing::info!(code = e.code().as_str(), reason = %e.error.message, "model removal refused");
-                }
+                let result = decode_request(&hive, &req).and_then(|remove| models::remove(&hive, remove));
+                log_refusal("model removal", &result);
                 rbee_bus::rpc::respond(&req, &result).await;
                 hive.heartbeat_soon();
             }
@@ -305,8 +274,22 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
     Ok(())
 }
 
-fn bad_request(e: rbee_bus::BusError) -> rbee_bus::WireError {
-    rbee_bus::WireError::new(rbee_bus::ErrorCode::BadRequest, e.to_string())
+/// The request's message, or (counted and logged as a rejection) the `bad_request` to answer with.
+fn decode_request<T: serde::de::DeserializeOwned>(
+    hive: &Hive,
+    req: &async_nats::service::Request,
+) -> Result<T, rbee_bus::WireError> {
+    rbee_bus::rpc::decode(&req.message.subject, &req.message.payload).map_err(|e| {
+        hive.reject(&req.message.subject, &e);
+        rbee_bus::WireError::new(rbee_bus::ErrorCode::BadRequest, e.to_string())
+    })
+}
+
+/// Logs why a request was refused, if it was.
+fn log_refusal<T>(what: &str, result: &Result<T, rbee_bus::WireError>) {
+    if let Err(e) = result {
+        tracing::info!(code = e.code().as_str(), reason = %e.error.message, "{what} refused");
+    }
 }
 
 async fn import_model(models: &ModelCatalog, import: &ModelImport) {

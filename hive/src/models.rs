@@ -98,7 +98,7 @@ pub fn pull(
             return Err(WireError::invalid_field("sha256", format!("sha256 {sha:?} is not 64 hex digits")));
         }
     }
-    let model_id = match req.model_id {
+    let model_id = match req.model_id.clone() {
         Some(id) => id,
         None => id_from_url(&url)?,
     };
@@ -116,27 +116,25 @@ pub fn pull(
     }
     let accepted =
         ModelPullAccepted { v: SCHEMA_VERSION, pull_id: req.pull_id.clone(), model_id: model_id.clone() };
-    let task = PullTask { hive: hive.clone(), req: ModelPullRequest { model_id: Some(model_id), ..req } };
+    let task = PullTask { hive: hive.clone(), model_id, req };
     Ok((accepted, task.run(stop.clone())))
 }
 
 struct PullTask {
     hive: Arc<Hive>,
+    /// The id the model gets (the request's, or derived from the URL).
+    model_id: ModelId,
     req: ModelPullRequest,
 }
 
 impl PullTask {
-    fn model_id(&self) -> ModelId {
-        self.req.model_id.clone().unwrap_or_else(ModelId::generate)
-    }
-
     async fn publish(&self, progress: PullProgress) {
         let event = ModelPullEvent {
             v: SCHEMA_VERSION,
             meta: self.hive.stamper.next(),
             hive_id: self.hive.config.hive_id.clone(),
             pull_id: self.req.pull_id.clone(),
-            model_id: self.model_id(),
+            model_id: self.model_id.clone(),
             progress,
         };
         let subject = subject::hive_pull(&self.hive.config.hive_id, &self.req.pull_id);
@@ -146,7 +144,7 @@ impl PullTask {
     }
 
     async fn run(self, stop: CancellationToken) {
-        let id = self.model_id();
+        let id = self.model_id.clone();
         tracing::info!(pull_id = %self.req.pull_id, model_id = %id, url = %self.req.url, "model pull started");
         let (tx, mut rx) = tokio::sync::watch::channel(DownloadProgress { downloaded: 0, total: None });
         let download =
