@@ -111,6 +111,20 @@ pub struct NatsIdentity {
     pub ca: Option<PathBuf>,
 }
 
+impl NatsIdentity {
+    /// From `RBEE_NATS_USER`, `RBEE_NATS_PASSWORD` (both needed), `RBEE_NATS_INBOX_PREFIX` and
+    /// `RBEE_NATS_CA`, read through `get` (the environment, or an env file).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Option<Self> {
+        let (user, password) = get("RBEE_NATS_USER").zip(get("RBEE_NATS_PASSWORD"))?;
+        Some(Self {
+            user,
+            password,
+            inbox_prefix: get("RBEE_NATS_INBOX_PREFIX"),
+            ca: get("RBEE_NATS_CA").map(PathBuf::from),
+        })
+    }
+}
+
 impl fmt::Debug for NatsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NatsIdentity")
@@ -202,15 +216,8 @@ impl Config {
             file.data_dir.map(|p| p.to_string_lossy().into_owned()),
         ));
         let data_dir = Setting::new(data_dir.value.map(PathBuf::from), data_dir.source);
-        let nats_identity = env("RBEE_NATS_USER").zip(env("RBEE_NATS_PASSWORD")).map(|(user, password)| {
-            let identity = NatsIdentity {
-                user,
-                password,
-                inbox_prefix: env("RBEE_NATS_INBOX_PREFIX"),
-                ca: env("RBEE_NATS_CA").map(PathBuf::from),
-            };
-            Setting::new(identity, Source::Env("RBEE_NATS_USER"))
-        });
+        let nats_identity = NatsIdentity::from_vars(env)
+            .map(|identity| Setting::new(identity, Source::Env("RBEE_NATS_USER")));
         Ok(Self { file: file_path, queen_url, api_key, nats_url, default_model, data_dir, nats_identity })
     }
 }

@@ -244,15 +244,8 @@ pub fn apply_local(config: &mut Config) {
     let Ok(vars) = read_env_file(&cli_env) else { return };
     let get = |k: &str| vars.iter().find(|(name, _)| name == k).map(|(_, v)| v.clone());
     if config.nats_identity.is_none() {
-        if let Some((user, password)) = get("RBEE_NATS_USER").zip(get("RBEE_NATS_PASSWORD")) {
-            let identity = NatsIdentity {
-                user,
-                password,
-                inbox_prefix: get("RBEE_NATS_INBOX_PREFIX"),
-                ca: get("RBEE_NATS_CA").map(PathBuf::from),
-            };
-            config.nats_identity = Some(Setting { value: identity, source: Source::Secure(cli_env.clone()) });
-        }
+        config.nats_identity = NatsIdentity::from_vars(get)
+            .map(|identity| Setting { value: identity, source: Source::Secure(cli_env.clone()) });
     }
     if config.api_key.value.is_none() {
         if let Some(key) = get("RBEE_API_KEY") {

@@ -1,12 +1,13 @@
 //! Black-box tests of the `rbee` binary that need no queen: help, actionable errors, configuration
 //! layering and secrecy, and `rbee watch` against a real nats-server.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::{free_port, lines_of};
 use rbee_bus::{Backend, EventMeta, HiveId, ModelId, WorkerHeartbeat, WorkerId, WorkerState, SCHEMA_VERSION};
 
 /// `rbee` with a clean environment: no user config, no `RBEE_*` variables, no colors.
@@ -34,10 +35,6 @@ fn run(command: &mut Command) -> (Output, String, String) {
     (output, stdout, stderr)
 }
 
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a port")
-}
-
 #[test]
 fn help_lists_every_command() {
     let home = tempfile::tempdir().expect("tempdir");
@@ -51,7 +48,7 @@ fn help_lists_every_command() {
 #[test]
 fn status_against_a_closed_port_says_what_to_do() {
     let home = tempfile::tempdir().expect("tempdir");
-    let port = closed_port();
+    let port = free_port();
     let (output, stdout, stderr) =
         run(rbee(home.path()).args(["status", "--queen", &format!("http://127.0.0.1:{port}")]));
     assert!(!output.status.success());
@@ -66,7 +63,7 @@ fn status_against_a_closed_port_says_what_to_do() {
 #[test]
 fn models_ls_against_a_closed_nats_port_says_what_to_do() {
     let home = tempfile::tempdir().expect("tempdir");
-    let port = closed_port();
+    let port = free_port();
     let (output, _, stderr) =
         run(rbee(home.path()).args(["models", "ls", "--nats-url", &format!("nats://127.0.0.1:{port}")]));
     assert!(!output.status.success());
@@ -143,19 +140,6 @@ fn config_show_never_prints_the_api_key() {
     assert!(stdout.lines().any(|l| l.starts_with("api_key") && l.contains("<not set>")), "{stdout}");
 }
 
-/// Reads lines of a child's stream on a thread, so the test can wait with a timeout.
-fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 fn heartbeat() -> WorkerHeartbeat {
     WorkerHeartbeat {
         v: SCHEMA_VERSION,
@@ -186,8 +170,8 @@ async fn watch_prints_a_decoded_worker_heartbeat() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("rbee watch starts");
-    let stdout = lines_of(child.stdout.take().expect("stdout"));
-    let stderr = lines_of(child.stderr.take().expect("stderr"));
+    let stdout = lines_of(vec![Box::new(child.stdout.take().expect("stdout"))]);
+    let stderr = lines_of(vec![Box::new(child.stderr.take().expect("stderr"))]);
 
     // `rbee watch` says it is watching once its subscription is known to the server.
     let ready = stderr.recv_timeout(Duration::from_secs(10));

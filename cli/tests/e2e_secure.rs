@@ -4,10 +4,13 @@
 //! without the key, NATS refuses a client without credentials and one without TLS, no secret appears
 //! in any log or in `rbee status`/`rbee config show`, and Ctrl-C leaves nothing running.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{free_port, interrupt_and_check, lines_of, pids_where, read_until};
 
 fn rbee(data: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rbee"));
@@ -24,10 +27,6 @@ fn rbee(data: &Path) -> Command {
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
 /// Tries a NATS connection the way a third party would, with the python client `make setup` installs.
@@ -64,29 +63,11 @@ fn secure_up_enforces_tls_identities_and_the_api_key() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("rbee up --secure");
-    let (tx, rx) = std::sync::mpsc::channel();
-    for stream in [
-        Box::new(up.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+    let rx = lines_of(vec![
+        Box::new(up.stdout.take().expect("stdout")),
         Box::new(up.stderr.take().expect("stderr")),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut printed = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("rbee up --secure did not come up:\n{}", printed.join("\n")));
-        printed.push(line.clone());
-        if line.contains("press ctrl-c") {
-            break;
-        }
-    }
+    ]);
+    let mut printed = read_until(&rx, "press ctrl-c", Duration::from_secs(120));
     let banner = printed.join("\n");
     let nats_url = banner
         .lines()
@@ -141,30 +122,10 @@ fn secure_up_enforces_tls_identities_and_the_api_key() {
     assert!(!out.status.success());
 
     // Ctrl-C stops everything.
-    let pids: Vec<u32> = std::fs::read_dir("/proc")
-        .expect("proc")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            cmd.contains(&data.path().display().to_string()) || cmd.contains("local-w0")
-        })
-        .collect();
+    let data_path = data.path().display().to_string();
+    let pids = pids_where(|cmd| cmd.contains(&data_path) || cmd.contains("local-w0"));
     assert!(pids.len() >= 3, "expected nats, queen, hive and worker, found {pids:?}");
-    assert!(Command::new("kill").args(["-INT", &up.id().to_string()]).status().expect("kill").success());
-    let stopped = Instant::now();
-    while up.try_wait().expect("wait").is_none() {
-        assert!(stopped.elapsed() < Duration::from_secs(20), "rbee up --secure did not stop within 20 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let alive = |pid: &u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| !s.split(") ").nth(1).unwrap_or_default().starts_with('Z'))
-            .unwrap_or(false)
-    };
-    let left: Vec<u32> = pids.into_iter().filter(alive).collect();
-    assert!(left.is_empty(), "processes left running after ctrl-c: {left:?}");
+    interrupt_and_check(&mut up, pids, Duration::from_secs(20));
     while let Ok(line) = rx.try_recv() {
         printed.push(line);
     }

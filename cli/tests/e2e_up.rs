@@ -2,22 +2,15 @@
 //! worker of the real model); `rbee infer`, `rbee status`, `rbee workers ls` and `rbee jobs ls` talk to
 //! it as subprocesses; Ctrl-C (SIGINT) stops everything and leaves no process behind.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::{free_port, interrupt_and_check, lines_of, pids_where, read_until};
 
 fn rbee() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rbee"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.split(") ").nth(1).unwrap_or_default().starts_with('Z'))
-        .unwrap_or(false)
 }
 
 #[test]
@@ -36,24 +29,8 @@ fn up_infer_status_and_ctrl_c_leaves_nothing_running() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("rbee up");
-    let stdout = up.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut banner = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("rbee up printed its banner in time");
-        banner.push(line.clone());
-        if line.contains("rbee is up") {
-            break;
-        }
-    }
+    let rx = lines_of(vec![Box::new(up.stdout.take().expect("stdout"))]);
+    let mut banner = read_until(&rx, "rbee is up", Duration::from_secs(120));
     // Let the rest of the banner arrive.
     while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
         banner.push(line);
@@ -105,32 +82,12 @@ fn up_infer_status_and_ctrl_c_leaves_nothing_running() {
     );
 
     // Every process of the cluster, to check none survives Ctrl-C.
-    let pids: Vec<u32> = std::fs::read_dir("/proc")
-        .expect("proc")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd);
-            cmd.contains(&data.path().display().to_string()) || cmd.contains(&format!("127.0.0.1:{port}"))
-        })
-        .chain([worker_pid])
-        .collect();
+    let data_path = data.path().display().to_string();
+    let queen_addr = format!("127.0.0.1:{port}");
+    let mut pids = pids_where(|cmd| cmd.contains(&data_path) || cmd.contains(&queen_addr));
+    pids.push(worker_pid);
     assert!(pids.len() >= 3, "expected nats, queen and hive processes, found {pids:?}");
-
-    let sigint = Command::new("kill").args(["-INT", &up.id().to_string()]).status().expect("kill");
-    assert!(sigint.success());
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(status) = up.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(stopped.elapsed() < Duration::from_secs(20), "rbee up did not stop within 20 s");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    eprintln!("rbee up stopped in {:?} ({status})", stopped.elapsed());
-    std::thread::sleep(Duration::from_millis(200));
-    let left: Vec<u32> = pids.into_iter().filter(|p| alive(*p)).collect();
-    assert!(left.is_empty(), "processes left running after ctrl-c: {left:?}");
+    interrupt_and_check(&mut up, pids, Duration::from_secs(20));
 
     // With nothing running, the CLI says what to do.
     let out = rbee().args(["status", "--queen", &queen]).output().expect("status");

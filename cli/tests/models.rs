@@ -2,12 +2,15 @@
 //! `rbee-queen` and `rbee-hive` binaries, and a plain HTTP server on loopback to pull from. The model
 //! files are tiny random-weight GGUFs, so the catalog path is exercised without the big download.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use rbee_testkit::NatsServer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -28,10 +31,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
 /// Serves `file` at `/tiny.gguf`, 404 for anything else, on a thread; returns the base URL.
@@ -104,12 +103,7 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 fn sha256_of(path: &Path) -> String {
-    let mut hasher = Sha256::new();
-    let mut file = std::fs::File::open(path).expect("open");
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf).expect("read");
-    hasher.update(&buf);
-    hex::encode(hasher.finalize())
+    hex::encode(Sha256::digest(std::fs::read(path).expect("read")))
 }
 
 #[test]
