@@ -5,8 +5,6 @@
 //! history) still work, with no denial at all; unauthenticated clients cannot connect; and the server
 //! agrees, subject by subject, with the permissions the generator says it wrote.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -16,38 +14,12 @@ use rbee_testkit::NatsServer;
 
 // ----- log capture: the denial must be in our logs, not only in a counter -----------------------------
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("rbee_bus=info")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init();
-        captured
-    })
+fn logs() -> &'static rbee_testkit::logs::CapturedLogs {
+    rbee_testkit::logs::capture("rbee_bus=info")
 }
 
 fn logged(needle: &str) -> bool {
-    let bytes = logs().0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    String::from_utf8_lossy(&bytes)
-        .lines()
-        .any(|l| l.contains("nats permission denied") && l.contains(needle))
+    logs().text().lines().any(|l| l.contains("nats permission denied") && l.contains(needle))
 }
 
 // ----- a secure cluster ------------------------------------------------------------------------------

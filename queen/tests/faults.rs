@@ -14,7 +14,7 @@
 use std::io::Write as _;
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -39,35 +39,12 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ----- captured logs ------------------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info,rbee_bus=info,async_nats=warn,hyper=warn,reqwest=warn")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init();
-        captured
-    })
+fn logs() -> &'static rbee_testkit::logs::CapturedLogs {
+    rbee_testkit::logs::capture("info,rbee_bus=info,async_nats=warn,hyper=warn,reqwest=warn")
 }
 
 fn log_text() -> String {
-    String::from_utf8_lossy(&logs().0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
+    logs().text()
 }
 
 /// Clears the captured logs at the start of a test and writes them to a file when it ends (or fails).
@@ -75,7 +52,7 @@ struct LogGuard(&'static str);
 
 impl LogGuard {
     fn new(test: &'static str) -> Self {
-        logs().0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+        logs().clear();
         Self(test)
     }
 }

@@ -3,6 +3,7 @@
 //! installs), and a tiny random-weight GGUF writer for fast plumbing tests.
 
 pub mod gguf;
+pub mod logs;
 pub mod nats;
 pub mod paths;
 
