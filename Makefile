@@ -9,23 +9,25 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 setup:
 	@./scripts/setup.sh
 
-## build: debug build of every binary (what the tests run)
-build: setup
-	$(CARGO) build --workspace --bins
+## One profile for everything: `make up`, `make test` and `make bench` all build with `--release`, so
+## llama.cpp (the slow part: about 9 minutes cold on 2 cores) is compiled once and shared by all three.
 
-## release: optimized build of every binary (what `make up` runs)
-release: setup
+## build: optimized build of every binary (what `make up` runs and the tests start)
+build: setup
 	$(CARGO) build --workspace --bins --release
+
+## release: the same as build (kept for scripts that call it)
+release: build
 
 ## test: setup, build, then the whole suite against real nats-servers, workers and the real model
 ## (the fault-injection tests included: they take turns, one cluster at a time)
 test: build
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --release --workspace --no-fail-fast
 	./scripts/check-compose.sh
 
 ## test-faults: just the fault injection against a running cluster (nats restart, kill -9, partitions, load)
 test-faults: build
-	$(CARGO) test -p rbee-queen --test faults -- --test-threads 1
+	$(CARGO) test --release -p rbee-queen --test faults -- --test-threads 1
 
 ## up: start a local cluster (nats-server, queen, hive, one worker of the default model) and serve
 up: release

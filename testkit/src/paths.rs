@@ -27,7 +27,7 @@ pub fn require_default_model() -> PathBuf {
     path
 }
 
-/// A binary built by cargo in the same profile as the running test (`target/debug/rbee-worker`).
+/// A binary built by cargo in the same profile as the running test (`target/release/rbee-worker` under `make test`).
 pub fn cargo_bin(name: &str) -> PathBuf {
     if let Some(p) = std::env::var_os(format!("RBEE_BIN_{}", name.replace('-', "_").to_uppercase())) {
         return PathBuf::from(p);
