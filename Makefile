@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build release test test-faults up bench schemas fmt lint clean-data
+.PHONY: setup build release install test test-faults up bench schemas fmt lint clean-data
 
 ## setup: install what is missing into project-local, git-ignored places (.venv/, .rbee/); idempotent
 setup:
@@ -18,6 +18,10 @@ build: setup
 
 ## release: the same as build (kept for scripts that call it)
 release: build
+
+## install: put `rbee` (and its daemons) on your PATH, as links into ~/.cargo/bin ($RBEE_BIN_DIR to choose)
+install: build
+	@./scripts/install.sh
 
 ## test: setup, build, then the whole suite against real nats-servers, workers and the real model
 ## (the fault-injection tests included: they take turns, one cluster at a time)
@@ -39,14 +43,14 @@ bench: release
 
 ## schemas: regenerate schemas/ from the Rust types in bus/
 schemas:
-	UPDATE_SCHEMAS=1 $(CARGO) test -p rbee-bus --test schemas
+	UPDATE_SCHEMAS=1 $(CARGO) test --release -p rbee-bus --test schemas
 
 fmt:
 	$(CARGO) fmt --all
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
 ## clean-data: remove the local cluster's data (models stay)
 clean-data:

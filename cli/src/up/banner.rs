@@ -27,6 +27,8 @@ pub struct Ready {
     pub api_key_set: bool,
     /// Secure mode: where the generated API key is.
     pub api_key_file: Option<PathBuf>,
+    /// How to run this `rbee` from another shell (`rbee`, or its absolute path when PATH lacks it).
+    pub rbee: String,
 }
 
 /// Prints the banner on stdout.
@@ -77,9 +79,13 @@ pub fn print(ready: &Ready) -> anyhow::Result<()> {
     } else {
         format!(" --nats-url {}", rbee_bus::connect::redact_url(&ready.nats_url))
     };
-    outln!("  rbee infer{queen_flag} --chat \"{prompt}\"");
-    outln!("  rbee status{queen_flag}");
-    outln!("  rbee watch{nats_flag}");
+    let rbee = &ready.rbee;
+    outln!("  {rbee} infer{queen_flag} --chat \"{prompt}\"");
+    outln!("  {rbee} status{queen_flag}");
+    outln!("  {rbee} watch{nats_flag}");
+    if rbee != "rbee" {
+        outln!("  {}", style.dim("(`make install` puts rbee on your PATH)"));
+    }
     outln!();
     outln!("{}", style.dim("press ctrl-c to stop"));
     Ok(())

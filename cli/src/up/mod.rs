@@ -285,5 +285,8 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
         logs,
         api_key_set: api_key.is_some(),
         api_key_file: secure.as_ref().map(|b| b.api_key_file.clone()),
+        rbee: std::env::current_exe()
+            .map(|exe| root::rbee_command(&exe, std::env::var_os("PATH").as_deref()))
+            .unwrap_or_else(|_| "rbee".to_owned()),
     })
 }

@@ -63,6 +63,24 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// How a person runs this `rbee` from any shell: `rbee` when the first `rbee` on `path_var` (`$PATH`) is
+/// this executable (after `make install`, say), else this executable's absolute path, which works when
+/// pasted anywhere.
+pub fn rbee_command(exe: &Path, path_var: Option<&std::ffi::OsStr>) -> String {
+    let exe = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
+    let on_path = path_var
+        .into_iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("rbee"))
+        .find(|candidate| candidate.is_file())
+        .and_then(|candidate| std::fs::canonicalize(candidate).ok());
+    if on_path.as_deref() == Some(exe.as_path()) {
+        "rbee".to_owned()
+    } else {
+        exe.display().to_string()
+    }
+}
+
 /// A file `make setup` installs, or an error saying to run it.
 pub fn setup_file(root: &Path, relative: &str) -> anyhow::Result<PathBuf> {
     let path = root.join(relative);
@@ -89,5 +107,31 @@ mod tests {
             find_root(&|name| (name == "RBEE_HOME").then(|| home.clone())).ok(),
             Some(dir.path().into())
         );
+    }
+
+    #[test]
+    fn the_banner_says_rbee_only_when_path_finds_this_executable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let release = dir.path().join("target/release");
+        let bin = dir.path().join("bin");
+        let other = dir.path().join("other");
+        for d in [&release, &bin, &other] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        let exe = release.join("rbee");
+        std::fs::write(&exe, b"").expect("exe");
+        let full = std::fs::canonicalize(&exe).expect("canonical").display().to_string();
+
+        // Not on PATH at all, or another rbee comes first: the absolute path.
+        assert_eq!(rbee_command(&exe, None), full);
+        assert_eq!(rbee_command(&exe, Some(other.as_os_str())), full);
+        std::fs::write(other.join("rbee"), b"").expect("other rbee");
+        let path = std::env::join_paths([&other, &bin]).expect("join");
+        std::os::unix::fs::symlink(&exe, bin.join("rbee")).expect("symlink");
+        assert_eq!(rbee_command(&exe, Some(&path)), full);
+
+        // `make install`'s link first on PATH: plain `rbee`.
+        let path = std::env::join_paths([&bin, &other]).expect("join");
+        assert_eq!(rbee_command(&exe, Some(&path)), "rbee");
     }
 }
