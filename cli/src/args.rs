@@ -242,7 +242,10 @@ pub enum ModelsCommand {
     },
     /// Download a GGUF file into a hive's catalog.
     Pull {
-        /// The URL.
+        /// An http(s) URL of a GGUF file, or a hub reference: hf:ORG/REPO/FILE.gguf, hf:ORG/REPO:QUANT
+        /// (the GGUF named with that quantization, e.g. Q4_K_M) or hf:ORG/REPO (its only GGUF). The hive
+        /// resolves hub references against $HF_ENDPOINT (default https://huggingface.co), with $HF_TOKEN
+        /// as a bearer when set.
         url: String,
         /// Model id (the hive derives one from the URL when absent).
         #[arg(long)]

@@ -3,6 +3,7 @@
 //! files are tiny random-weight GGUFs, so the catalog path is exercised without the big download.
 
 mod common;
+mod hub;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -106,34 +107,49 @@ fn sha256_of(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).expect("read")))
 }
 
-#[test]
-fn import_pull_list_and_remove_through_the_queen() {
+/// A nats-server, an `rbee-queen` and an `rbee-hive` (id `local`, catalog under `dir`, `hive_env` in its
+/// environment, its log in `dir/hive.log`), the hive seen by the queen.
+struct Cluster {
+    _server: NatsServer,
+    _queen: Proc,
+    _hive: Proc,
+    queen: String,
+    nats: String,
+}
+
+fn start_cluster(dir: &Path, hive_env: &[(&str, &str)]) -> Cluster {
     let server = NatsServer::start();
     let nats = server.url();
-    let dir = tempfile::tempdir().expect("tmp");
-    let tiny = rbee_testkit::gguf::tiny_llama_in(dir.path()).expect("tiny model");
-    let base = serve_file(tiny.clone());
-
     let port = free_port();
     let queen = format!("http://127.0.0.1:{port}");
-    let quiet = |c: &mut Command| {
-        c.stdout(Stdio::null()).stderr(Stdio::null());
-    };
     let mut queen_cmd = Command::new(rbee_testkit::paths::cargo_bin("rbee-queen"));
     queen_cmd.args(["--http-addr", &format!("127.0.0.1:{port}"), "--nats-url", &nats]);
-    quiet(&mut queen_cmd);
-    let _queen = Proc(queen_cmd.spawn().expect("start rbee-queen"));
+    queen_cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let queen_proc = Proc(queen_cmd.spawn().expect("start rbee-queen"));
     let mut hive_cmd = Command::new(rbee_testkit::paths::cargo_bin("rbee-hive"));
     hive_cmd
         .args(["--hive-id", "local", "--heartbeat-ms", "250", "--nats-url", &nats, "--catalog-dir"])
-        .arg(dir.path().join("catalog"))
+        .arg(dir.join("catalog"))
         .arg("--worker-bin")
-        .arg(rbee_testkit::paths::cargo_bin("rbee-worker"));
-    quiet(&mut hive_cmd);
-    let _hive = Proc(hive_cmd.spawn().expect("start rbee-hive"));
+        .arg(rbee_testkit::paths::cargo_bin("rbee-worker"))
+        .envs(hive_env.iter().copied())
+        .env("NO_COLOR", "1");
+    let log = std::fs::File::create(dir.join("hive.log")).expect("hive log");
+    hive_cmd.stdout(log.try_clone().expect("log")).stderr(log);
+    let hive_proc = Proc(hive_cmd.spawn().expect("start rbee-hive"));
     wait_for("the hive in the queen's view", || {
         run(rbee(&queen, &nats).args(["status", "--json"])).1.contains("\"local\"")
     });
+    Cluster { _server: server, _queen: queen_proc, _hive: hive_proc, queen, nats }
+}
+
+#[test]
+fn import_pull_list_and_remove_through_the_queen() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let tiny = rbee_testkit::gguf::tiny_llama_in(dir.path()).expect("tiny model");
+    let base = serve_file(tiny.clone());
+    let cluster = start_cluster(dir.path(), &[]);
+    let (queen, nats) = (cluster.queen.clone(), cluster.nats.clone());
     assert!(catalog(&queen, &nats).is_empty());
 
     // Import a file that is on the hive's machine.
@@ -178,7 +194,7 @@ fn import_pull_list_and_remove_through_the_queen() {
     assert!(stderr.contains("404"), "{stderr}");
     let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", "ftp://example.org/x.gguf"]));
     assert!(!out.status.success());
-    assert!(stderr.contains("not http or https"), "{stderr}");
+    assert!(stderr.contains("is not http, https or hf:"), "{stderr}");
     assert_eq!(catalog(&queen, &nats), vec!["tiny-a", "tiny-b"]);
 
     // The queen's view follows the hive's catalog.
@@ -210,4 +226,114 @@ fn import_pull_list_and_remove_through_the_queen() {
     let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "rm", "tiny-a"]));
     assert!(!out.status.success());
     assert!(stderr.contains("no model tiny-a"), "{stderr}");
+}
+
+/// A POST with `Connection: close`, read to the end: the status line and the body (SSE events for a pull).
+fn post(base: &str, path: &str, body: &str) -> (String, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the queen");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).expect("read the response");
+    let status = response.lines().next().unwrap_or_default().to_owned();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn pull_by_name_from_a_hub_mirror() {
+    const TOKEN: &str = "hf_test_secret_token_1234";
+    let dir = tempfile::tempdir().expect("tmp");
+    let tiny =
+        std::fs::read(rbee_testkit::gguf::tiny_llama_in(dir.path()).expect("tiny model")).expect("read");
+    let files = [
+        "README.md",
+        "tiny-Q4_K_M.gguf",
+        "tiny-Q8_0.gguf",
+        "tiny-Q4_K_S-00001-of-00002.gguf",
+        "tiny-Q4_K_S-00002-of-00002.gguf",
+    ];
+    let mirror = hub::start(
+        "test-org/tiny-GGUF",
+        files
+            .iter()
+            .map(|f| (f.to_string(), if f.ends_with(".md") { b"# tiny".to_vec() } else { tiny.clone() }))
+            .collect(),
+        TOKEN,
+        "tiny-Q4_K_M.gguf",
+    );
+    let cluster = start_cluster(dir.path(), &[("HF_ENDPOINT", &mirror.base), ("HF_TOKEN", TOKEN)]);
+    let (queen, nats) = (cluster.queen.clone(), cluster.nats.clone());
+
+    // From the CLI, by quantization: the first transfer is cut off half-way, so it must resume.
+    let (out, stdout, stderr) =
+        run(rbee(&queen, &nats).args(["models", "pull", "hf:test-org/tiny-GGUF:Q4_K_M"]));
+    assert!(out.status.success(), "pull failed: {stderr}");
+    assert!(stdout.contains("pulled model tiny-q4_k_m"), "{stdout}");
+    assert!(stderr.contains("100.0%"), "no progress shown: {stderr}");
+    let seen = mirror.seen();
+    assert!(
+        seen.iter().any(|s| s.path.starts_with("/cdn/tiny-Q4_K_M.gguf") && s.range.is_some()),
+        "the cut-off download was not resumed with a range request: {seen:?}"
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    for s in seen.iter().filter(|s| s.path.starts_with("/api/") || s.path.contains("/resolve/")) {
+        assert_eq!(s.auth.as_deref(), Some(bearer.as_str()), "HF_TOKEN not sent to {}", s.path);
+    }
+
+    // Over HTTP, by file name: progress, then done.
+    let (status, body) = post(
+        &queen,
+        "/v1/models/pull",
+        r#"{"url": "hf:test-org/tiny-GGUF/tiny-Q8_0.gguf", "id": "tiny-eight"}"#,
+    );
+    assert!(status.contains("200"), "{status}: {body}");
+    assert!(body.contains("event: progress") && body.contains("event: done"), "{body}");
+    assert!(body.contains("tiny-eight"), "{body}");
+    assert_eq!(catalog(&queen, &nats), vec!["tiny-eight", "tiny-q4_k_m"]);
+
+    // A given sha256 that is not the hub's is refused before any byte moves.
+    let (status, body) = post(
+        &queen,
+        "/v1/models/pull",
+        &format!(
+            r#"{{"url": "hf:test-org/tiny-GGUF:Q8_0", "id": "tiny-x", "sha256": "{}"}}"#,
+            "0".repeat(64)
+        ),
+    );
+    assert!(status.contains("400"), "{status}: {body}");
+    assert!(body.contains("is not the hub's"), "{body}");
+
+    // What matches nothing, or several files, is refused with what the repo has.
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", "hf:test-org/tiny-GGUF:Q5_K_M"]));
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("matches no GGUF")
+            && stderr.contains("tiny-Q8_0.gguf")
+            && stderr.contains("README.md"),
+        "{stderr}"
+    );
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", "hf:test-org/tiny-GGUF:Q4_K_S"]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("several") && stderr.contains("tiny-Q4_K_S-00002-of-00002.gguf"), "{stderr}");
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", "hf:test-org/tiny-GGUF"]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("several"), "{stderr}");
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", "hf:test-org/missing:Q4_K_M"]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("no such repo"), "{stderr}");
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", "hf:../etc/passwd.gguf"]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("not a hub reference"), "{stderr}");
+    assert_eq!(catalog(&queen, &nats), vec!["tiny-eight", "tiny-q4_k_m"]);
+
+    // The token never lands in the hive's log.
+    let log = std::fs::read_to_string(dir.path().join("hive.log")).expect("hive log");
+    assert!(log.contains("hub reference resolved"), "{log}");
+    assert!(!log.contains(TOKEN), "HF_TOKEN in the hive log");
 }

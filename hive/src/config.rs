@@ -54,6 +54,8 @@ pub struct HiveConfig {
     /// only, and a spawn is refused when every identity is in use. Empty: any worker id, and workers
     /// inherit the hive's NATS settings.
     pub worker_pool: Vec<rbee_bus::security::PoolIdentity>,
+    /// The hub `hf:` pulls resolve against (`HF_ENDPOINT`, `HF_TOKEN`; the public hub by default).
+    pub hf_endpoint: crate::catalog::hf::HfEndpoint,
 }
 
 impl HiveConfig {
@@ -69,6 +71,7 @@ impl HiveConfig {
             restart: RestartPolicy::default(),
             worker_nats_args: Vec::new(),
             worker_pool: Vec::new(),
+            hf_endpoint: crate::catalog::hf::HfEndpoint::from_env(|_| None),
         }
     }
 }

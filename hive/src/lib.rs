@@ -227,13 +227,22 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
                 });
             }
             Some(req) = pulls.next() => {
-                let result = decode_request(&hive, &req).and_then(|pull| {
-                    let (accepted, download) = models::pull(&hive, pull, &background_stop)?;
-                    tasks.spawn(download);
-                    Ok(accepted)
+                // Checked (and an hf: reference resolved) off the loop; the download runs on as a
+                // background task that shutdown cancels.
+                let stop = background_stop.clone();
+                let downloads = tasks.clone();
+                requests.spawn(async move {
+                    let result = match decode_request(&hive, &req) {
+                        Ok(pull) => models::pull(&hive, pull, &stop).await,
+                        Err(e) => Err(e),
+                    };
+                    let result = result.map(|(accepted, download)| {
+                        downloads.spawn(download);
+                        accepted
+                    });
+                    log_refusal("model pull", &result);
+                    rbee_bus::rpc::respond(&req, &result).await;
                 });
-                log_refusal("model pull", &result);
-                rbee_bus::rpc::respond(&req, &result).await;
             }
             Some(req) = removals.next() => {
                 let result = decode_request(&hive, &req).and_then(|remove| models::remove(&hive, remove));

@@ -98,6 +98,7 @@ async fn main() -> std::process::ExitCode {
     config.stop_deadline = Duration::from_millis(args.stop_deadline_ms);
     config.restart = RestartPolicy { max_restarts: args.max_restarts, ..RestartPolicy::default() };
     config.worker_nats_args = vec!["--nats-url".to_owned(), args.nats_url.join(",")];
+    config.hf_endpoint = rbee_hive::catalog::hf::HfEndpoint::from_env(|name| std::env::var(name).ok());
     if let Some(ca) = &args.nats_ca {
         config.worker_nats_args.extend(["--nats-ca".to_owned(), ca.display().to_string()]);
     }

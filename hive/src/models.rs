@@ -1,5 +1,6 @@
 //! The model catalog over the bus: import a file on this machine, pull one from a URL with progress
-//! events on `rbee.hive.<hive_id>.pulls.<pull_id>`, and remove one no running worker uses. The catalog
+//! events on `rbee.hive.<hive_id>.pulls.<pull_id>` (or by name from a Hugging Face style hub,
+//! `hf:ORG/REPO:QUANT`, see [`crate::catalog::hf`]), and remove one no running worker uses. The catalog
 //! itself (files, manifests, checksums, resumable downloads) is [`crate::catalog`]; this module turns
 //! its results into replies and wire errors.
 
@@ -14,7 +15,7 @@ use rbee_bus::{
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::download::DownloadProgress;
-use crate::catalog::{CatalogError, ModelCatalog, ModelCatalogError};
+use crate::catalog::{hf, CatalogError, ModelCatalog, ModelCatalogError};
 use crate::control::model_summary;
 use crate::Hive;
 
@@ -76,8 +77,9 @@ fn id_from_url(url: &reqwest::Url) -> Result<ModelId, WireError> {
 
 /// Checks a pull: the reply that says it started, and the download to run in the background (it
 /// publishes progress, then `done` or `failed`; cancelled by `stop`, it says so and leaves the part
-/// file to resume from).
-pub fn pull(
+/// file to resume from). An `hf:` reference is resolved against the hub first (one request, bounded by
+/// [`hf::LIST_TIMEOUT`]), so a reference that matches nothing is refused with what the repo has.
+pub async fn pull(
     hive: &Arc<Hive>,
     req: ModelPullRequest,
     stop: &CancellationToken,
@@ -88,19 +90,15 @@ pub fn pull(
             format!("hive {} is shutting down", hive.config.hive_id),
         ));
     }
-    let url = reqwest::Url::parse(&req.url)
-        .map_err(|e| WireError::invalid_field("url", format!("invalid url {:?}: {e}", req.url)))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(WireError::invalid_field("url", format!("url {url} is not http or https")));
-    }
     if let Some(sha) = &req.sha256 {
         if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(WireError::invalid_field("sha256", format!("sha256 {sha:?} is not 64 hex digits")));
         }
     }
+    let source = if hf::is_hf_ref(&req.url) { hub_source(hive, &req).await? } else { url_source(&req)? };
     let model_id = match req.model_id.clone() {
         Some(id) => id,
-        None => id_from_url(&url)?,
+        None => id_from_url(&source.url)?,
     };
     if hive.models.contains(&model_id) {
         return Err(WireError::new(
@@ -116,14 +114,67 @@ pub fn pull(
     }
     let accepted =
         ModelPullAccepted { v: SCHEMA_VERSION, pull_id: req.pull_id.clone(), model_id: model_id.clone() };
-    let task = PullTask { hive: hive.clone(), model_id, req };
+    let task = PullTask { hive: hive.clone(), model_id, source, req };
     Ok((accepted, task.run(stop.clone())))
+}
+
+/// Where a pull's bytes come from, once the request is understood.
+struct Source {
+    /// The http(s) URL downloaded.
+    url: reqwest::Url,
+    /// The sha256 to check: the request's, else the hub's.
+    sha256: Option<String>,
+    /// Sent as a bearer token with the download (the hub's `HF_TOKEN`); never logged.
+    bearer: Option<String>,
+}
+
+/// A plain `http(s)://` pull.
+fn url_source(req: &ModelPullRequest) -> Result<Source, WireError> {
+    let url = reqwest::Url::parse(&req.url)
+        .map_err(|e| WireError::invalid_field("url", format!("invalid url {:?}: {e}", req.url)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(WireError::invalid_field(
+            "url",
+            format!("url {url} is not http, https or hf:ORG/REPO[/FILE.gguf|:QUANT]"),
+        ));
+    }
+    Ok(Source { url, sha256: req.sha256.clone(), bearer: None })
+}
+
+/// An `hf:` pull: the file the reference means, its URL and the hub's sha256.
+async fn hub_source(hive: &Hive, req: &ModelPullRequest) -> Result<Source, WireError> {
+    let reference = hf::HfRef::parse(&req.url).map_err(|e| WireError::invalid_field("url", e.to_string()))?;
+    let client = hive.models.http_client().map_err(catalog_error)?;
+    let endpoint = &hive.config.hf_endpoint;
+    let resolved = hf::resolve(&client, endpoint, &reference).await.map_err(|e| match e {
+        hf::HfError::List { .. } => WireError::new(ErrorCode::Internal, e.to_string()),
+        hf::HfError::NoRepo { .. } => WireError::new(ErrorCode::UnknownModel, e.to_string()),
+        e => WireError::invalid_field("url", e.to_string()),
+    })?;
+    if let (Some(given), Some(hub)) = (&req.sha256, &resolved.sha256) {
+        if !given.eq_ignore_ascii_case(hub) {
+            return Err(WireError::invalid_field(
+                "sha256",
+                format!("sha256 {given} is not the hub's {hub} for {}", resolved.file),
+            ));
+        }
+    }
+    let url = reqwest::Url::parse(&resolved.url)
+        .map_err(|e| WireError::invalid_field("url", format!("the hub gives no usable url ({e})")))?;
+    tracing::info!(reference = %reference.display(), file = %resolved.file, size = ?resolved.size, "hub reference resolved");
+    Ok(Source {
+        url,
+        sha256: req.sha256.clone().or(resolved.sha256),
+        bearer: endpoint.token().map(str::to_owned),
+    })
 }
 
 struct PullTask {
     hive: Arc<Hive>,
     /// The id the model gets (the request's, or derived from the URL).
     model_id: ModelId,
+    /// What is downloaded.
+    source: Source,
     req: ModelPullRequest,
 }
 
@@ -147,10 +198,16 @@ impl PullTask {
         let id = self.model_id.clone();
         tracing::info!(pull_id = %self.req.pull_id, model_id = %id, url = %self.req.url, "model pull started");
         let (tx, mut rx) = tokio::sync::watch::channel(DownloadProgress { downloaded: 0, total: None });
-        let download =
-            self.hive.models.download(&self.req.url, id.clone(), self.req.sha256.as_deref(), move |p| {
+        let source = &self.source;
+        let download = self.hive.models.download(
+            source.url.as_str(),
+            source.bearer.as_deref(),
+            id.clone(),
+            source.sha256.as_deref(),
+            move |p| {
                 let _ = tx.send(p);
-            });
+            },
+        );
         tokio::pin!(download);
         let mut tick = tokio::time::interval(PROGRESS_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

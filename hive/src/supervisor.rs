@@ -212,6 +212,8 @@ impl Supervisor {
                 .env("RBEE_NATS_PASSWORD", &identity.password)
                 .env("RBEE_NATS_INBOX_PREFIX", &identity.inbox_prefix);
         }
+        // The hub token is the hive's, for pulls; a worker never needs it.
+        cmd.env_remove("HF_TOKEN");
         // llama.cpp's OpenMP threads spin-wait for each other between ops by default. On a machine whose
         // cores are shared (the queen, nats-server and clients wake for every token), a spinning thread
         // burns the core its partner needs, and decoding slowed 6-30x in the fault tests under load; a

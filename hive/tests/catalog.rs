@@ -368,7 +368,8 @@ async fn download_stores_the_model_with_its_sha256() -> TestResult {
     let mut last = None;
     let id = ModelId::new("tiny")?;
     let url = format!("http://{addr}/model.gguf");
-    let entry = catalog.download(&url, id.clone(), Some(&sha.to_uppercase()), |p| last = Some(p)).await?;
+    let entry =
+        catalog.download(&url, None, id.clone(), Some(&sha.to_uppercase()), |p| last = Some(p)).await?;
 
     assert_eq!(entry.sha256.as_deref(), Some(sha.as_str()));
     assert_eq!((entry.architecture.as_str(), entry.size), ("llama", bytes.len() as u64));
@@ -379,7 +380,7 @@ async fn download_stores_the_model_with_its_sha256() -> TestResult {
     assert_eq!(catalog.list(), vec![entry]);
     assert_eq!(server.ranges(), vec![None]);
     assert!(names_in(&catalog.root().join(".downloads")).is_empty());
-    let again = catalog.download(&url, id, None, |_| {}).await;
+    let again = catalog.download(&url, None, id, None, |_| {}).await;
     assert!(matches!(again, Err(ModelCatalogError::Catalog(CatalogError::AlreadyExists { .. }))));
     Ok(())
 }
@@ -389,7 +390,7 @@ fn a_model_download_can_be_spawned() -> TestResult {
     fn assert_send<T: Send>(_: &T) {}
     let tmp = TempDir::new()?;
     let catalog = ModelCatalog::new(tmp.path())?;
-    let download = catalog.download("http://127.0.0.1:9/x", ModelId::new("x")?, None, |_| {});
+    let download = catalog.download("http://127.0.0.1:9/x", None, ModelId::new("x")?, None, |_| {});
     assert_send(&download);
     Ok(())
 }
@@ -402,7 +403,7 @@ async fn download_with_the_wrong_sha256_leaves_nothing_behind() -> TestResult {
     let catalog = ModelCatalog::new(tmp.path().join("models"))?;
     let wrong = "0".repeat(64);
     let url = format!("http://{addr}/model.gguf");
-    let result = catalog.download(&url, ModelId::new("tiny")?, Some(&wrong), |_| {}).await;
+    let result = catalog.download(&url, None, ModelId::new("tiny")?, Some(&wrong), |_| {}).await;
     match result {
         Err(ModelCatalogError::Download(DownloadError::ChecksumMismatch { expected, actual, .. })) => {
             assert_eq!((expected, actual), (wrong, sha256_hex(&bytes)));
@@ -427,7 +428,7 @@ async fn a_cut_off_download_resumes_with_a_range_request() -> TestResult {
     let catalog = ModelCatalog::new(tmp.path().join("models"))?;
     let sha = sha256_hex(&bytes);
     let url = format!("http://{addr}/model.gguf");
-    let entry = catalog.download(&url, ModelId::new("tiny")?, Some(&sha), |_| {}).await?;
+    let entry = catalog.download(&url, None, ModelId::new("tiny")?, Some(&sha), |_| {}).await?;
 
     assert_eq!(entry.sha256.as_deref(), Some(sha.as_str()));
     assert_eq!(fs::read(&entry.path)?, bytes);
@@ -454,7 +455,7 @@ async fn download_file_resumes_an_existing_part_and_restarts_when_range_is_ignor
     let dest = tmp.path().join("a.bin");
     fs::write(part_path(&dest), &bytes[..1234])?;
     let url = format!("http://{addr}/model.gguf");
-    let done = download_file(&client, &url, &dest, Some(&sha), |_| {}).await?;
+    let done = download_file(&client, &url, None, &dest, Some(&sha), |_| {}).await?;
     assert_eq!((done.sha256.as_str(), done.size), (sha.as_str(), bytes.len() as u64));
     assert_eq!(server.ranges(), vec![Some("bytes=1234-".to_owned())]);
     assert_eq!(fs::read(&dest)?, bytes);
@@ -463,7 +464,7 @@ async fn download_file_resumes_an_existing_part_and_restarts_when_range_is_ignor
     // A part that is already complete: the server answers 416 and the part is used as is.
     let dest = tmp.path().join("complete.bin");
     fs::write(part_path(&dest), &bytes)?;
-    let done = download_file(&client, &url, &dest, Some(&sha), |_| {}).await?;
+    let done = download_file(&client, &url, None, &dest, Some(&sha), |_| {}).await?;
     assert_eq!(done.sha256, sha);
 
     // A server that ignores Range: the stale part is thrown away, not glued to a full body.
@@ -473,7 +474,7 @@ async fn download_file_resumes_an_existing_part_and_restarts_when_range_is_ignor
     let dest = tmp.path().join("b.bin");
     fs::write(part_path(&dest), b"stale bytes from some other file")?;
     let url = format!("http://{addr}/model.gguf");
-    let done = download_file(&client, &url, &dest, Some(&sha), |_| {}).await?;
+    let done = download_file(&client, &url, None, &dest, Some(&sha), |_| {}).await?;
     assert_eq!(done.sha256, sha);
     assert_eq!(fs::read(&dest)?, bytes);
     assert_eq!(ignoring.ranges().len(), 1);
@@ -486,11 +487,12 @@ async fn downloads_of_missing_or_non_gguf_files_are_refused() -> TestResult {
     let (addr, _server) = FileServer::new(b"<html>not a model</html>".to_vec()).start().await?;
     let catalog = ModelCatalog::new(tmp.path().join("models"))?;
 
-    let missing = catalog.download(&format!("http://{addr}/nope"), ModelId::new("m")?, None, |_| {}).await;
+    let missing =
+        catalog.download(&format!("http://{addr}/nope"), None, ModelId::new("m")?, None, |_| {}).await;
     assert!(matches!(missing, Err(ModelCatalogError::Download(DownloadError::Status { status: 404, .. }))));
 
     let url = format!("http://{addr}/model.gguf");
-    let not_gguf = catalog.download(&url, ModelId::new("m")?, None, |_| {}).await;
+    let not_gguf = catalog.download(&url, None, ModelId::new("m")?, None, |_| {}).await;
     assert!(matches!(not_gguf, Err(ModelCatalogError::NotGguf { .. })), "{not_gguf:?}");
     assert!(catalog.list_with_problems() == (Vec::new(), Vec::new()));
     assert!(names_in(&catalog.root().join(".downloads")).is_empty());

@@ -44,7 +44,8 @@ pub struct ModelPullRequest {
     pub v: u32,
     /// Chosen by the requester; names the progress subject.
     pub pull_id: PullId,
-    /// `http://` or `https://` URL of the file.
+    /// `http://` or `https://` URL of the file, or a Hugging Face style hub reference that the hive
+    /// resolves: `hf:ORG/REPO/FILE.gguf`, `hf:ORG/REPO:QUANT` or `hf:ORG/REPO`.
     pub url: String,
     /// The id to store it as; derived from the URL's file name when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -105,10 +105,12 @@ pub fn part_path(dest: &Path) -> PathBuf {
 }
 
 /// Downloads `url` to `dest`, resuming from `<dest>.part` when there is one, reporting progress
-/// after every chunk, and checking the sha256 when `expected_sha256` is given.
+/// after every chunk, and checking the sha256 when `expected_sha256` is given. `bearer` goes as an
+/// `Authorization: Bearer` header (reqwest drops it on a redirect to another host).
 pub async fn download_file(
     client: &reqwest::Client,
     url: &str,
+    bearer: Option<&str>,
     dest: &Path,
     expected_sha256: Option<&str>,
     mut progress: impl FnMut(DownloadProgress),
@@ -117,7 +119,7 @@ pub async fn download_file(
     let part = part_path(dest);
     let mut attempt = 1;
     let (size, hasher) = loop {
-        match fetch_into_part(client, url, &part, &mut progress).await {
+        match fetch_into_part(client, url, bearer, &part, &mut progress).await {
             Ok(done) => break done,
             Err(Failure::Resumable(error)) if attempt < MAX_ATTEMPTS => {
                 let wait = FIRST_BACKOFF * 2u32.pow(attempt - 1);
@@ -150,6 +152,7 @@ enum Failure {
 async fn fetch_into_part(
     client: &reqwest::Client,
     url: &str,
+    bearer: Option<&str>,
     part: &Path,
     progress: &mut impl FnMut(DownloadProgress),
 ) -> Result<(u64, Sha256), Failure> {
@@ -165,6 +168,9 @@ async fn fetch_into_part(
         hash_file(part, &mut hasher).await.map_err(io_error)?;
     }
     let mut request = client.get(url);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
     if existing > 0 {
         request = request.header(RANGE, format!("bytes={existing}-"));
     }

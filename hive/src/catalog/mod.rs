@@ -16,12 +16,14 @@
 //! - [`models`]: GGUF models, imported from a local file or downloaded.
 //! - [`gguf`]: the GGUF header reader that gives models their real metadata.
 //! - [`download`]: resumable, sha256-checked HTTP download.
+//! - [`hf`]: `hf:ORG/REPO:QUANT` references resolved against a Hugging Face style hub.
 
 use std::path::{Path, PathBuf};
 
 pub mod artifact;
 pub mod download;
 pub mod gguf;
+pub mod hf;
 pub mod models;
 pub mod workers;
 

@@ -248,12 +248,26 @@ impl ModelCatalog {
         Ok(entry)
     }
 
+    /// The HTTP client downloads and hub lookups use: the one set with the catalog, else a new one with
+    /// bounded connect and read timeouts.
+    pub fn http_client(&self) -> Result<reqwest::Client, ModelCatalogError> {
+        match &self.http {
+            Some(client) => Ok(client.clone()),
+            None => reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(30))
+                .read_timeout(std::time::Duration::from_secs(60))
+                .build()
+                .map_err(ModelCatalogError::HttpClient),
+        }
+    }
+
     /// Downloads the GGUF model at `url` into the catalog as `id`, resuming an earlier cut-off
     /// download of the same url, checking `expected_sha256` when given, and calling `progress`
     /// as bytes arrive. On any failure nothing enters the catalog.
     pub async fn download(
         &self,
         url: &str,
+        bearer: Option<&str>,
         id: ModelId,
         expected_sha256: Option<&str>,
         progress: impl FnMut(DownloadProgress),
@@ -262,14 +276,7 @@ impl ModelCatalog {
             return Err(CatalogError::AlreadyExists { id: id.to_string() }.into());
         }
         let _claim = DownloadClaim::new(&self.downloading, &id)?;
-        let client = match &self.http {
-            Some(client) => client.clone(),
-            None => reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(30))
-                .read_timeout(std::time::Duration::from_secs(60))
-                .build()
-                .map_err(ModelCatalogError::HttpClient)?,
-        };
+        let client = self.http_client()?;
         let downloads = self.root().join(DOWNLOADS_DIR);
         tokio::fs::create_dir_all(&downloads)
             .await
@@ -277,7 +284,7 @@ impl ModelCatalog {
         // The url is part of the name so a `.part` is only ever resumed from the same source.
         let url_tag = &hex::encode(Sha256::digest(url.as_bytes()))[..12];
         let dest = downloads.join(format!("{id}-{url_tag}.gguf"));
-        let done = download_file(&client, url, &dest, expected_sha256, progress).await?;
+        let done = download_file(&client, url, bearer, &dest, expected_sha256, progress).await?;
 
         let catalog = self.clone();
         let source = url.to_owned();

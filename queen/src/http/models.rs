@@ -103,7 +103,8 @@ pub async fn import(
 pub struct PullBody {
     /// The hive (optional when there is one).
     hive: Option<String>,
-    /// `http(s)://` URL of a GGUF file.
+    /// `http(s)://` URL of a GGUF file, or a hub reference (`hf:ORG/REPO/FILE.gguf`, `hf:ORG/REPO:QUANT`)
+    /// that the hive resolves.
     url: String,
     /// Model id; derived from the URL when absent.
     id: Option<String>,
