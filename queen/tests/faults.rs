@@ -124,7 +124,11 @@ struct Cluster {
 
 fn worker_bin() -> std::path::PathBuf {
     let bin = rbee_testkit::paths::cargo_bin("rbee-worker");
-    assert!(bin.is_file(), "{} is missing: run `cargo build --release --workspace --bins` (or `make build`)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --release --workspace --bins` (or `make build`)",
+        bin.display()
+    );
     bin
 }
 
@@ -147,7 +151,11 @@ async fn start_in_process_hive(url: &str, hive_id: &HiveId, root: &std::path::Pa
 
 fn start_hive_binary(url: &str, hive_id: &str, root: &std::path::Path) -> Proc {
     let bin = rbee_testkit::paths::cargo_bin("rbee-hive");
-    assert!(bin.is_file(), "{} is missing: run `cargo build --release --workspace --bins` (or `make build`)", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --release --workspace --bins` (or `make build`)",
+        bin.display()
+    );
     let log = std::fs::File::create(root.join(format!("{hive_id}.log"))).expect("log file");
     let child = Command::new(bin)
         .args(["--hive-id", hive_id, "--catalog-dir"])
