@@ -9,6 +9,7 @@
 mod cluster;
 mod control;
 mod e2e;
+mod multi_turn;
 mod notes;
 mod registry_load;
 mod report;
@@ -299,6 +300,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         None,
     );
     report.detail("token_path_real_worker_hop_us", json!(hops));
+    multi_turn::section(&mut report, S2, &api, MODEL_ID, &env.model_path, env.threads as usize).await?;
 
     heading("5. Control path: failure detection");
     let mut detections = Vec::new();
@@ -673,6 +675,7 @@ async fn end_to_end(
         slots: 4,
         ctx_per_slot: 2048,
         gpu_layers: 0,
+        prefix_reuse: true,
     };
     let t = Instant::now();
     let engine = tokio::task::spawn_blocking(move || Engine::load(config)).await??;

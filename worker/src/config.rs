@@ -26,6 +26,8 @@ pub struct WorkerConfig {
     pub threads: Option<usize>,
     /// Layers offloaded to the GPU (CUDA builds only).
     pub gpu_layers: u32,
+    /// Keep slots' KV cells between jobs and skip a prompt's cached prefix.
+    pub prefix_reuse: bool,
     /// How often to heartbeat.
     pub heartbeat_interval: Duration,
     /// On shutdown, how long in-flight jobs may run before they are cancelled.
@@ -47,6 +49,7 @@ impl WorkerConfig {
             ctx_per_slot: 2048,
             threads: None,
             gpu_layers: 999,
+            prefix_reuse: true,
             heartbeat_interval: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(10),
             coalesce_window: Duration::from_millis(4),

@@ -38,6 +38,10 @@ struct Args {
     /// Layers to offload to the GPU (CUDA builds).
     #[arg(long, default_value_t = 999)]
     gpu_layers: u32,
+    /// Clear each slot's KV cells after every job instead of keeping them for a later prompt with the
+    /// same start (prefix reuse is on by default, as in llama-server).
+    #[arg(long)]
+    no_prefix_cache: bool,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
@@ -81,6 +85,7 @@ async fn main() -> std::process::ExitCode {
     config.ctx_per_slot = args.ctx_per_slot;
     config.threads = args.threads;
     config.gpu_layers = args.gpu_layers;
+    config.prefix_reuse = !args.no_prefix_cache;
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(50));
     config.drain_deadline = Duration::from_millis(args.drain_ms);
     let bus = match rbee_bus::connect(&nats).await {

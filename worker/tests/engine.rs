@@ -27,8 +27,12 @@ fn model_path() -> Option<PathBuf> {
 }
 
 async fn load(slots: usize, ctx_per_slot: u32) -> Option<Engine> {
+    load_with(slots, ctx_per_slot, true).await
+}
+
+async fn load_with(slots: usize, ctx_per_slot: u32, prefix_reuse: bool) -> Option<Engine> {
     let model_path = model_path()?;
-    let config = EngineConfig { model_path, threads: None, slots, ctx_per_slot, gpu_layers: 0 };
+    let config = EngineConfig { model_path, threads: None, slots, ctx_per_slot, gpu_layers: 0, prefix_reuse };
     let engine = tokio::task::spawn_blocking(move || Engine::load(config))
         .await
         .expect("load task")
@@ -311,6 +315,7 @@ fn load_errors_are_clear() {
         slots: 1,
         ctx_per_slot: 128,
         gpu_layers: 0,
+        prefix_reuse: true,
     };
     let err = Engine::load(missing.clone()).expect_err("missing file");
     assert!(matches!(err, EngineError::ModelNotFound { .. }), "{err}");
@@ -333,7 +338,14 @@ async fn tiny_model_slots_are_isolated_and_reusable() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let model_path = rbee_testkit::gguf::tiny_llama_in(dir.path()).expect("tiny gguf");
-    let config = EngineConfig { model_path, threads: Some(1), slots: 2, ctx_per_slot: 64, gpu_layers: 0 };
+    let config = EngineConfig {
+        model_path,
+        threads: Some(1),
+        slots: 2,
+        ctx_per_slot: 64,
+        gpu_layers: 0,
+        prefix_reuse: true,
+    };
     let engine =
         tokio::task::spawn_blocking(move || Engine::load(config)).await.expect("task").expect("load");
     let run_pair = || async {
@@ -348,4 +360,79 @@ async fn tiny_model_slots_are_isolated_and_reusable() {
     let (c, _) = run_pair().await;
     assert_eq!(a.text, c.text, "a reused slot must start from an empty kv cache");
     assert_eq!(engine.slots_busy(), 0);
+}
+
+fn message(role: &str, content: &str) -> ChatMessage {
+    ChatMessage { role: role.into(), content: content.into() }
+}
+
+const SYSTEM: &str = "You are a concise geography tutor. Answer every question in one short sentence, \
+    name the country and the continent, and never add a greeting or a follow-up question.";
+
+#[tokio::test]
+async fn later_chat_turns_reuse_the_slot_and_greedy_text_is_unchanged() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(2, 1024).await else { return };
+    let turn1 = vec![message("system", SYSTEM), message("user", QUESTION)];
+    let first = collect(
+        engine.submit(request(Prompt::Chat { messages: turn1.clone() }, greedy(24))).expect("submit"),
+    )
+    .await;
+    assert_eq!(first.usage.cached_tokens, 0, "a fresh engine holds nothing");
+
+    // The next turn resends the history, as chat clients do: only the new part is decoded.
+    let mut turn2 = turn1.clone();
+    turn2.push(message("assistant", &first.text));
+    turn2.push(message("user", "And the capital of Italy?"));
+    let second = collect(
+        engine.submit(request(Prompt::Chat { messages: turn2.clone() }, greedy(24))).expect("submit"),
+    )
+    .await;
+    eprintln!("turn 1 {:?}\nturn 2 {:?} {:?}", first.usage, second.text, second.usage);
+    assert!(
+        second.usage.cached_tokens >= first.usage.prompt_tokens,
+        "turn 2 reused {} tokens; turn 1's prompt alone was {}",
+        second.usage.cached_tokens,
+        first.usage.prompt_tokens
+    );
+    assert!(second.usage.cached_tokens < second.usage.prompt_tokens);
+
+    // Another conversation meanwhile takes the other slot and leaves this one warm.
+    let other =
+        collect(engine.submit(request(chat("Name a large river in Africa."), greedy(16))).expect("submit"))
+            .await;
+    assert_eq!(other.usage.cached_tokens, 0, "{:?}", other.usage);
+
+    // The same turn again: all but the last prompt token come from the cache, same greedy text.
+    let again = collect(
+        engine.submit(request(Prompt::Chat { messages: turn2.clone() }, greedy(24))).expect("submit"),
+    )
+    .await;
+    assert_eq!(again.usage.cached_tokens, again.usage.prompt_tokens - 1, "{:?}", again.usage);
+    assert_eq!(again.text, second.text);
+
+    // A cancelled job leaves only what it really decoded; the next one trusts no more than that.
+    let long = request(Prompt::Chat { messages: turn2.clone() }, greedy(400));
+    let cancel = long.cancel.clone();
+    let mut generation = engine.submit(long).expect("submit");
+    match generation.events.recv().await {
+        Some(GenEvent::Token { .. }) => cancel.cancel(),
+        other => panic!("expected a token first, got {other:?}"),
+    }
+    assert_eq!(collect(generation).await.reason, FinishReason::Cancelled);
+    let after = collect(
+        engine.submit(request(Prompt::Chat { messages: turn2.clone() }, greedy(24))).expect("submit"),
+    )
+    .await;
+    assert_eq!(after.text, second.text);
+    drop(engine);
+
+    // Reuse off: the same turn decodes its whole prompt and says the same.
+    let Some(plain) = load_with(2, 1024, false).await else { return };
+    let _ =
+        collect(plain.submit(request(Prompt::Chat { messages: turn1 }, greedy(24))).expect("submit")).await;
+    let fresh =
+        collect(plain.submit(request(Prompt::Chat { messages: turn2 }, greedy(24))).expect("submit")).await;
+    assert_eq!(fresh.usage.cached_tokens, 0);
+    assert_eq!(fresh.text, second.text, "greedy text with reuse differs from the text without it");
 }

@@ -224,6 +224,10 @@ pub struct Usage {
     pub time_to_first_token_ms: Option<f64>,
     /// Generated tokens per second after the first.
     pub decode_tokens_per_second: Option<f64>,
+    /// Prompt tokens the worker did not decode because its slot already held them (a reused prefix);
+    /// OpenAI's `usage.prompt_tokens_details.cached_tokens`. Absent from older workers: 0.
+    #[serde(default)]
+    pub cached_tokens: u32,
 }
 
 /// The state a job status event announces.

@@ -59,6 +59,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         completion_tokens: 8,
         time_to_first_token_ms: Some(40.5),
         decode_tokens_per_second: Some(75.0),
+        cached_tokens: 4,
     };
     let status = |state| JobStatus {
         v: SCHEMA_VERSION,

@@ -164,9 +164,44 @@ impl BatchLoop<'_> {
         }
     }
 
+    /// Takes a job into its slot: keeps the cached prefix chosen at reservation when the cells can be
+    /// cut after it, else clears the sequence and reads the whole prompt.
     fn admit(&mut self, job: Job) {
-        tracing::debug!(seq = job.seq, prompt_tokens = job.tokens.len(), seed = job.seed, "job admitted");
-        self.active.push(Slot::new(job));
+        let mut slot = Slot::new(job);
+        let seq = slot.job.seq;
+        let kept = self.keep_prefix(seq, slot.job.reuse);
+        slot.prefilled = kept;
+        slot.n_past = i32::try_from(kept).unwrap_or(0);
+        slot.job.output.set_cached_tokens(u32::try_from(kept).unwrap_or(0));
+        tracing::debug!(
+            seq,
+            prompt_tokens = slot.job.tokens.len(),
+            cached_tokens = kept,
+            seed = slot.job.seed,
+            "job admitted"
+        );
+        self.active.push(slot);
+    }
+
+    /// Cuts sequence `seq`'s cells after its first `reuse` positions and returns how many are kept: `reuse`,
+    /// or 0 when the sequence was cleared instead (nothing to keep, cells missing at the start, as a
+    /// sliding window leaves them, or a memory that cannot be cut, which turns reuse off for good).
+    fn keep_prefix(&mut self, seq: i32, reuse: usize) -> usize {
+        let Ok(seq_u32) = u32::try_from(seq) else { return 0 };
+        if reuse > 0 && self.ctx.kv_cache_seq_pos_min(seq) <= 0 {
+            match self.ctx.clear_kv_cache_seq(Some(seq_u32), u32::try_from(reuse).ok(), None) {
+                Ok(true) => return reuse,
+                other => {
+                    tracing::warn!(seq, result = ?other, "this model's memory cannot be cut after a prefix; prefix reuse is off");
+                    self.shared.slots.disable_reuse();
+                }
+            }
+        }
+        match self.ctx.clear_kv_cache_seq(Some(seq_u32), None, None) {
+            Ok(true) => {}
+            other => tracing::warn!(seq, result = ?other, "could not clear the slot's kv cache"),
+        }
+        0
     }
 
     /// Ends cancelled jobs, jobs past their deadline and jobs nobody listens to.
@@ -215,6 +250,7 @@ impl BatchLoop<'_> {
             if let Some(token) = slot.next.take() {
                 self.batch.add(token, slot.n_past, &[slot.job.seq], true)?;
                 slot.n_past += 1;
+                slot.fed.push(token);
                 slot.logits_at = Some(self.batch.n_tokens() - 1);
                 slot.in_batch = true;
             }
@@ -299,7 +335,7 @@ impl BatchLoop<'_> {
         }
     }
 
-    /// Clears the sequence's KV cache, frees the slot and sends the final event.
+    /// Frees the slot (its KV cells kept for the next job, or cleared) and sends the final event.
     fn finish(&mut self, mut slot: Slot, reason: FinishReason, error: Option<String>) {
         let seq = slot.job.seq;
         if reason == FinishReason::Length {
@@ -319,12 +355,18 @@ impl BatchLoop<'_> {
             error = error.as_deref(),
             "generation finished"
         );
-        match u32::try_from(seq).map(|s| self.ctx.clear_kv_cache_seq(Some(s), None, None)) {
-            Ok(Ok(true)) => {}
-            other => tracing::warn!(seq, result = ?other, "could not clear the slot's kv cache"),
-        }
+        // The cells stay for the next job of this slot, described exactly; after a failed decode their
+        // state is unknown, so they are cleared and nothing is trusted.
+        let cached = if reason == FinishReason::Error || !self.shared.slots.reuse_enabled() {
+            if let Err(e) = u32::try_from(seq).map(|s| self.ctx.clear_kv_cache_seq(Some(s), None, None)) {
+                tracing::warn!(seq, error = %e, "could not clear the slot's kv cache");
+            }
+            Vec::new()
+        } else {
+            slot.cached_tokens()
+        };
         // Freed before the final event, so whoever sees `Finished` can use the slot at once.
-        self.shared.slots.release(seq);
+        self.shared.slots.release(seq, cached);
         let _ = slot.job.events.send(GenEvent::Finished { reason, usage, error });
     }
 }

@@ -8,6 +8,9 @@
 //! hands the job to the loop; tokens then arrive as [`GenEvent`]s, UTF-8-whole, with stop sequences
 //! never emitted, ending with exactly one [`GenEvent::Finished`].
 //!
+//! A slot keeps its KV cells after a job; the next job takes the free slot holding the longest prefix
+//! of its prompt and decodes only the rest ([`prefix`]), so a chat's later turns skip their history.
+//!
 //! The llama.cpp backend is process-wide (initialized once, kept for the life of the process); the
 //! model is shared read-only between the loop thread and `submit` (tokenizing and template rendering
 //! only read it). llama.cpp's own logs are forwarded to `tracing`.
@@ -16,6 +19,7 @@ mod batch_loop;
 mod load;
 mod meter;
 mod output;
+mod prefix;
 mod prompt;
 mod sampler;
 mod slots;
@@ -52,6 +56,9 @@ pub struct EngineConfig {
     pub ctx_per_slot: u32,
     /// Layers offloaded to the GPU; used only with the `cuda` feature.
     pub gpu_layers: u32,
+    /// Keep each slot's KV cells after a job and let the next job skip the prompt prefix they hold
+    /// ([`prefix`]); off for models whose memory cannot be cut (recurrent, hybrid).
+    pub prefix_reuse: bool,
 }
 
 /// What the GGUF says about the loaded model.
@@ -249,7 +256,14 @@ impl Engine {
             );
         }
         let threads = config.threads.unwrap_or_else(load::default_threads);
-        let shared = Arc::new(Shared { slots: SlotTable::new(config.slots), meter: Mutex::default() });
+        let truncatable = !model.is_recurrent() && !model.is_hybrid();
+        if config.prefix_reuse && !truncatable {
+            tracing::warn!(
+                "recurrent or hybrid model: its memory cannot be cut after a prefix; prefix reuse is off"
+            );
+        }
+        let reuse = config.prefix_reuse && truncatable;
+        let shared = Arc::new(Shared { slots: SlotTable::new(config.slots, reuse), meter: Mutex::default() });
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let setup = LoopSetup {
@@ -344,8 +358,10 @@ impl Engine {
         }
         let seed = sampler::job_seed(req.params.seed);
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let prompt = tokens.clone();
         let mut job = Some(Job {
             seq: -1,
+            reuse: 0,
             sampler: sampler::build(&req.params, inner.facts.n_vocab, seed),
             output: Output::new(prompt_tokens, req.params.max_tokens, &req.params.stop, submitted_at),
             tokens,
@@ -354,14 +370,15 @@ impl Engine {
             deadline: req.deadline,
             events: events_tx,
         });
-        let reserved = inner.shared.slots.reserve_with(|seq| {
+        let reserved = inner.shared.slots.reserve_with(&prompt, |reserved| {
             let mut job = job.take().ok_or(())?;
-            job.seq = seq;
+            job.seq = reserved.seq;
+            job.reuse = reserved.reuse;
             inner.tx.send(Command::Start(Box::new(job))).map_err(|_| ())
         });
         match reserved {
-            Ok(seq) => {
-                tracing::debug!(seq, prompt_tokens, "job submitted");
+            Ok(reserved) => {
+                tracing::debug!(seq = reserved.seq, reuse = reserved.reuse, prompt_tokens, "job submitted");
                 Ok(Generation { prompt_tokens, events })
             }
             Err(Ok(ReserveError::Full)) => Err(SubmitError::NoFreeSlot { total }),

@@ -31,6 +31,8 @@ pub(crate) struct Output {
     submitted_at: Instant,
     first_at: Option<Instant>,
     last_at: Option<Instant>,
+    /// Prompt tokens the slot already held.
+    cached_tokens: u32,
 }
 
 impl Output {
@@ -46,6 +48,7 @@ impl Output {
             submitted_at,
             first_at: None,
             last_at: None,
+            cached_tokens: 0,
         }
     }
 
@@ -84,6 +87,11 @@ impl Output {
         out
     }
 
+    /// Records how many prompt tokens the slot already held (not decoded again).
+    pub(crate) fn set_cached_tokens(&mut self, cached: u32) {
+        self.cached_tokens = cached;
+    }
+
     /// Counts and timings so far.
     pub(crate) fn usage(&self) -> Usage {
         let ttft = self.first_at.map(|t| t.saturating_duration_since(self.submitted_at).as_secs_f64() * 1e3);
@@ -99,6 +107,7 @@ impl Output {
             completion_tokens: self.completion_tokens,
             time_to_first_token_ms: ttft,
             decode_tokens_per_second: rate,
+            cached_tokens: self.cached_tokens,
         }
     }
 }

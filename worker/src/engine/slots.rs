@@ -9,10 +9,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use super::output::Output;
-use super::GenEvent;
+use super::{prefix, GenEvent};
 
-/// Which sequence ids are free. Shared by [`super::Engine::submit`] (reserves) and the batch loop
-/// (releases, after clearing the sequence's KV cache).
+/// Which sequence ids are free, and what each one's KV cells still hold. Shared by
+/// [`super::Engine::submit`] (reserves, choosing by [`prefix::choose`]) and the batch loop (releases,
+/// saying what the sequence's cells hold now).
 #[derive(Debug)]
 pub(crate) struct SlotTable {
     total: usize,
@@ -22,6 +23,14 @@ pub(crate) struct SlotTable {
 #[derive(Debug)]
 struct TableState {
     free: Vec<i32>,
+    /// By sequence id: the tokens its KV cells hold (positions `0..len`), empty when cleared.
+    cached: Vec<Vec<LlamaToken>>,
+    /// By sequence id: the release clock when it was last released.
+    released_at: Vec<u64>,
+    clock: u64,
+    /// Whether a job may keep a slot's cached prefix (off by flag, or for a model whose memory cannot
+    /// be truncated).
+    reuse: bool,
     /// Set once the loop stops taking jobs; nothing is reserved after that.
     closed: bool,
 }
@@ -35,13 +44,28 @@ pub(crate) enum ReserveError {
     Closed,
 }
 
+/// A reserved slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reserved {
+    /// The sequence id.
+    pub(crate) seq: i32,
+    /// Prompt tokens already in its KV cells, which the job keeps.
+    pub(crate) reuse: usize,
+}
+
 impl SlotTable {
-    /// `total` free slots, sequence ids `0..total`.
-    pub(crate) fn new(total: usize) -> Self {
+    /// `total` free slots, sequence ids `0..total`, empty caches; `reuse` turns prefix reuse on.
+    pub(crate) fn new(total: usize, reuse: bool) -> Self {
         let total_i32 = i32::try_from(total).unwrap_or(i32::MAX);
-        // Lowest ids are handed out first.
-        let free = (0..total_i32).rev().collect();
-        Self { total, state: Mutex::new(TableState { free, closed: false }) }
+        let state = TableState {
+            free: (0..total_i32).collect(),
+            cached: vec![Vec::new(); total],
+            released_at: vec![0; total],
+            clock: 0,
+            reuse,
+            closed: false,
+        };
+        Self { total, state: Mutex::new(state) }
     }
 
     fn lock(&self) -> MutexGuard<'_, TableState> {
@@ -58,29 +82,59 @@ impl SlotTable {
         self.total - self.lock().free.len()
     }
 
-    /// Reserves a slot and runs `hand_over` with its id while the table is locked, so that a hand-over
-    /// is never lost to a concurrent [`SlotTable::close`]. If `hand_over` fails the slot is freed again.
+    /// Whether jobs keep cached prefixes.
+    pub(crate) fn reuse_enabled(&self) -> bool {
+        self.lock().reuse
+    }
+
+    /// Turns prefix reuse off for good (the model's memory cannot be truncated).
+    pub(crate) fn disable_reuse(&self) {
+        self.lock().reuse = false;
+    }
+
+    /// Reserves the slot best for `prompt` ([`prefix::choose`]) and runs `hand_over` with it while the
+    /// table is locked, so that a hand-over is never lost to a concurrent [`SlotTable::close`]. If
+    /// `hand_over` fails the slot is freed again.
     pub(crate) fn reserve_with<E>(
         &self,
-        hand_over: impl FnOnce(i32) -> Result<(), E>,
-    ) -> Result<i32, Result<ReserveError, E>> {
+        prompt: &[LlamaToken],
+        hand_over: impl FnOnce(Reserved) -> Result<(), E>,
+    ) -> Result<Reserved, Result<ReserveError, E>> {
         let mut state = self.lock();
         if state.closed {
             return Err(Ok(ReserveError::Closed));
         }
-        let seq = state.free.pop().ok_or(Ok(ReserveError::Full))?;
-        match hand_over(seq) {
-            Ok(()) => Ok(seq),
+        let candidates: Vec<prefix::Cached<LlamaToken>> = state
+            .free
+            .iter()
+            .map(|&seq| {
+                let i = usize::try_from(seq).unwrap_or_default();
+                let tokens = if state.reuse { state.cached[i].clone() } else { Vec::new() };
+                prefix::Cached { seq, tokens, released_at: state.released_at[i] }
+            })
+            .collect();
+        let choice = prefix::choose(&candidates, prompt).ok_or(Ok(ReserveError::Full))?;
+        let reserved = Reserved { seq: candidates[choice.index].seq, reuse: choice.reuse };
+        state.free.retain(|&s| s != reserved.seq);
+        match hand_over(reserved) {
+            Ok(()) => Ok(reserved),
             Err(e) => {
-                state.free.push(seq);
+                state.free.push(reserved.seq);
                 Err(Err(e))
             }
         }
     }
 
-    /// Gives a slot back.
-    pub(crate) fn release(&self, seq: i32) {
+    /// Gives a slot back, with the tokens its KV cells now hold (empty when they were cleared).
+    pub(crate) fn release(&self, seq: i32, cached: Vec<LlamaToken>) {
         let mut state = self.lock();
+        let Ok(i) = usize::try_from(seq) else { return };
+        if i >= state.cached.len() {
+            return;
+        }
+        state.clock += 1;
+        state.released_at[i] = state.clock;
+        state.cached[i] = cached;
         if !state.free.contains(&seq) {
             state.free.push(seq);
         }
@@ -95,6 +149,9 @@ impl SlotTable {
 /// A job on its way from `submit` to the batch loop.
 pub(crate) struct Job {
     pub(crate) seq: i32,
+    /// Prompt tokens already in the slot's KV cells (chosen at reservation); the loop checks it can keep
+    /// them before it trusts them.
+    pub(crate) reuse: usize,
     pub(crate) tokens: Vec<LlamaToken>,
     pub(crate) sampler: LlamaSampler,
     pub(crate) output: Output,
@@ -117,12 +174,21 @@ pub(crate) struct Slot {
     pub(crate) logits_at: Option<i32>,
     /// Whether the current batch holds tokens of this slot.
     pub(crate) in_batch: bool,
+    /// Generated tokens fed back into the KV cells, in order (after the prompt).
+    pub(crate) fed: Vec<LlamaToken>,
 }
 
 impl Slot {
     /// A slot starting its prompt.
     pub(crate) fn new(job: Job) -> Self {
-        Self { job, prefilled: 0, n_past: 0, next: None, logits_at: None, in_batch: false }
+        Self { job, prefilled: 0, n_past: 0, next: None, logits_at: None, in_batch: false, fed: Vec::new() }
+    }
+
+    /// The tokens this sequence's KV cells hold: the prompt decoded so far, then the fed tokens.
+    pub(crate) fn cached_tokens(&self) -> Vec<LlamaToken> {
+        let mut tokens = self.job.tokens[..self.prefilled].to_vec();
+        tokens.extend_from_slice(&self.fed);
+        tokens
     }
 
     /// Prompt tokens not yet decoded.
@@ -146,28 +212,55 @@ impl Slot {
 
 #[cfg(test)]
 mod tests {
-    use super::{ReserveError, SlotTable};
+    use llama_cpp_2::token::LlamaToken;
+
+    use super::{ReserveError, Reserved, SlotTable};
+
+    fn tokens(ids: &[i32]) -> Vec<LlamaToken> {
+        ids.iter().map(|&i| LlamaToken(i)).collect()
+    }
 
     #[test]
     fn reserve_until_full_then_release() {
-        let t = SlotTable::new(2);
+        let t = SlotTable::new(2, true);
         let ok = |_| Ok::<(), ()>(());
-        assert_eq!(t.reserve_with(ok), Ok(0));
-        assert_eq!(t.reserve_with(ok), Ok(1));
+        let prompt = tokens(&[1, 2]);
+        assert_eq!(t.reserve_with(&prompt, ok).map(|r| r.seq), Ok(0));
+        assert_eq!(t.reserve_with(&prompt, ok).map(|r| r.seq), Ok(1));
         assert_eq!(t.busy(), 2);
-        assert_eq!(t.reserve_with(ok), Err(Ok(ReserveError::Full)));
-        t.release(0);
-        t.release(0);
+        assert_eq!(t.reserve_with(&prompt, ok), Err(Ok(ReserveError::Full)));
+        t.release(0, Vec::new());
+        t.release(0, Vec::new());
         assert_eq!(t.busy(), 1);
-        assert_eq!(t.reserve_with(ok), Ok(0));
+        assert_eq!(t.reserve_with(&prompt, ok).map(|r| r.seq), Ok(0));
+    }
+
+    #[test]
+    fn a_released_slot_is_chosen_for_a_prompt_it_holds_the_start_of() {
+        let t = SlotTable::new(3, true);
+        let ok = |_| Ok::<(), ()>(());
+        for _ in 0..3 {
+            t.reserve_with(&tokens(&[9]), ok).expect("free slot");
+        }
+        t.release(1, tokens(&[1, 2, 3, 4, 5]));
+        t.release(0, tokens(&[7, 7]));
+        t.release(2, Vec::new());
+        let got = t.reserve_with(&tokens(&[1, 2, 3, 4, 5, 6, 7]), ok);
+        assert_eq!(got, Ok(Reserved { seq: 1, reuse: 5 }));
+        // Nothing in common: the least recently released of the rest.
+        assert_eq!(t.reserve_with(&tokens(&[3]), ok), Ok(Reserved { seq: 0, reuse: 0 }));
+        // With reuse off, nothing is kept.
+        t.release(1, tokens(&[1, 2, 3]));
+        t.disable_reuse();
+        assert_eq!(t.reserve_with(&tokens(&[1, 2, 3, 4]), ok).map(|r| r.reuse), Ok(0));
     }
 
     #[test]
     fn failed_hand_over_frees_the_slot_and_close_refuses() {
-        let t = SlotTable::new(1);
-        assert_eq!(t.reserve_with(|_| Err::<(), _>("gone")), Err(Err("gone")));
+        let t = SlotTable::new(1, true);
+        assert_eq!(t.reserve_with(&tokens(&[1]), |_| Err::<(), _>("gone")), Err(Err("gone")));
         assert_eq!(t.busy(), 0);
         t.close();
-        assert_eq!(t.reserve_with(|_| Ok::<(), ()>(())), Err(Ok(ReserveError::Closed)));
+        assert_eq!(t.reserve_with(&tokens(&[1]), |_| Ok::<(), ()>(())), Err(Ok(ReserveError::Closed)));
     }
 }

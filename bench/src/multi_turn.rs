@@ -1,0 +1,250 @@
+//! Section 2, multi-turn chat: the workload where prefix reuse matters. Two conversations of five turns
+//! each, a system prompt of about 250 tokens, every turn resending the whole history plus a new
+//! question (as chat clients do), greedy, 24 tokens a turn, the conversations taking turns. Measured
+//! through the queen (HTTP → queen → worker process with prefix reuse, as `rbee up` runs it) and on the
+//! worker's own engine in this process with reuse on and off (`--no-prefix-cache`), in the same run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rbee_bus::{ChatMessage, Prompt, SamplingParams};
+use rbee_worker::engine::{Engine, GenEvent, GenerationRequest};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Api;
+use crate::sse;
+
+/// Conversations, turns each, tokens a turn.
+pub const CONVERSATIONS: usize = 2;
+/// Turns per conversation.
+pub const TURNS: usize = 5;
+/// Completion tokens per turn.
+pub const TOKENS_PER_TURN: u32 = 24;
+
+const SYSTEM: &str =
+    "You are a patient and precise tutor of world geography for adult learners. Every answer \
+    you give is short: one or two sentences, never a list. Name the country, the region and, where it \
+    helps, a neighbouring country, so that the learner can place it on a map. Do not greet the learner, do \
+    not thank them, and do not end with a question of your own. When a question is ambiguous, pick the \
+    most common reading and say which one you picked in a few words. When you do not know an answer, say \
+    so plainly instead of guessing. Prefer the names used in English-language atlases, give populations \
+    rounded to the nearest million, give areas in square kilometres, and give heights in metres. Keep the \
+    tone friendly but plain, and use no emoji, no markdown, no headings and no bold text. If the learner \
+    asks about history, answer only with the facts that help locate the place today. If the learner asks \
+    for a comparison, compare at most two places. Never invent a place, a river, a mountain or a city.";
+
+/// By turn, each conversation's question.
+const QUESTIONS: [[&str; CONVERSATIONS]; TURNS] = [
+    ["What is the capital of France?", "What is the capital of Japan?"],
+    ["Which river flows through it?", "Which is the highest mountain of that country?"],
+    ["Which sea does that river reach?", "On which island does it stand?"],
+    ["Name a large port on that coast.", "Name another large city on that island."],
+    ["Which country lies just across the channel from it?", "Which ocean lies to the east of it?"],
+];
+
+/// One turn's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Turn {
+    /// Conversation index.
+    pub conversation: usize,
+    /// Turn index, from 0.
+    pub turn: usize,
+    /// Request sent → first token, ms.
+    pub ttft_ms: f64,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Prompt tokens the worker already held.
+    pub cached_tokens: u32,
+}
+
+/// First-turn and later-turn TTFT medians of a run.
+pub fn split(turns: &[Turn]) -> (f64, f64) {
+    let first: Vec<f64> = turns.iter().filter(|t| t.turn == 0).map(|t| t.ttft_ms).collect();
+    let later: Vec<f64> = turns.iter().filter(|t| t.turn > 0).map(|t| t.ttft_ms).collect();
+    (crate::stats::Summary::of(&first).p50, crate::stats::Summary::of(&later).p50)
+}
+
+fn message(role: &str, content: &str) -> ChatMessage {
+    ChatMessage { role: role.into(), content: content.into() }
+}
+
+/// Runs the conversations, taking turns, with `ask` answering one history: (text, turn figures).
+async fn conversations<F, Fut>(mut ask: F) -> anyhow::Result<Vec<Turn>>
+where
+    F: FnMut(Vec<ChatMessage>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(String, f64, u32, u32)>>,
+{
+    let mut histories: Vec<Vec<ChatMessage>> = vec![vec![message("system", SYSTEM)]; CONVERSATIONS];
+    let mut turns = Vec::new();
+    for (turn, round) in QUESTIONS.iter().enumerate() {
+        for (conversation, (history, question)) in histories.iter_mut().zip(round).enumerate() {
+            history.push(message("user", question));
+            let (text, ttft_ms, prompt_tokens, cached_tokens) = ask(history.clone()).await?;
+            history.push(message("assistant", &text));
+            turns.push(Turn { conversation, turn, ttft_ms, prompt_tokens, cached_tokens });
+        }
+    }
+    Ok(turns)
+}
+
+/// The conversations on an in-process engine (reuse on or off as it was loaded).
+pub async fn direct(engine: &Engine) -> anyhow::Result<Vec<Turn>> {
+    conversations(|messages| async move {
+        let sent = Instant::now();
+        let request = GenerationRequest {
+            prompt: Prompt::Chat { messages },
+            params: SamplingParams {
+                temperature: 0.0,
+                max_tokens: TOKENS_PER_TURN,
+                ..SamplingParams::default()
+            },
+            cancel: CancellationToken::new(),
+            deadline: None,
+        };
+        let mut generation = engine.submit(request).map_err(|e| anyhow::anyhow!("direct submit: {e}"))?;
+        let (mut text, mut first) = (String::new(), None);
+        while let Some(event) = generation.events.recv().await {
+            match event {
+                GenEvent::Token { text: piece } => {
+                    first.get_or_insert_with(Instant::now);
+                    text.push_str(&piece);
+                }
+                GenEvent::Finished { usage, error, .. } => {
+                    if let Some(e) = error {
+                        bail!("direct generation failed: {e}");
+                    }
+                    let first = first.context("no token")?;
+                    let ttft = crate::stats::ms(first.saturating_duration_since(sent));
+                    return Ok((text, ttft, usage.prompt_tokens, usage.cached_tokens));
+                }
+            }
+        }
+        bail!("the direct generation ended without a result")
+    })
+    .await
+}
+
+/// The conversations through the queen's streaming chat completions.
+pub async fn through_queen(api: &Api, model: &str) -> anyhow::Result<Vec<Turn>> {
+    conversations(|messages| {
+        let api = api.clone();
+        let model = model.to_owned();
+        async move {
+            let body = json!({
+                "model": model,
+                "messages": messages,
+                "stream": true,
+                "temperature": 0.0,
+                "max_tokens": TOKENS_PER_TURN,
+            });
+            let sent = Instant::now();
+            let resp = api
+                .http
+                .post(format!("{}/v1/chat/completions", api.base))
+                .json(&body)
+                .timeout(Duration::from_secs(300))
+                .send()
+                .await
+                .context("POST /v1/chat/completions")?;
+            let (mut text, mut first, mut usage) = (String::new(), None, None);
+            sse::read(resp, |ev| {
+                let Ok(v) = serde_json::from_str::<Value>(&ev.data) else { return };
+                if let Some(piece) = v.pointer("/choices/0/delta/content").and_then(Value::as_str) {
+                    first.get_or_insert(ev.at);
+                    text.push_str(piece);
+                }
+                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                    usage = Some(u.clone());
+                }
+            })
+            .await?;
+            let first = first.context("the stream produced no token")?;
+            let usage = usage.context("the stream ended without usage")?;
+            let number = |p: &str| usage.pointer(p).and_then(Value::as_u64).unwrap_or(0) as u32;
+            let ttft = crate::stats::ms(first.saturating_duration_since(sent));
+            Ok((text, ttft, number("/prompt_tokens"), number("/prompt_tokens_details/cached_tokens")))
+        }
+    })
+    .await
+}
+
+/// Runs the three variants, prints each turn, and reports later-turn TTFT against the first turn's and
+/// against the same engine with reuse off.
+pub async fn section(
+    report: &mut crate::report::Report,
+    section: &str,
+    api: &Api,
+    model: &str,
+    model_path: &std::path::Path,
+    threads: usize,
+) -> anyhow::Result<()> {
+    use crate::report::Target;
+    use rbee_worker::engine::EngineConfig;
+    let load = |prefix_reuse: bool| {
+        let config = EngineConfig {
+            model_path: model_path.to_path_buf(),
+            threads: Some(threads),
+            slots: 4,
+            ctx_per_slot: 2048,
+            gpu_layers: 0,
+            prefix_reuse,
+        };
+        tokio::task::spawn_blocking(move || Engine::load(config))
+    };
+    let queen = through_queen(api, model).await?;
+    let reuse = {
+        let engine = load(true).await??;
+        direct(&engine).await?
+    };
+    let plain = {
+        let engine = load(false).await??;
+        direct(&engine).await?
+    };
+    println!(
+        "  {CONVERSATIONS} conversations x {TURNS} turns, ~250-token system prompt, history resent, {TOKENS_PER_TURN} tokens a turn"
+    );
+    println!("  turn  conv  prompt  | queen ttft  cached | direct ttft  cached | reuse off ttft");
+    for ((q, r), p) in queen.iter().zip(&reuse).zip(&plain) {
+        println!(
+            "  {:>4}  {:>4}  {:>6}  | {:>7.0} ms  {:>6} | {:>8.0} ms  {:>6} | {:>9.0} ms",
+            q.turn + 1,
+            q.conversation + 1,
+            q.prompt_tokens,
+            q.ttft_ms,
+            q.cached_tokens,
+            r.ttft_ms,
+            r.cached_tokens,
+            p.ttft_ms
+        );
+    }
+    let (q_first, q_later) = split(&queen);
+    let (r_first, r_later) = split(&reuse);
+    let (p_first, p_later) = split(&plain);
+    println!(
+        "  later-turn ttft p50: queen {q_later:.0} ms (first {q_first:.0}), direct {r_later:.0} ms (first {r_first:.0}), \
+         reuse off {p_later:.0} ms (first {p_first:.0})"
+    );
+    report.figure(
+        section,
+        "multi_turn.queen.later_ttft_p50_ms",
+        "multi-turn through the queen: later-turn TTFT p50",
+        q_later,
+        "ms",
+        "first-turn TTFT p50, same run",
+        Some(q_first),
+        Some(Target::AtMost(0.3)),
+    );
+    report.figure(
+        section,
+        "multi_turn.direct.later_ttft_p50_ms",
+        "multi-turn, worker engine with prefix reuse: later-turn TTFT p50",
+        r_later,
+        "ms",
+        "the same engine with reuse off (--no-prefix-cache)",
+        Some(p_later),
+        Some(Target::AtMost(0.3)),
+    );
+    report.detail("multi_turn", json!({"queen": queen, "direct_reuse": reuse, "direct_reuse_off": plain}));
+    Ok(())
+}
