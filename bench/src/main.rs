@@ -676,6 +676,7 @@ async fn end_to_end(
         ctx_per_slot: 2048,
         gpu_layers: 0,
         prefix_reuse: true,
+        prefix_cache_bytes: rbee_worker::engine::DEFAULT_PREFIX_CACHE_MIB << 20,
     };
     let t = Instant::now();
     let engine = tokio::task::spawn_blocking(move || Engine::load(config)).await??;

@@ -189,6 +189,7 @@ pub async fn section(
             ctx_per_slot: 2048,
             gpu_layers: 0,
             prefix_reuse,
+            prefix_cache_bytes: rbee_worker::engine::DEFAULT_PREFIX_CACHE_MIB << 20,
         };
         tokio::task::spawn_blocking(move || Engine::load(config))
     };

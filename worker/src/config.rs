@@ -28,6 +28,8 @@ pub struct WorkerConfig {
     pub gpu_layers: u32,
     /// Keep slots' KV cells between jobs and skip a prompt's cached prefix.
     pub prefix_reuse: bool,
+    /// Host RAM for states of evicted prefixes, bytes.
+    pub prefix_cache_bytes: usize,
     /// How often to heartbeat.
     pub heartbeat_interval: Duration,
     /// On shutdown, how long in-flight jobs may run before they are cancelled.
@@ -50,6 +52,7 @@ impl WorkerConfig {
             threads: None,
             gpu_layers: 999,
             prefix_reuse: true,
+            prefix_cache_bytes: crate::engine::DEFAULT_PREFIX_CACHE_MIB << 20,
             heartbeat_interval: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(10),
             coalesce_window: Duration::from_millis(4),

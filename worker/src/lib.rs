@@ -96,6 +96,7 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
         ctx_per_slot: shared.config.ctx_per_slot,
         gpu_layers: shared.config.gpu_layers,
         prefix_reuse: shared.config.prefix_reuse,
+        prefix_cache_bytes: shared.config.prefix_cache_bytes,
     };
     let started = std::time::Instant::now();
     let load = tokio::task::spawn_blocking(move || Engine::load(engine_config));

@@ -42,6 +42,10 @@ struct Args {
     /// same start (prefix reuse is on by default, as in llama-server).
     #[arg(long)]
     no_prefix_cache: bool,
+    /// Host RAM, in MiB, for the saved states of prefixes whose slot a later job took (a conversation
+    /// that comes back is restored from it instead of read again); 0 keeps none.
+    #[arg(long, default_value_t = rbee_worker::engine::DEFAULT_PREFIX_CACHE_MIB)]
+    prefix_cache_mib: usize,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
@@ -86,6 +90,7 @@ async fn main() -> std::process::ExitCode {
     config.threads = args.threads;
     config.gpu_layers = args.gpu_layers;
     config.prefix_reuse = !args.no_prefix_cache;
+    config.prefix_cache_bytes = args.prefix_cache_mib.saturating_mul(1 << 20);
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms.max(50));
     config.drain_deadline = Duration::from_millis(args.drain_ms);
     let bus = match rbee_bus::connect(&nats).await {

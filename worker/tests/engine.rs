@@ -32,7 +32,15 @@ async fn load(slots: usize, ctx_per_slot: u32) -> Option<Engine> {
 
 async fn load_with(slots: usize, ctx_per_slot: u32, prefix_reuse: bool) -> Option<Engine> {
     let model_path = model_path()?;
-    let config = EngineConfig { model_path, threads: None, slots, ctx_per_slot, gpu_layers: 0, prefix_reuse };
+    let config = EngineConfig {
+        model_path,
+        threads: None,
+        slots,
+        ctx_per_slot,
+        gpu_layers: 0,
+        prefix_reuse,
+        prefix_cache_bytes: 64 << 20,
+    };
     let engine = tokio::task::spawn_blocking(move || Engine::load(config))
         .await
         .expect("load task")
@@ -316,6 +324,7 @@ fn load_errors_are_clear() {
         ctx_per_slot: 128,
         gpu_layers: 0,
         prefix_reuse: true,
+        prefix_cache_bytes: 0,
     };
     let err = Engine::load(missing.clone()).expect_err("missing file");
     assert!(matches!(err, EngineError::ModelNotFound { .. }), "{err}");
@@ -345,6 +354,7 @@ async fn tiny_model_slots_are_isolated_and_reusable() {
         ctx_per_slot: 64,
         gpu_layers: 0,
         prefix_reuse: true,
+        prefix_cache_bytes: 0,
     };
     let engine =
         tokio::task::spawn_blocking(move || Engine::load(config)).await.expect("task").expect("load");
@@ -435,4 +445,48 @@ async fn later_chat_turns_reuse_the_slot_and_greedy_text_is_unchanged() {
         collect(plain.submit(request(Prompt::Chat { messages: turn2 }, greedy(24))).expect("submit")).await;
     assert_eq!(fresh.usage.cached_tokens, 0);
     assert_eq!(fresh.text, second.text, "greedy text with reuse differs from the text without it");
+}
+
+#[tokio::test]
+async fn an_evicted_conversation_comes_back_from_host_ram() {
+    let _serial = SERIAL.lock().await;
+    // One slot: every other conversation takes it away.
+    let Some(engine) = load(1, 1024).await else { return };
+    let a1 = vec![message("system", SYSTEM), message("user", QUESTION)];
+    let first =
+        collect(engine.submit(request(Prompt::Chat { messages: a1.clone() }, greedy(24))).expect("submit"))
+            .await;
+    assert_eq!(engine.prefix_cache_usage(), (0, 0));
+
+    // Another conversation takes the slot: A's cells are saved first.
+    let b = vec![message("user", "Name a large river in Africa, and the sea it reaches.")];
+    let other =
+        collect(engine.submit(request(Prompt::Chat { messages: b }, greedy(16))).expect("submit")).await;
+    assert_eq!(other.usage.cached_tokens, 0);
+    let (bytes, states) = engine.prefix_cache_usage();
+    assert_eq!(states, 1, "the evicted conversation is kept in host ram");
+    assert!(bytes > 0);
+
+    // A's next turn is restored from host RAM (B's cells saved in turn) and reads only what is new.
+    let mut a2 = a1.clone();
+    a2.push(message("assistant", &first.text));
+    a2.push(message("user", "And the capital of Italy?"));
+    let second =
+        collect(engine.submit(request(Prompt::Chat { messages: a2.clone() }, greedy(24))).expect("submit"))
+            .await;
+    eprintln!("restored turn: {:?} {:?}, cache {:?}", second.text, second.usage, engine.prefix_cache_usage());
+    assert!(
+        second.usage.cached_tokens >= first.usage.prompt_tokens,
+        "restored {} tokens; turn 1's prompt was {}",
+        second.usage.cached_tokens,
+        first.usage.prompt_tokens
+    );
+    assert_eq!(engine.prefix_cache_usage().1, 1, "B saved, A taken out");
+    drop(engine);
+
+    // The same as with no cache at all.
+    let Some(plain) = load_with(1, 1024, false).await else { return };
+    let fresh =
+        collect(plain.submit(request(Prompt::Chat { messages: a2 }, greedy(24))).expect("submit")).await;
+    assert_eq!(fresh.text, second.text, "greedy text after a restore differs from the text without reuse");
 }

@@ -15,6 +15,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use rbee_bus::FinishReason;
 
 use super::load::CONTEXT_CREATION;
@@ -169,7 +170,17 @@ impl BatchLoop<'_> {
     fn admit(&mut self, job: Job) {
         let mut slot = Slot::new(job);
         let seq = slot.job.seq;
-        let kept = self.keep_prefix(seq, slot.job.reuse);
+        let restore = slot.job.restore.take();
+        if slot.job.reuse == 0 || restore.is_some() {
+            self.save_evicted(seq);
+        }
+        let mut reuse = slot.job.reuse;
+        if let Some((tokens, state)) = restore {
+            if !self.restore(seq, &tokens, &state) {
+                reuse = 0;
+            }
+        }
+        let kept = self.keep_prefix(seq, reuse);
         slot.prefilled = kept;
         slot.n_past = i32::try_from(kept).unwrap_or(0);
         slot.job.output.set_cached_tokens(u32::try_from(kept).unwrap_or(0));
@@ -202,6 +213,39 @@ impl BatchLoop<'_> {
             other => tracing::warn!(seq, result = ?other, "could not clear the slot's kv cache"),
         }
         0
+    }
+
+    /// Before a job discards what sequence `seq`'s cells hold, keeps their state in host RAM (bounded).
+    fn save_evicted(&mut self, seq: i32) {
+        let tokens = self.shared.slots.cached(seq);
+        if tokens.is_empty() || !self.shared.slots.reuse_enabled() {
+            return;
+        }
+        match self.ctx.state_seq_get(seq, LlamaStateSeqFlags::empty()) {
+            Ok(state) => {
+                let (n, bytes) = (tokens.len(), state.byte_len());
+                let kept = self.shared.slots.save(tokens, state);
+                tracing::debug!(seq, tokens = n, bytes, kept, "slot state saved to host ram");
+            }
+            Err(e) => tracing::warn!(seq, error = %e, "could not save the slot's state"),
+        }
+    }
+
+    /// Loads a saved state into sequence `seq`; false (the sequence cleared) when llama.cpp refuses it.
+    fn restore(&mut self, seq: i32, tokens: &[llama_cpp_2::token::LlamaToken], state: &SeqState) -> bool {
+        let Ok(seq_u32) = u32::try_from(seq) else { return false };
+        let _ = self.ctx.clear_kv_cache_seq(Some(seq_u32), None, None);
+        match self.ctx.state_seq_set(state, seq) {
+            Ok(()) if self.ctx.kv_cache_seq_pos_max(seq) + 1 == i32::try_from(tokens.len()).unwrap_or(-1) => {
+                tracing::debug!(seq, tokens = tokens.len(), "slot state restored from host ram");
+                true
+            }
+            other => {
+                tracing::warn!(seq, result = ?other.err(), "could not restore a saved slot state; reading the whole prompt");
+                let _ = self.ctx.clear_kv_cache_seq(Some(seq_u32), None, None);
+                false
+            }
+        }
     }
 
     /// Ends cancelled jobs, jobs past their deadline and jobs nobody listens to.

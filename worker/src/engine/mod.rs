@@ -43,6 +43,10 @@ use meter::RateMeter;
 use output::Output;
 use slots::{Job, ReserveError, SlotTable};
 
+/// Host RAM kept by default for the states of evicted prefixes, MiB (llama-server keeps up to 8 GiB; a
+/// 1,000-token conversation of the default model takes about 23 MB).
+pub const DEFAULT_PREFIX_CACHE_MIB: usize = 512;
+
 /// How to load and serve a model.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -59,6 +63,9 @@ pub struct EngineConfig {
     /// Keep each slot's KV cells after a job and let the next job skip the prompt prefix they hold
     /// ([`prefix`]); off for models whose memory cannot be cut (recurrent, hybrid).
     pub prefix_reuse: bool,
+    /// Host RAM for the states of evicted prefixes (slots whose cells a later job discarded), in bytes;
+    /// 0 keeps none.
+    pub prefix_cache_bytes: usize,
 }
 
 /// What the GGUF says about the loaded model.
@@ -263,7 +270,10 @@ impl Engine {
             );
         }
         let reuse = config.prefix_reuse && truncatable;
-        let shared = Arc::new(Shared { slots: SlotTable::new(config.slots, reuse), meter: Mutex::default() });
+        let shared = Arc::new(Shared {
+            slots: SlotTable::new(config.slots, reuse, config.prefix_cache_bytes),
+            meter: Mutex::default(),
+        });
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let setup = LoopSetup {
@@ -328,6 +338,11 @@ impl Engine {
         self.inner.ctx_per_slot
     }
 
+    /// Host RAM held by saved prefix states: bytes and how many.
+    pub fn prefix_cache_usage(&self) -> (usize, usize) {
+        self.inner.shared.slots.saved_usage()
+    }
+
     /// Tokens sampled per second across all slots over the last few seconds (0 when idle).
     pub fn tokens_per_second(&self) -> f64 {
         self.inner.shared.meter().rate(Instant::now())
@@ -362,6 +377,7 @@ impl Engine {
         let mut job = Some(Job {
             seq: -1,
             reuse: 0,
+            restore: None,
             sampler: sampler::build(&req.params, inner.facts.n_vocab, seed),
             output: Output::new(prompt_tokens, req.params.max_tokens, &req.params.stop, submitted_at),
             tokens,
@@ -374,11 +390,12 @@ impl Engine {
             let mut job = job.take().ok_or(())?;
             job.seq = reserved.seq;
             job.reuse = reserved.reuse;
+            job.restore = reserved.restore;
             inner.tx.send(Command::Start(Box::new(job))).map_err(|_| ())
         });
         match reserved {
-            Ok(reserved) => {
-                tracing::debug!(seq = reserved.seq, reuse = reserved.reuse, prompt_tokens, "job submitted");
+            Ok(seq) => {
+                tracing::debug!(seq, prompt_tokens, "job submitted");
                 Ok(Generation { prompt_tokens, events })
             }
             Err(Ok(ReserveError::Full)) => Err(SubmitError::NoFreeSlot { total }),

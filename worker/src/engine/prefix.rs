@@ -7,6 +7,11 @@
 //! otherwise the least recently used free slot (keeping the others' conversations warm). The job then
 //! decodes only the tokens past the shared prefix, and always at least the last prompt token, whose
 //! logits it samples from.
+//!
+//! A slot whose cells a new job is about to discard first saves them ([`Saved`]): a bounded host-RAM
+//! store of sequence states, least recently saved out first. A later prompt that shares more with a
+//! saved state than with any free slot has it restored into a slot, so a conversation that lost its
+//! slot to others comes back without reading its history again.
 
 /// Share of the prompt a slot's cache must hold as a prefix to be chosen for it over the least recently
 /// used free slot (llama-server's `--slot-prompt-similarity` default).
@@ -54,6 +59,78 @@ pub fn choose<T: PartialEq>(free: &[Cached<T>], prompt: &[T]) -> Option<Choice> 
     Some(Choice { index: lru, reuse: 0 })
 }
 
+/// Sequence states saved from slots, in host RAM, at most `bound` bytes together.
+#[derive(Debug)]
+pub struct Saved<T, S> {
+    entries: Vec<SavedEntry<T, S>>,
+    bytes: usize,
+    bound: usize,
+}
+
+#[derive(Debug)]
+struct SavedEntry<T, S> {
+    tokens: Vec<T>,
+    state: S,
+    size: usize,
+}
+
+impl<T: PartialEq, S> Saved<T, S> {
+    /// An empty store of at most `bound` bytes (0 keeps nothing).
+    pub fn new(bound: usize) -> Self {
+        Self { entries: Vec::new(), bytes: 0, bound }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// States held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Keeps `state` (of `size` bytes) for `tokens`, dropping the oldest entries to stay within the
+    /// bound, and any entry whose tokens are a prefix of these (this one holds more). Returns false,
+    /// keeping nothing, when it alone exceeds the bound.
+    pub fn insert(&mut self, tokens: Vec<T>, state: S, size: usize) -> bool {
+        if size > self.bound || tokens.is_empty() {
+            return false;
+        }
+        let mut i = 0;
+        while i < self.entries.len() {
+            if tokens.starts_with(&self.entries[i].tokens) {
+                self.bytes -= self.entries.remove(i).size;
+            } else {
+                i += 1;
+            }
+        }
+        while self.bytes + size > self.bound && !self.entries.is_empty() {
+            self.bytes -= self.entries.remove(0).size;
+        }
+        self.bytes += size;
+        self.entries.push(SavedEntry { tokens, state, size });
+        true
+    }
+
+    /// Takes out the state holding the longest prefix of `prompt`, when it holds more than `beat` tokens
+    /// of it and at least [`MIN_SIMILARITY`] of it: its tokens, the state, and the shared length.
+    pub fn take_best(&mut self, prompt: &[T], beat: usize) -> Option<(Vec<T>, S, usize)> {
+        let (index, common) = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i, common_prefix(&e.tokens, prompt)))
+            .max_by_key(|(_, common)| *common)?;
+        if common <= beat || (common as f64) < MIN_SIMILARITY * prompt.len() as f64 {
+            return None;
+        }
+        let entry = self.entries.remove(index);
+        self.bytes -= entry.size;
+        Some((entry.tokens, entry.state, common))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +158,27 @@ mod tests {
         let free = [slot(0, &[1, 9, 9, 9], 3), slot(1, &[5, 5], 1), slot(2, &[], 2)];
         assert_eq!(choose(&free, &[1, 2, 3, 4, 5]), Some(Choice { index: 1, reuse: 0 }));
         assert_eq!(choose::<u32>(&[], &[1]), None);
+    }
+
+    #[test]
+    fn saved_states_stay_within_their_bound_and_the_best_comes_back() {
+        let mut saved: Saved<u32, &str> = Saved::new(100);
+        assert!(saved.insert(vec![1, 2, 3], "a", 40));
+        assert!(saved.insert(vec![5, 6], "b", 40));
+        assert!(!saved.insert(vec![9], "huge", 101), "larger than the bound");
+        // A third one pushes out the oldest.
+        assert!(saved.insert(vec![7, 8, 9], "c", 40));
+        assert_eq!((saved.len(), saved.bytes()), (2, 80));
+        assert!(saved.take_best(&[1, 2, 3, 4], 0).is_none(), "the oldest went out");
+        // Not better than what a slot already has, or too little of the prompt: stays.
+        assert!(saved.take_best(&[7, 8, 9, 1], 3).is_none());
+        assert!(saved.take_best(&[7, 0, 0, 0, 0], 0).is_none());
+        let (tokens, state, common) = saved.take_best(&[7, 8, 9, 1], 1).expect("c comes back");
+        assert_eq!((tokens, state, common), (vec![7, 8, 9], "c", 3));
+        assert_eq!((saved.len(), saved.bytes()), (1, 40));
+        // A longer state of the same conversation replaces the shorter one.
+        assert!(saved.insert(vec![5, 6, 7, 8], "b2", 50));
+        assert_eq!((saved.len(), saved.bytes()), (1, 50));
     }
 
     proptest! {

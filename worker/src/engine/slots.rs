@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::SeqState;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,8 @@ struct TableState {
     /// Whether a job may keep a slot's cached prefix (off by flag, or for a model whose memory cannot
     /// be truncated).
     reuse: bool,
+    /// States of slots whose cells a job discarded, in host RAM.
+    saved: prefix::Saved<LlamaToken, SeqState>,
     /// Set once the loop stops taking jobs; nothing is reserved after that.
     closed: bool,
 }
@@ -45,17 +48,20 @@ pub(crate) enum ReserveError {
 }
 
 /// A reserved slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) struct Reserved {
     /// The sequence id.
     pub(crate) seq: i32,
-    /// Prompt tokens already in its KV cells, which the job keeps.
+    /// Prompt tokens already in its KV cells (or in `restore`), which the job keeps.
     pub(crate) reuse: usize,
+    /// A saved state to load into the slot first, with the tokens it holds.
+    pub(crate) restore: Option<(Vec<LlamaToken>, SeqState)>,
 }
 
 impl SlotTable {
-    /// `total` free slots, sequence ids `0..total`, empty caches; `reuse` turns prefix reuse on.
-    pub(crate) fn new(total: usize, reuse: bool) -> Self {
+    /// `total` free slots, sequence ids `0..total`, empty caches; `reuse` turns prefix reuse on, and
+    /// `saved_bytes` bounds the host-RAM store of states of evicted prefixes.
+    pub(crate) fn new(total: usize, reuse: bool, saved_bytes: usize) -> Self {
         let total_i32 = i32::try_from(total).unwrap_or(i32::MAX);
         let state = TableState {
             free: (0..total_i32).collect(),
@@ -63,6 +69,7 @@ impl SlotTable {
             released_at: vec![0; total],
             clock: 0,
             reuse,
+            saved: prefix::Saved::new(saved_bytes),
             closed: false,
         };
         Self { total, state: Mutex::new(state) }
@@ -89,7 +96,28 @@ impl SlotTable {
 
     /// Turns prefix reuse off for good (the model's memory cannot be truncated).
     pub(crate) fn disable_reuse(&self) {
-        self.lock().reuse = false;
+        let mut state = self.lock();
+        state.reuse = false;
+        state.saved = prefix::Saved::new(0);
+    }
+
+    /// What sequence `seq`'s cells hold, as last released.
+    pub(crate) fn cached(&self, seq: i32) -> Vec<LlamaToken> {
+        let state = self.lock();
+        usize::try_from(seq).ok().and_then(|i| state.cached.get(i).cloned()).unwrap_or_default()
+    }
+
+    /// Keeps the state of cells a job is about to discard, for a later prompt that starts the same way.
+    pub(crate) fn save(&self, tokens: Vec<LlamaToken>, state: SeqState) -> bool {
+        let size = state.byte_len();
+        let mut table = self.lock();
+        table.reuse && table.saved.insert(tokens, state, size)
+    }
+
+    /// Bytes of saved states in host RAM, and how many.
+    pub(crate) fn saved_usage(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.saved.bytes(), state.saved.len())
     }
 
     /// Reserves the slot best for `prompt` ([`prefix::choose`]) and runs `hand_over` with it while the
@@ -99,7 +127,7 @@ impl SlotTable {
         &self,
         prompt: &[LlamaToken],
         hand_over: impl FnOnce(Reserved) -> Result<(), E>,
-    ) -> Result<Reserved, Result<ReserveError, E>> {
+    ) -> Result<i32, Result<ReserveError, E>> {
         let mut state = self.lock();
         if state.closed {
             return Err(Ok(ReserveError::Closed));
@@ -114,12 +142,22 @@ impl SlotTable {
             })
             .collect();
         let choice = prefix::choose(&candidates, prompt).ok_or(Ok(ReserveError::Full))?;
-        let reserved = Reserved { seq: candidates[choice.index].seq, reuse: choice.reuse };
-        state.free.retain(|&s| s != reserved.seq);
+        let mut reserved = Reserved { seq: candidates[choice.index].seq, reuse: choice.reuse, restore: None };
+        if state.reuse {
+            if let Some((tokens, saved, common)) = state.saved.take_best(prompt, choice.reuse) {
+                // The saved state holds more of this prompt than any free slot: it goes into the least
+                // recently used free slot, whose own cells are the least likely to be wanted next.
+                let lru = candidates.iter().min_by_key(|c| c.released_at).map_or(reserved.seq, |c| c.seq);
+                let reuse = common.min(prompt.len().saturating_sub(1));
+                reserved = Reserved { seq: lru, reuse, restore: Some((tokens, saved)) };
+            }
+        }
+        let seq = reserved.seq;
+        state.free.retain(|&s| s != seq);
         match hand_over(reserved) {
-            Ok(()) => Ok(reserved),
+            Ok(()) => Ok(seq),
             Err(e) => {
-                state.free.push(reserved.seq);
+                state.free.push(seq);
                 Err(Err(e))
             }
         }
@@ -152,6 +190,8 @@ pub(crate) struct Job {
     /// Prompt tokens already in the slot's KV cells (chosen at reservation); the loop checks it can keep
     /// them before it trusts them.
     pub(crate) reuse: usize,
+    /// A saved state to load into the slot before the prompt, and the tokens it holds.
+    pub(crate) restore: Option<(Vec<LlamaToken>, SeqState)>,
     pub(crate) tokens: Vec<LlamaToken>,
     pub(crate) sampler: LlamaSampler,
     pub(crate) output: Output,
@@ -220,24 +260,35 @@ mod tests {
         ids.iter().map(|&i| LlamaToken(i)).collect()
     }
 
+    /// Reserves a slot for `prompt`: its sequence id and how many prompt tokens it keeps.
+    fn reserve(t: &SlotTable, prompt: &[i32]) -> (i32, usize) {
+        let mut got = None;
+        t.reserve_with(&tokens(prompt), |r: Reserved| {
+            got = Some((r.seq, r.reuse));
+            Ok::<(), ()>(())
+        })
+        .expect("a free slot");
+        got.expect("handed over")
+    }
+
     #[test]
     fn reserve_until_full_then_release() {
-        let t = SlotTable::new(2, true);
+        let t = SlotTable::new(2, true, 0);
         let ok = |_| Ok::<(), ()>(());
         let prompt = tokens(&[1, 2]);
-        assert_eq!(t.reserve_with(&prompt, ok).map(|r| r.seq), Ok(0));
-        assert_eq!(t.reserve_with(&prompt, ok).map(|r| r.seq), Ok(1));
+        assert_eq!(t.reserve_with(&prompt, ok), Ok(0));
+        assert_eq!(t.reserve_with(&prompt, ok), Ok(1));
         assert_eq!(t.busy(), 2);
         assert_eq!(t.reserve_with(&prompt, ok), Err(Ok(ReserveError::Full)));
         t.release(0, Vec::new());
         t.release(0, Vec::new());
         assert_eq!(t.busy(), 1);
-        assert_eq!(t.reserve_with(&prompt, ok).map(|r| r.seq), Ok(0));
+        assert_eq!(t.reserve_with(&prompt, ok), Ok(0));
     }
 
     #[test]
     fn a_released_slot_is_chosen_for_a_prompt_it_holds_the_start_of() {
-        let t = SlotTable::new(3, true);
+        let t = SlotTable::new(3, true, 0);
         let ok = |_| Ok::<(), ()>(());
         for _ in 0..3 {
             t.reserve_with(&tokens(&[9]), ok).expect("free slot");
@@ -245,19 +296,18 @@ mod tests {
         t.release(1, tokens(&[1, 2, 3, 4, 5]));
         t.release(0, tokens(&[7, 7]));
         t.release(2, Vec::new());
-        let got = t.reserve_with(&tokens(&[1, 2, 3, 4, 5, 6, 7]), ok);
-        assert_eq!(got, Ok(Reserved { seq: 1, reuse: 5 }));
+        assert_eq!(reserve(&t, &[1, 2, 3, 4, 5, 6, 7]), (1, 5));
         // Nothing in common: the least recently released of the rest.
-        assert_eq!(t.reserve_with(&tokens(&[3]), ok), Ok(Reserved { seq: 0, reuse: 0 }));
+        assert_eq!(reserve(&t, &[3]), (0, 0));
         // With reuse off, nothing is kept.
         t.release(1, tokens(&[1, 2, 3]));
         t.disable_reuse();
-        assert_eq!(t.reserve_with(&tokens(&[1, 2, 3, 4]), ok).map(|r| r.reuse), Ok(0));
+        assert_eq!(reserve(&t, &[1, 2, 3, 4]).1, 0);
     }
 
     #[test]
     fn failed_hand_over_frees_the_slot_and_close_refuses() {
-        let t = SlotTable::new(1, true);
+        let t = SlotTable::new(1, true, 0);
         assert_eq!(t.reserve_with(&tokens(&[1]), |_| Err::<(), _>("gone")), Err(Err("gone")));
         assert_eq!(t.busy(), 0);
         t.close();
