@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build release install test test-faults up bench schemas fmt lint clean-data
+.PHONY: setup build release install llama-server test test-faults up bench schemas fmt lint clean-data
 
 ## setup: install what is missing into project-local, git-ignored places (.venv/, .rbee/); idempotent
 setup:
@@ -36,6 +36,10 @@ test-faults: build
 ## up: start a local cluster (nats-server, queen, hive, one worker of the default model) and serve
 up: release
 	./target/release/rbee up $(ARGS)
+
+## llama-server: build llama.cpp's own server (the baseline make bench compares against; ~12 min)
+llama-server: setup
+	@./scripts/llama-server.sh
 
 ## bench: measure every hop against its floor; writes BENCHMARKS.md and BENCHMARKS.json
 bench: release

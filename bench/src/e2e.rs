@@ -144,12 +144,25 @@ pub struct QueenRun {
     pub splits: Vec<TtftSplit>,
 }
 
-/// `c` concurrent streaming chat completions through the queen. When `watch` is given, a plain NATS
-/// subscriber also records every token chunk and job status, for the queen hop and the TTFT split.
+/// `c` concurrent streaming chat completions of [`PROMPT`] through the queen. When `watch` is given, a
+/// plain NATS subscriber also records every token chunk and job status, for the queen hop and the TTFT
+/// split.
 pub async fn queen_run(
     api: &Api,
     model: &str,
     c: usize,
+    max_tokens: u32,
+    watch: Option<&Bus>,
+) -> anyhow::Result<QueenRun> {
+    queen_run_prompts(api, model, &vec![PROMPT.to_owned(); c], max_tokens, watch).await
+}
+
+/// One concurrent streaming chat completion per prompt, through any OpenAI-style server at `api`
+/// (the queen, or llama-server as the baseline).
+pub async fn queen_run_prompts(
+    api: &Api,
+    model: &str,
+    prompts: &[String],
     max_tokens: u32,
     watch: Option<&Bus>,
 ) -> anyhow::Result<QueenRun> {
@@ -186,17 +199,18 @@ pub async fn queen_run(
             }
         });
     }
-    let body = json!({
-        "model": model,
-        "messages": [{"role": "user", "content": PROMPT}],
-        "stream": true,
-        "temperature": 0.0,
-        "max_tokens": max_tokens,
-    });
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..c {
-        let (api, body) = (api.clone(), body.clone());
+    for prompt in prompts {
+        let body = json!({
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "temperature": 0.0,
+            "max_tokens": max_tokens,
+        });
+        let api = api.clone();
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
             let resp = api

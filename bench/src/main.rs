@@ -9,6 +9,7 @@
 mod cluster;
 mod control;
 mod e2e;
+mod llama_server;
 mod multi_turn;
 mod notes;
 mod registry_load;
@@ -301,6 +302,18 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     );
     report.detail("token_path_real_worker_hop_us", json!(hops));
     multi_turn::section(&mut report, S2, &api, MODEL_ID, &env.model_path, env.threads as usize).await?;
+    heading("2. End to end: against llama-server");
+    llama_server::section(
+        &mut report,
+        S2,
+        &api,
+        MODEL_ID,
+        &env.root,
+        &env.model_path,
+        env.threads,
+        &env.logs,
+    )
+    .await?;
 
     heading("5. Control path: failure detection");
     let mut detections = Vec::new();

@@ -1,0 +1,162 @@
+//! Section 2, against llama.cpp's own server: the anchor a user has. The same GGUF, 4 slots of 2048
+//! tokens each, the same threads, streaming chat through the OpenAI API of each, greedy, 128 tokens;
+//! rbee through its queen (as `rbee up` serves) and `llama-server` (built by `make llama-server`)
+//! measured in turns in the same run. Skipped, with a message, when llama-server is not built.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::cluster::{Api, Proc};
+use crate::e2e::{self, RunResult};
+use crate::multi_turn;
+use crate::report::{Report, Target};
+use crate::stats::Summary;
+
+/// Where `make llama-server` puts it, under the project root.
+pub const BIN: &str = ".rbee/llama-server/bin/llama-server";
+/// Completion tokens per stream.
+const MAX_TOKENS: u32 = 128;
+/// Runs of each workload on each side.
+const REPS: usize = 2;
+
+/// One workload's runs on both sides.
+#[derive(Debug, serde::Serialize)]
+struct Pair {
+    name: &'static str,
+    rbee: Vec<RunResult>,
+    llama_server: Vec<RunResult>,
+}
+
+fn aggregate_p50(runs: &[RunResult]) -> f64 {
+    Summary::of(&runs.iter().map(|r| r.aggregate_tps).collect::<Vec<_>>()).p50
+}
+
+fn ttft_p50(runs: &[RunResult]) -> f64 {
+    Summary::of(&runs.iter().flat_map(|r| r.streams.iter().map(|s| s.ttft_ms)).collect::<Vec<_>>()).p50
+}
+
+/// Starts llama-server, runs every workload on both sides in turns, and reports rbee against it.
+#[allow(clippy::too_many_arguments)]
+pub async fn section(
+    report: &mut Report,
+    section: &str,
+    rbee: &Api,
+    model: &str,
+    root: &Path,
+    model_path: &Path,
+    threads: u32,
+    logs: &Path,
+) -> anyhow::Result<()> {
+    let bin = root.join(BIN);
+    if !bin.is_file() {
+        println!(
+            "  llama-server baseline skipped: {} is not built (`make llama-server`, about 12 min)",
+            bin.display()
+        );
+        return Ok(());
+    }
+    let port = crate::cluster::free_port();
+    let args: Vec<String> = vec![
+        "-m".into(),
+        model_path.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "-np".into(),
+        "4".into(),
+        "-c".into(),
+        "8192".into(),
+        "-t".into(),
+        threads.to_string(),
+    ];
+    let mut server = Proc::spawn("llama-server", &bin, &args, &logs.join("llama-server.log"))?;
+    let theirs = Api::new(port);
+    theirs.wait_healthy(&mut server, Duration::from_secs(60)).await.context("llama-server did not start")?;
+    // Warm both.
+    e2e::queen_run(&theirs, model, 1, 8, None).await?;
+    e2e::queen_run(rbee, model, 1, 8, None).await?;
+
+    let repeated = |c: usize| vec![e2e::PROMPT.to_owned(); c];
+    let distinct =
+        |c: usize| (0..c).map(|i| format!("Story number {}. {}", i + 1, e2e::PROMPT)).collect::<Vec<_>>();
+    let workloads: [(&'static str, Vec<String>); 3] = [
+        ("1 stream", repeated(1)),
+        ("4 streams, repeated prompts", repeated(4)),
+        ("4 streams, every prompt distinct", distinct(4)),
+    ];
+    let mut pairs = Vec::new();
+    for (name, prompts) in workloads {
+        let mut pair = Pair { name, rbee: Vec::new(), llama_server: Vec::new() };
+        for _ in 0..REPS {
+            // Distinct prompts stay distinct from run to run, so no side reuses an earlier run's prefix.
+            let prompts: Vec<String> = if name.contains("distinct") {
+                prompts.iter().map(|p| format!("{} (run {})", p, pair.rbee.len() + 1)).collect()
+            } else {
+                prompts.clone()
+            };
+            pair.rbee.push(e2e::queen_run_prompts(rbee, model, &prompts, MAX_TOKENS, None).await?.result);
+            pair.llama_server
+                .push(e2e::queen_run_prompts(&theirs, model, &prompts, MAX_TOKENS, None).await?.result);
+        }
+        println!(
+            "  {name:<34} aggregate {:>6.1} tok/s vs llama-server {:>6.1} ({:.2}x); ttft p50 {:>5.0} ms vs {:>5.0} ms",
+            aggregate_p50(&pair.rbee),
+            aggregate_p50(&pair.llama_server),
+            aggregate_p50(&pair.rbee) / aggregate_p50(&pair.llama_server).max(1e-9),
+            ttft_p50(&pair.rbee),
+            ttft_p50(&pair.llama_server)
+        );
+        pairs.push(pair);
+    }
+    let theirs_turns = multi_turn::through_queen(&theirs, model).await?;
+    let ours_turns = multi_turn::through_queen(rbee, model).await?;
+    server.stop(Duration::from_secs(5));
+    let (their_first, their_later) = multi_turn::split(&theirs_turns);
+    let (our_first, our_later) = multi_turn::split(&ours_turns);
+    println!(
+        "  multi-turn later-turn ttft p50 {our_later:.0} ms (first {our_first:.0}) vs llama-server {their_later:.0} ms (first {their_first:.0})"
+    );
+
+    for pair in &pairs {
+        let key = pair.name.replace([' ', ','], "_").replace("__", "_");
+        report.figure(
+            section,
+            &format!("vs_llama_server.{key}.aggregate_tps"),
+            &format!("vs llama-server, {}: aggregate tok/s through the queen", pair.name),
+            aggregate_p50(&pair.rbee),
+            "tok/s",
+            "llama-server, same run",
+            Some(aggregate_p50(&pair.llama_server)),
+            Some(Target::AtLeast(1.0)),
+        );
+        report.figure(
+            section,
+            &format!("vs_llama_server.{key}.ttft_p50_ms"),
+            &format!("vs llama-server, {}: TTFT p50", pair.name),
+            ttft_p50(&pair.rbee),
+            "ms",
+            "llama-server, same run",
+            Some(ttft_p50(&pair.llama_server)),
+            Some(Target::AtMost(1.0)),
+        );
+    }
+    report.figure(
+        section,
+        "vs_llama_server.multi_turn.later_ttft_p50_ms",
+        "vs llama-server, multi-turn chat: later-turn TTFT p50",
+        our_later,
+        "ms",
+        "llama-server, same run",
+        Some(their_later),
+        Some(Target::AtMost(1.0)),
+    );
+    report.detail(
+        "vs_llama_server",
+        json!({"workloads": pairs, "multi_turn": {"rbee": ours_turns, "llama_server": theirs_turns}}),
+    );
+    Ok(())
+}
