@@ -98,6 +98,7 @@ pub fn run(
             estimated_bytes: None,
             queue_len: 0,
             queue_capacity: 256,
+            prefix: Vec::new(),
         };
         let at = now + std::time::Duration::from_millis(10);
         let (mut place_us, mut schedule_us, mut floor_us, mut snapshot_us) =

@@ -131,6 +131,7 @@ fn heartbeat(stamper: &EventStamper, state: WorkerState) -> WorkerHeartbeat {
         memory_bytes: 0,
         pid: std::process::id(),
         interval_ms: 1000,
+        prefix_fingerprints: Vec::new(),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod connect;
 pub mod contract;
 pub mod ids;
 pub mod messages;
+pub mod prefix;
 pub mod rpc;
 pub mod runtime;
 pub mod security;

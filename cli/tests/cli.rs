@@ -157,6 +157,7 @@ fn heartbeat() -> WorkerHeartbeat {
         memory_bytes: 168 * 1024 * 1024,
         pid: 4242,
         interval_ms: 1000,
+        prefix_fingerprints: Vec::new(),
     }
 }
 

@@ -3,7 +3,12 @@
 //! [`schedule`] decides, in this order:
 //! 1. **Assign** to the least loaded assignable worker of the model (online, not fenced, idle or busy
 //!    with a free slot counting reservations, hive not leaving, not excluded): lowest share of slots in
-//!    use, then highest tokens per second, then worker id ([`least_loaded_first`]).
+//!    use, then highest tokens per second, then worker id ([`least_loaded_first`]). Unless another
+//!    assignable worker holds a longer prefix of the prompt (the request's `prefix` fingerprints
+//!    against the ones each worker advertises, [`rbee_bus::prefix`]) and its share of slots in use is
+//!    at most [`PREFIX_LOAD_SLACK`] above the least loaded one's: then the one holding the longest
+//!    prefix (ties: least loaded first). A conversation's next turn goes where its history is, and one
+//!    hot conversation cannot pile every job onto one worker while others idle.
 //! 2. **Refuse** when nothing is assignable and the queue is full (`queue_len >= queue_capacity`): a
 //!    spawn would make the job wait in that queue too.
 //! 3. **Queue** while a worker of the model is loading (its heartbeat says `loading`, or its hive lists
@@ -43,6 +48,10 @@ pub const DEFAULT_KV_ESTIMATE_BYTES: u64 = 256 * MIB;
 /// Bytes in a mebibyte.
 const MIB: u64 = 1024 * 1024;
 
+/// How much busier (in share of slots in use) than the least loaded worker a worker holding a longer
+/// prefix of the prompt may be and still be preferred: with 4 slots, up to 2 more in use.
+pub const PREFIX_LOAD_SLACK: f64 = 0.5;
+
 /// Above this many excluded workers, they are looked up in a hash set.
 const EXCLUDE_LINEAR_MAX: usize = 8;
 
@@ -60,6 +69,9 @@ pub struct PlacementRequest {
     pub queue_len: usize,
     /// Jobs the queue may hold.
     pub queue_capacity: usize,
+    /// Fingerprints of the prompt ([`rbee_bus::prefix::fingerprints`]); empty: placement by load only.
+    #[serde(default)]
+    pub prefix: Vec<u64>,
 }
 
 /// The decision.
@@ -101,6 +113,8 @@ pub fn schedule(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Plac
     let excluded = Excluded::new(&request.exclude_workers);
     let mut tally = WorkerTally::default();
     let mut best: Option<&WorkerView> = None;
+    // Assignable workers holding some prefix of the prompt, with how much of it.
+    let mut holders: Vec<(&WorkerView, usize)> = Vec::new();
     for worker in snapshot.workers.iter().filter(|worker| &worker.model_id == model_id) {
         if excluded.contains(&worker.worker_id) {
             tally.excluded += 1;
@@ -108,12 +122,22 @@ pub fn schedule(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Plac
             if best.is_none_or(|current| least_loaded_first(worker, current).is_lt()) {
                 best = Some(worker);
             }
+            let held = rbee_bus::prefix::held_prefix(&request.prefix, &worker.prefixes);
+            if held > 0 {
+                holders.push((worker, held));
+            }
         } else {
             tally.count_unassignable(worker);
         }
     }
-    if let Some(worker) = best {
-        return Placement::Assign { worker_id: worker.worker_id.clone() };
+    if let Some(least) = best {
+        let limit = load_share(least) + PREFIX_LOAD_SLACK;
+        let holder = holders
+            .into_iter()
+            .filter(|(worker, _)| load_share(worker) <= limit)
+            .max_by(|(a, held_a), (b, held_b)| held_a.cmp(held_b).then_with(|| least_loaded_first(b, a)));
+        let chosen = holder.map_or(least, |(worker, _)| worker);
+        return Placement::Assign { worker_id: chosen.worker_id.clone() };
     }
     if request.queue_len >= request.queue_capacity {
         return Placement::Refuse {
@@ -169,6 +193,14 @@ pub fn place(registry: &mut Registry, request: &PlacementRequest, now: Instant) 
         registry.reserve_slot(worker_id, now);
     }
     placement
+}
+
+/// Share of a worker's slots in use, reservations included (1 when it has none).
+fn load_share(worker: &WorkerView) -> f64 {
+    if worker.slots_total == 0 {
+        return 1.0;
+    }
+    f64::from(worker.slots_used()) / f64::from(worker.slots_total)
 }
 
 /// The excluded workers, in a slice or a hash set by size.

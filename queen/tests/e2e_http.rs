@@ -366,3 +366,69 @@ async fn openai_endpoints_jobs_and_failures() {
     stop.cancel();
     c.hive_stop.cancel();
 }
+
+/// The worker that ran a job, from the job's record.
+async fn job_worker(c: &Cluster, body: &Value) -> String {
+    let id = body["id"].as_str().unwrap_or_default().trim_start_matches("chatcmpl-").to_owned();
+    let (status, job) = c.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(status, 200, "{job}");
+    job["worker_id"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_turns_go_to_the_worker_that_holds_the_conversation() {
+    let c = start().await;
+    c.wait_until("the hive with the model", |hives, _| hives.to_string().contains(MODEL)).await;
+    for _ in 0..2 {
+        let (status, body) =
+            c.post("/v1/workers", json!({"model": MODEL, "hive": "hive-e2e", "slots": 2})).await;
+        assert!(status < 300, "spawn: {status} {body}");
+    }
+    c.wait_until("two idle workers", |_, workers| {
+        workers["workers"].as_array().is_some_and(|w| {
+            w.len() == 2 && w.iter().all(|w| w["state"] == "idle" && w["liveness"] == "online")
+        })
+    })
+    .await;
+    let system = json!({"role": "system", "content": "You are a concise geography tutor. Answer in one sentence and name the continent."});
+    let turn = |history: &Vec<Value>| json!({"model": MODEL, "messages": history, "temperature": 0, "max_tokens": 24});
+    let a = vec![system.clone(), json!({"role": "user", "content": "What is the capital of France?"})];
+    let b = vec![system, json!({"role": "user", "content": "What is the capital of Japan?"})];
+    // Sent together, the first turns land on different workers (the second placement sees the first's
+    // reserved slot).
+    let ((sa, a1), (sb, b1)) =
+        tokio::join!(c.post("/v1/chat/completions", turn(&a)), c.post("/v1/chat/completions", turn(&b)));
+    assert_eq!((sa, sb), (200, 200), "{a1} {b1}");
+    let (wa, wb) = (job_worker(&c, &a1).await, job_worker(&c, &b1).await);
+    assert_ne!(wa, wb, "the first turns should have gone to different workers");
+    // Let both heartbeats carry what the slots now hold.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut conversations = [(a, a1, wa), (b, b1, wb)];
+    let questions = [
+        "And which river flows through it?",
+        "Name a large port of that country.",
+        "And its highest mountain?",
+    ];
+    for question in questions {
+        for (history, last, worker) in conversations.iter_mut() {
+            history.push(
+                json!({"role": "assistant", "content": last["choices"][0]["message"]["content"].clone()}),
+            );
+            history.push(json!({"role": "user", "content": question}));
+            let (status, body) = c.post("/v1/chat/completions", turn(history)).await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                &job_worker(&c, &body).await,
+                worker,
+                "the conversation moved to another worker: {body}"
+            );
+            let cached = body["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
+            assert!(cached > 20, "the turn reused only {cached} tokens: {body}");
+            *last = body;
+        }
+        // Let the heartbeats carry what the slots now hold.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    c.hive_stop.cancel();
+    c.queen_stop.cancel();
+}

@@ -108,6 +108,7 @@ fn worker_beat(worker: usize, epoch: &str, seq: u64, figures: &WorkerFigures) ->
         memory_bytes: 200 << 20,
         pid: 1000 + worker as u32,
         interval_ms: figures.interval_ms,
+        prefix_fingerprints: Vec::new(),
     }
 }
 

@@ -9,7 +9,9 @@ use rbee_bus::{
     HiveWorkerSummary, MemoryInfo, ModelId, ModelSummary, WorkerHeartbeat, WorkerId, WorkerState,
 };
 use rbee_queen::registry::{Liveness, Registry, RegistryConfig, RegistrySnapshot, WorkerView};
-use rbee_queen::scheduler::{estimate_spawn_bytes, place, schedule, Placement, PlacementRequest};
+use rbee_queen::scheduler::{
+    estimate_spawn_bytes, place, schedule, Placement, PlacementRequest, PREFIX_LOAD_SLACK,
+};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -105,6 +107,7 @@ fn worker_beat(
         memory_bytes: 100 * MIB,
         pid: 1,
         interval_ms: 1000,
+        prefix_fingerprints: Vec::new(),
     }
 }
 
@@ -115,6 +118,7 @@ fn request(model: usize) -> PlacementRequest {
         estimated_bytes: None,
         queue_len: 0,
         queue_capacity: 8,
+        prefix: Vec::new(),
     }
 }
 
@@ -215,6 +219,28 @@ fn spawn_prefers_an_accelerator_then_the_most_free_memory() {
     // Busy workers of the model do not block a spawn when a hive has room.
     registry.apply_worker(&worker_beat(0, 1, 0, WorkerState::Busy, 1, 1, 10.0), now);
     assert!(matches!(schedule(&registry.snapshot(now), &request(0)), Placement::Spawn { .. }));
+}
+
+#[test]
+fn a_prompt_goes_to_the_worker_holding_its_prefix_unless_that_one_is_much_busier() {
+    let now = Instant::now();
+    let mut registry = Registry::new(RegistryConfig::default());
+    registry.apply_hive(&hive_beat(0, HiveState::Online, vec![], vec![model(0, 100 * MIB)]), now);
+    let chain = conversation();
+    // Worker 0 is the least loaded by every figure; worker 1 holds the first three messages.
+    registry.apply_worker(&worker_beat(0, 0, 0, WorkerState::Idle, 4, 0, 90.0), now);
+    let mut holder = worker_beat(1, 0, 0, WorkerState::Busy, 4, 1, 10.0);
+    holder.prefix_fingerprints = chain[..3].to_vec();
+    registry.apply_worker(&holder, now);
+    let turn = PlacementRequest { prefix: chain.clone(), ..request(0) };
+    assert_eq!(schedule(&registry.snapshot(now), &turn), Placement::Assign { worker_id: worker_id(1) });
+    // Without fingerprints, by load.
+    assert_eq!(schedule(&registry.snapshot(now), &request(0)), Placement::Assign { worker_id: worker_id(0) });
+    // Three of four slots busy against none: past the slack, the idle worker takes it.
+    holder.slots_busy = 3;
+    holder.meta.seq += 1;
+    registry.apply_worker(&holder, now);
+    assert_eq!(schedule(&registry.snapshot(now), &turn), Placement::Assign { worker_id: worker_id(0) });
 }
 
 #[test]
@@ -336,6 +362,8 @@ struct WorkerSpec {
     age_ms: u64,
     fenced: bool,
     reserved: u32,
+    /// How many leading links of [`conversation`]'s fingerprints it advertises.
+    holds: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -347,6 +375,19 @@ struct Scenario {
     estimated_bytes: Option<u64>,
     queue_len: usize,
     queue_capacity: usize,
+    /// Whether the request carries the fingerprints of [`conversation`].
+    with_prefix: bool,
+}
+
+/// Messages in the conversation whose fingerprints workers advertise in these scenarios.
+const CONVERSATION_LEN: usize = 4;
+
+/// The fingerprints of a fixed conversation of [`CONVERSATION_LEN`] messages.
+fn conversation() -> Vec<u64> {
+    let messages = (0..CONVERSATION_LEN)
+        .map(|i| rbee_bus::ChatMessage { role: "user".into(), content: format!("message {i}") })
+        .collect();
+    rbee_bus::prefix::fingerprints(&rbee_bus::Prompt::Chat { messages })
 }
 
 const HIVES: usize = 4;
@@ -382,9 +423,18 @@ fn worker_spec() -> impl Strategy<Value = WorkerSpec> {
         3 => Just(WorkerState::Busy),
         1 => Just(WorkerState::Draining),
     ];
-    (0..HIVES, 0..MODELS, state, 0u32..5, 0u32..5, 0u32..100, age(), prop::bool::weighted(0.15), 0u32..3)
+    let figures = (0u32..5, 0u32..5, 0u32..100, age());
+    (0..HIVES, 0..MODELS, state, figures, prop::bool::weighted(0.15), 0u32..3, 0usize..=CONVERSATION_LEN)
         .prop_map(
-            |(hive, model, state, slots_total, slots_busy, tokens_per_second, age_ms, fenced, reserved)| {
+            |(
+                hive,
+                model,
+                state,
+                (slots_total, slots_busy, tokens_per_second, age_ms),
+                fenced,
+                reserved,
+                holds,
+            )| {
                 WorkerSpec {
                     hive,
                     model,
@@ -395,6 +445,7 @@ fn worker_spec() -> impl Strategy<Value = WorkerSpec> {
                     age_ms,
                     fenced,
                     reserved,
+                    holds,
                 }
             },
         )
@@ -407,12 +458,23 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         0..MODELS,
         prop::collection::vec(0usize..14, 0..4),
         prop::option::weighted(0.3, prop::sample::select(vec![100 * MIB, GIB, 6 * GIB])),
-        0usize..4,
-        0usize..4,
+        (0usize..4, 0usize..4),
+        any::<bool>(),
     )
-        .prop_map(|(hives, workers, model, exclude, estimated_bytes, queue_len, queue_capacity)| {
-            Scenario { hives, workers, model, exclude, estimated_bytes, queue_len, queue_capacity }
-        })
+        .prop_map(
+            |(hives, workers, model, exclude, estimated_bytes, (queue_len, queue_capacity), with_prefix)| {
+                Scenario {
+                    hives,
+                    workers,
+                    model,
+                    exclude,
+                    estimated_bytes,
+                    queue_len,
+                    queue_capacity,
+                    with_prefix,
+                }
+            },
+        )
 }
 
 /// Builds the registry the scenario describes, as seen at the returned instant.
@@ -448,8 +510,9 @@ fn build(scenario: &Scenario) -> (Registry, Instant) {
         }
         registry.apply_hive(&beat, now - Duration::from_millis(spec.age_ms));
     }
+    let chain = conversation();
     for (n, spec) in scenario.workers.iter().enumerate() {
-        let beat = worker_beat(
+        let mut beat = worker_beat(
             n,
             spec.hive,
             spec.model,
@@ -458,6 +521,7 @@ fn build(scenario: &Scenario) -> (Registry, Instant) {
             spec.slots_busy,
             f64::from(spec.tokens_per_second),
         );
+        beat.prefix_fingerprints = chain[..spec.holds].to_vec();
         registry.apply_worker(&beat, now - Duration::from_millis(spec.age_ms));
         if spec.fenced {
             registry.fence_worker(&worker_id(n), "refused", now - Duration::from_millis(1));
@@ -543,6 +607,7 @@ fn check_placement(scenario: &Scenario) -> Result<(), TestCaseError> {
         estimated_bytes: scenario.estimated_bytes,
         queue_len: scenario.queue_len,
         queue_capacity: scenario.queue_capacity,
+        prefix: if scenario.with_prefix { conversation() } else { Vec::new() },
     };
     let snapshot = registry.snapshot(now);
     let decision = schedule(&snapshot, &request);
@@ -560,13 +625,34 @@ fn check_placement(scenario: &Scenario) -> Result<(), TestCaseError> {
                 chosen
             );
             if let Some(chosen) = chosen {
+                // Least loaded, unless it holds more of the prompt and is within the slack of the least
+                // loaded; and no worker within that slack holds more than the chosen one.
+                let held = |w: &WorkerView| rbee_bus::prefix::held_prefix(&request.prefix, &w.prefixes);
+                let share = |w: &WorkerView| {
+                    if w.slots_total == 0 {
+                        1.0
+                    } else {
+                        f64::from(w.slots_used()) / f64::from(w.slots_total)
+                    }
+                };
+                let least = candidates.iter().map(|w| share(w)).fold(f64::INFINITY, f64::min);
+                let within = |w: &WorkerView| share(w) <= least + PREFIX_LOAD_SLACK;
                 for other in &candidates {
-                    prop_assert!(
-                        !strictly_less_loaded(other, chosen),
-                        "{:?} is less loaded than {:?}",
-                        other,
-                        chosen
-                    );
+                    if held(chosen) == 0 {
+                        prop_assert!(
+                            !strictly_less_loaded(other, chosen),
+                            "{:?} is less loaded than {:?}",
+                            other,
+                            chosen
+                        );
+                    }
+                    if within(other) {
+                        prop_assert!(held(other) <= held(chosen), "{:?} holds more than {:?}", other, chosen);
+                    }
+                }
+                prop_assert!(held(chosen) == 0 || within(chosen), "{:?} is too busy to be preferred", chosen);
+                if !scenario.with_prefix {
+                    prop_assert_eq!(held(chosen), 0);
                 }
             }
         }

@@ -33,6 +33,7 @@ pub fn current(shared: &WorkerShared) -> WorkerHeartbeat {
         memory_bytes: resident_memory_bytes(),
         pid: std::process::id(),
         interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
+        prefix_fingerprints: engine.map(|e| e.prefix_fingerprints()).unwrap_or_default(),
     }
 }
 

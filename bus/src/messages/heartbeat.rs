@@ -68,6 +68,11 @@ pub struct WorkerHeartbeat {
     pub pid: u32,
     /// The interval the worker heartbeats at, in milliseconds (the receiver's liveness clock uses it).
     pub interval_ms: u64,
+    /// Fingerprints of the prompt prefixes its slots and its RAM cache hold ([`crate::prefix`]): the
+    /// queen prefers the worker holding the longest prefix of a new prompt. At most
+    /// [`crate::prefix::MAX_ADVERTISED`]; absent from workers without prefix reuse.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefix_fingerprints: Vec<u64>,
 }
 
 /// Whether a hive is up or leaving.

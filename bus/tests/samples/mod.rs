@@ -111,6 +111,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 memory_bytes: 170 << 20,
                 pid: 4242,
                 interval_ms: 1000,
+                prefix_fingerprints: vec![1, 2, 3],
             }),
         ),
         (

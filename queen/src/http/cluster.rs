@@ -72,6 +72,7 @@ pub async fn spawn(
                 estimated_bytes: None,
                 queue_len: 0,
                 queue_capacity: 1,
+                prefix: Vec::new(),
             };
             // Spawn even when a worker already serves the model: ask the scheduler as if none did.
             let mut without_workers = snapshot.clone();

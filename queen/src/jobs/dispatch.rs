@@ -69,7 +69,8 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<(JobId, A
     let stream = queen.streams.open(&job_id);
     let first = {
         let mut registry = queen.registry();
-        place(&mut registry, &placement_request(queen, &request.model_id, &[]), Instant::now())
+        let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
+        place(&mut registry, &placement_request(queen, &request.model_id, &[], prefix), Instant::now())
     };
     if let Placement::Refuse { reason } = &first {
         queen.jobs().mark_failed(&job_id, reason.clone(), rbee_bus::now_ms());
@@ -81,13 +82,20 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<(JobId, A
     Ok((job_id, stream))
 }
 
-fn placement_request(queen: &Queen, model_id: &ModelId, exclude: &[rbee_bus::WorkerId]) -> PlacementRequest {
+/// What to place: the model, the workers to avoid, the queue's fill and the prompt's fingerprints.
+fn placement_request(
+    queen: &Queen,
+    model_id: &ModelId,
+    exclude: &[rbee_bus::WorkerId],
+    prefix: Vec<u64>,
+) -> PlacementRequest {
     PlacementRequest {
         model_id: model_id.clone(),
         exclude_workers: exclude.to_vec(),
         estimated_bytes: None,
         queue_len: queen.queued.load(Ordering::Relaxed),
         queue_capacity: queen.config.queue_capacity,
+        prefix,
     }
 }
 
@@ -145,6 +153,7 @@ async fn drive(
     first: Placement,
 ) {
     let model_id = request.model_id.clone();
+    let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
     let started = Instant::now();
     let mut exclude = Vec::new();
     let mut attempts = 0u32;
@@ -166,7 +175,8 @@ async fn drive(
             Some(p) => p,
             None => {
                 let mut registry = queen.registry();
-                place(&mut registry, &placement_request(&queen, &model_id, &exclude), Instant::now())
+                let request = placement_request(&queen, &model_id, &exclude, prefix.clone());
+                place(&mut registry, &request, Instant::now())
             }
         };
         match decision {

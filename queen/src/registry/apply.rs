@@ -145,7 +145,7 @@ impl Registry {
             let settle = self.config.reservation_settle;
             entry.reservations.retain(|reserved_at| now.saturating_duration_since(*reserved_at) < settle);
         }
-        entry.heartbeat = heartbeat.clone();
+        entry.set_heartbeat(heartbeat);
         self.note_applied(now);
         changes
     }

@@ -1,5 +1,6 @@
 //! The registry's own records of hives and workers, and how they are turned into views.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rbee_bus::{HiveHeartbeat, HiveState, WorkerHeartbeat, WorkerState};
@@ -93,18 +94,34 @@ pub(crate) struct WorkerEntry {
     pub fence: Option<Fence>,
     /// When each slot reservation made since the last heartbeat was taken.
     pub reservations: Vec<Instant>,
+    /// The prompt-prefix fingerprints of the last heartbeat, sorted (taken out of `heartbeat`, so that
+    /// views share them instead of copying).
+    pub prefixes: Arc<[u64]>,
 }
 
 impl WorkerEntry {
     /// A worker first heard at `now`.
     pub fn new(heartbeat: &WorkerHeartbeat, now: Instant, config: &RegistryConfig) -> Self {
-        Self {
+        let mut entry = Self {
             heard: Heard::new(now, config.interval(heartbeat.interval_ms)),
             sequence: Sequence::new(&heartbeat.meta),
             heartbeat: heartbeat.clone(),
             fence: None,
             reservations: Vec::new(),
-        }
+            prefixes: Arc::default(),
+        };
+        entry.set_heartbeat(heartbeat);
+        entry
+    }
+
+    /// Keeps `heartbeat` as the last one, its fingerprints (at most
+    /// [`rbee_bus::prefix::MAX_ADVERTISED`], sorted) apart.
+    pub fn set_heartbeat(&mut self, heartbeat: &WorkerHeartbeat) {
+        let mut prefixes = heartbeat.prefix_fingerprints.clone();
+        prefixes.truncate(rbee_bus::prefix::MAX_ADVERTISED);
+        prefixes.sort_unstable();
+        self.prefixes = prefixes.into();
+        self.heartbeat = WorkerHeartbeat { prefix_fingerprints: Vec::new(), ..heartbeat.clone() };
     }
 
     /// The fence in force at `now`, if any.
@@ -168,6 +185,7 @@ impl WorkerEntry {
             fence_reason: fence.map(|fence| fence.reason.clone()),
             hive_leaving,
             assignable: self.assignable(now, config, hive_leaving),
+            prefixes: self.prefixes.clone(),
         }
     }
 }

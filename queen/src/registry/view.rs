@@ -63,6 +63,9 @@ pub struct WorkerView {
     /// True when a job may be placed on it now: online, not fenced, idle or busy with a free slot,
     /// its hive not leaving.
     pub assignable: bool,
+    /// Fingerprints of the prompt prefixes it holds, sorted ([`rbee_bus::prefix`]); for the scheduler.
+    #[serde(skip)]
+    pub prefixes: std::sync::Arc<[u64]>,
 }
 
 impl WorkerView {

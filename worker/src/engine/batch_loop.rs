@@ -170,7 +170,7 @@ impl BatchLoop<'_> {
     fn admit(&mut self, job: Job) {
         let mut slot = Slot::new(job);
         let seq = slot.job.seq;
-        let restore = slot.job.restore.take();
+        let restore = slot.job.restore.take().map(|(tokens, state, _)| (tokens, state));
         if slot.job.reuse == 0 || restore.is_some() {
             self.save_evicted(seq);
         }
@@ -217,14 +217,14 @@ impl BatchLoop<'_> {
 
     /// Before a job discards what sequence `seq`'s cells hold, keeps their state in host RAM (bounded).
     fn save_evicted(&mut self, seq: i32) {
-        let tokens = self.shared.slots.cached(seq);
+        let (tokens, fingerprints) = self.shared.slots.cached(seq);
         if tokens.is_empty() || !self.shared.slots.reuse_enabled() {
             return;
         }
         match self.ctx.state_seq_get(seq, LlamaStateSeqFlags::empty()) {
             Ok(state) => {
                 let (n, bytes) = (tokens.len(), state.byte_len());
-                let kept = self.shared.slots.save(tokens, state);
+                let kept = self.shared.slots.save(tokens, state, fingerprints);
                 tracing::debug!(seq, tokens = n, bytes, kept, "slot state saved to host ram");
             }
             Err(e) => tracing::warn!(seq, error = %e, "could not save the slot's state"),
@@ -347,6 +347,7 @@ impl BatchLoop<'_> {
             let piece = if eog { Vec::new() } else { vocab.token_to_piece(token, false, None) };
             let outcome = slot.job.output.on_token(&piece, eog, Instant::now());
             if !outcome.emit.is_empty() {
+                slot.reply.push_str(&outcome.emit);
                 // A closed receiver is noticed by `reap_interrupted` before the next step.
                 let _ = slot.job.events.send(GenEvent::Token { text: outcome.emit });
             }
@@ -385,6 +386,7 @@ impl BatchLoop<'_> {
         if reason == FinishReason::Length {
             let tail = slot.job.output.flush();
             if !tail.is_empty() {
+                slot.reply.push_str(&tail);
                 let _ = slot.job.events.send(GenEvent::Token { text: tail });
             }
         }
@@ -401,16 +403,16 @@ impl BatchLoop<'_> {
         );
         // The cells stay for the next job of this slot, described exactly; after a failed decode their
         // state is unknown, so they are cleared and nothing is trusted.
-        let cached = if reason == FinishReason::Error || !self.shared.slots.reuse_enabled() {
+        let (cached, fingerprints) = if reason == FinishReason::Error || !self.shared.slots.reuse_enabled() {
             if let Err(e) = u32::try_from(seq).map(|s| self.ctx.clear_kv_cache_seq(Some(s), None, None)) {
                 tracing::warn!(seq, error = %e, "could not clear the slot's kv cache");
             }
-            Vec::new()
+            (Vec::new(), Vec::new())
         } else {
-            slot.cached_tokens()
+            (slot.cached_tokens(), slot.held_fingerprints())
         };
         // Freed before the final event, so whoever sees `Finished` can use the slot at once.
-        self.shared.slots.release(seq, cached);
+        self.shared.slots.release(seq, cached, fingerprints);
         let _ = slot.job.events.send(GenEvent::Finished { reason, usage, error });
     }
 }

@@ -338,6 +338,11 @@ impl Engine {
         self.inner.ctx_per_slot
     }
 
+    /// Fingerprints of the prompt prefixes the slots and the RAM store hold, for the heartbeat.
+    pub fn prefix_fingerprints(&self) -> Vec<u64> {
+        self.inner.shared.slots.fingerprints()
+    }
+
     /// Host RAM held by saved prefix states: bytes and how many.
     pub fn prefix_cache_usage(&self) -> (usize, usize) {
         self.inner.shared.slots.saved_usage()
@@ -378,6 +383,8 @@ impl Engine {
             seq: -1,
             reuse: 0,
             restore: None,
+            fingerprints: rbee_bus::prefix::fingerprints(&req.prompt),
+            chat: matches!(req.prompt, Prompt::Chat { .. }),
             sampler: sampler::build(&req.params, inner.facts.n_vocab, seed),
             output: Output::new(prompt_tokens, req.params.max_tokens, &req.params.stop, submitted_at),
             tokens,

@@ -113,6 +113,11 @@ impl<T: PartialEq, S> Saved<T, S> {
         true
     }
 
+    /// The states held, oldest first.
+    pub fn states(&self) -> impl Iterator<Item = &S> {
+        self.entries.iter().map(|e| &e.state)
+    }
+
     /// Takes out the state holding the longest prefix of `prompt`, when it holds more than `beat` tokens
     /// of it and at least [`MIN_SIMILARITY`] of it: its tokens, the state, and the shared length.
     pub fn take_best(&mut self, prompt: &[T], beat: usize) -> Option<(Vec<T>, S, usize)> {

@@ -26,6 +26,8 @@ struct TableState {
     free: Vec<i32>,
     /// By sequence id: the tokens its KV cells hold (positions `0..len`), empty when cleared.
     cached: Vec<Vec<LlamaToken>>,
+    /// By sequence id: fingerprints of the prompt prefixes its cells hold ([`rbee_bus::prefix`]).
+    fingerprints: Vec<Vec<u64>>,
     /// By sequence id: the release clock when it was last released.
     released_at: Vec<u64>,
     clock: u64,
@@ -33,7 +35,7 @@ struct TableState {
     /// be truncated).
     reuse: bool,
     /// States of slots whose cells a job discarded, in host RAM.
-    saved: prefix::Saved<LlamaToken, SeqState>,
+    saved: prefix::Saved<LlamaToken, (SeqState, Vec<u64>)>,
     /// Set once the loop stops taking jobs; nothing is reserved after that.
     closed: bool,
 }
@@ -54,8 +56,8 @@ pub(crate) struct Reserved {
     pub(crate) seq: i32,
     /// Prompt tokens already in its KV cells (or in `restore`), which the job keeps.
     pub(crate) reuse: usize,
-    /// A saved state to load into the slot first, with the tokens it holds.
-    pub(crate) restore: Option<(Vec<LlamaToken>, SeqState)>,
+    /// A saved state to load into the slot first, with the tokens it holds and their fingerprints.
+    pub(crate) restore: Option<(Vec<LlamaToken>, SeqState, Vec<u64>)>,
 }
 
 impl SlotTable {
@@ -66,6 +68,7 @@ impl SlotTable {
         let state = TableState {
             free: (0..total_i32).collect(),
             cached: vec![Vec::new(); total],
+            fingerprints: vec![Vec::new(); total],
             released_at: vec![0; total],
             clock: 0,
             reuse,
@@ -101,17 +104,35 @@ impl SlotTable {
         state.saved = prefix::Saved::new(0);
     }
 
-    /// What sequence `seq`'s cells hold, as last released.
-    pub(crate) fn cached(&self, seq: i32) -> Vec<LlamaToken> {
+    /// What sequence `seq`'s cells hold, as last released: the tokens and their fingerprints.
+    pub(crate) fn cached(&self, seq: i32) -> (Vec<LlamaToken>, Vec<u64>) {
         let state = self.lock();
-        usize::try_from(seq).ok().and_then(|i| state.cached.get(i).cloned()).unwrap_or_default()
+        let Ok(i) = usize::try_from(seq) else { return Default::default() };
+        (
+            state.cached.get(i).cloned().unwrap_or_default(),
+            state.fingerprints.get(i).cloned().unwrap_or_default(),
+        )
     }
 
     /// Keeps the state of cells a job is about to discard, for a later prompt that starts the same way.
-    pub(crate) fn save(&self, tokens: Vec<LlamaToken>, state: SeqState) -> bool {
+    pub(crate) fn save(&self, tokens: Vec<LlamaToken>, state: SeqState, fingerprints: Vec<u64>) -> bool {
         let size = state.byte_len();
         let mut table = self.lock();
-        table.reuse && table.saved.insert(tokens, state, size)
+        table.reuse && table.saved.insert(tokens, (state, fingerprints), size)
+    }
+
+    /// The fingerprints of every prefix the slots and the RAM store hold, sorted, at most
+    /// [`rbee_bus::prefix::MAX_ADVERTISED`] (the deepest links of each chain first).
+    pub(crate) fn fingerprints(&self) -> Vec<u64> {
+        const PER_CHAIN: usize = 32;
+        let state = self.lock();
+        let chains = state.fingerprints.iter().chain(state.saved.states().map(|(_, f)| f));
+        let mut all: Vec<u64> =
+            chains.flat_map(|chain| chain.iter().rev().take(PER_CHAIN)).copied().collect();
+        all.truncate(rbee_bus::prefix::MAX_ADVERTISED);
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
     /// Bytes of saved states in host RAM, and how many.
@@ -144,12 +165,13 @@ impl SlotTable {
         let choice = prefix::choose(&candidates, prompt).ok_or(Ok(ReserveError::Full))?;
         let mut reserved = Reserved { seq: candidates[choice.index].seq, reuse: choice.reuse, restore: None };
         if state.reuse {
-            if let Some((tokens, saved, common)) = state.saved.take_best(prompt, choice.reuse) {
+            if let Some((tokens, (saved, fingerprints), common)) = state.saved.take_best(prompt, choice.reuse)
+            {
                 // The saved state holds more of this prompt than any free slot: it goes into the least
                 // recently used free slot, whose own cells are the least likely to be wanted next.
                 let lru = candidates.iter().min_by_key(|c| c.released_at).map_or(reserved.seq, |c| c.seq);
                 let reuse = common.min(prompt.len().saturating_sub(1));
-                reserved = Reserved { seq: lru, reuse, restore: Some((tokens, saved)) };
+                reserved = Reserved { seq: lru, reuse, restore: Some((tokens, saved, fingerprints)) };
             }
         }
         let seq = reserved.seq;
@@ -163,8 +185,9 @@ impl SlotTable {
         }
     }
 
-    /// Gives a slot back, with the tokens its KV cells now hold (empty when they were cleared).
-    pub(crate) fn release(&self, seq: i32, cached: Vec<LlamaToken>) {
+    /// Gives a slot back, with the tokens its KV cells now hold (empty when they were cleared) and
+    /// their fingerprints.
+    pub(crate) fn release(&self, seq: i32, cached: Vec<LlamaToken>, fingerprints: Vec<u64>) {
         let mut state = self.lock();
         let Ok(i) = usize::try_from(seq) else { return };
         if i >= state.cached.len() {
@@ -173,6 +196,7 @@ impl SlotTable {
         state.clock += 1;
         state.released_at[i] = state.clock;
         state.cached[i] = cached;
+        state.fingerprints[i] = fingerprints;
         if !state.free.contains(&seq) {
             state.free.push(seq);
         }
@@ -190,8 +214,13 @@ pub(crate) struct Job {
     /// Prompt tokens already in the slot's KV cells (chosen at reservation); the loop checks it can keep
     /// them before it trusts them.
     pub(crate) reuse: usize,
-    /// A saved state to load into the slot before the prompt, and the tokens it holds.
-    pub(crate) restore: Option<(Vec<LlamaToken>, SeqState)>,
+    /// A saved state to load into the slot before the prompt, the tokens it holds and their fingerprints.
+    pub(crate) restore: Option<(Vec<LlamaToken>, SeqState, Vec<u64>)>,
+    /// Fingerprints of the prompt ([`rbee_bus::prefix::fingerprints`]).
+    pub(crate) fingerprints: Vec<u64>,
+    /// The last chat message of the prompt was followed by this reply when it is a chat (the slot then
+    /// also holds the conversation with the reply, which the next turn starts with).
+    pub(crate) chat: bool,
     pub(crate) tokens: Vec<LlamaToken>,
     pub(crate) sampler: LlamaSampler,
     pub(crate) output: Output,
@@ -216,12 +245,36 @@ pub(crate) struct Slot {
     pub(crate) in_batch: bool,
     /// Generated tokens fed back into the KV cells, in order (after the prompt).
     pub(crate) fed: Vec<LlamaToken>,
+    /// The text sent to the client so far.
+    pub(crate) reply: String,
 }
 
 impl Slot {
     /// A slot starting its prompt.
     pub(crate) fn new(job: Job) -> Self {
-        Self { job, prefilled: 0, n_past: 0, next: None, logits_at: None, in_batch: false, fed: Vec::new() }
+        Self {
+            job,
+            prefilled: 0,
+            n_past: 0,
+            next: None,
+            logits_at: None,
+            in_batch: false,
+            fed: Vec::new(),
+            reply: String::new(),
+        }
+    }
+
+    /// Fingerprints of what this slot holds after the job: the prompt's, and for a chat whose prompt was
+    /// read whole, the conversation with this reply as the assistant's message.
+    pub(crate) fn held_fingerprints(&self) -> Vec<u64> {
+        let mut held = self.job.fingerprints.clone();
+        if self.job.chat && self.prompt_left() == 0 {
+            if let Some(&last) = held.last() {
+                let reply = rbee_bus::ChatMessage { role: "assistant".into(), content: self.reply.clone() };
+                held.push(rbee_bus::prefix::chat_link(last, &reply));
+            }
+        }
+        held
     }
 
     /// The tokens this sequence's KV cells hold: the prompt decoded so far, then the fed tokens.
@@ -280,8 +333,8 @@ mod tests {
         assert_eq!(t.reserve_with(&prompt, ok), Ok(1));
         assert_eq!(t.busy(), 2);
         assert_eq!(t.reserve_with(&prompt, ok), Err(Ok(ReserveError::Full)));
-        t.release(0, Vec::new());
-        t.release(0, Vec::new());
+        t.release(0, Vec::new(), Vec::new());
+        t.release(0, Vec::new(), Vec::new());
         assert_eq!(t.busy(), 1);
         assert_eq!(t.reserve_with(&prompt, ok), Ok(0));
     }
@@ -293,14 +346,14 @@ mod tests {
         for _ in 0..3 {
             t.reserve_with(&tokens(&[9]), ok).expect("free slot");
         }
-        t.release(1, tokens(&[1, 2, 3, 4, 5]));
-        t.release(0, tokens(&[7, 7]));
-        t.release(2, Vec::new());
+        t.release(1, tokens(&[1, 2, 3, 4, 5]), Vec::new());
+        t.release(0, tokens(&[7, 7]), Vec::new());
+        t.release(2, Vec::new(), Vec::new());
         assert_eq!(reserve(&t, &[1, 2, 3, 4, 5, 6, 7]), (1, 5));
         // Nothing in common: the least recently released of the rest.
         assert_eq!(reserve(&t, &[3]), (0, 0));
         // With reuse off, nothing is kept.
-        t.release(1, tokens(&[1, 2, 3]));
+        t.release(1, tokens(&[1, 2, 3]), Vec::new());
         t.disable_reuse();
         assert_eq!(reserve(&t, &[1, 2, 3, 4]).1, 0);
     }
