@@ -490,3 +490,36 @@ async fn an_evicted_conversation_comes_back_from_host_ram() {
         collect(plain.submit(request(Prompt::Chat { messages: a2 }, greedy(24))).expect("submit")).await;
     assert_eq!(fresh.text, second.text, "greedy text after a restore differs from the text without reuse");
 }
+
+#[tokio::test]
+async fn two_conversations_sharing_a_system_prompt_keep_their_histories() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(2, 1024).await else { return };
+    let a1 = vec![message("system", SYSTEM), message("user", QUESTION)];
+    let b1 = vec![
+        message("system", SYSTEM),
+        message("user", "What is the capital of Japan? Answer in one sentence."),
+    ];
+    let a_first =
+        collect(engine.submit(request(Prompt::Chat { messages: a1.clone() }, greedy(24))).expect("submit"))
+            .await;
+    // B shares A's system prompt: it takes A's slot for it, and A's history goes to RAM first.
+    let b_first =
+        collect(engine.submit(request(Prompt::Chat { messages: b1.clone() }, greedy(24))).expect("submit"))
+            .await;
+    assert!(b_first.usage.cached_tokens > 0, "B should reuse the shared system prompt: {:?}", b_first.usage);
+    for (history, first) in [(a1, &a_first), (b1, &b_first)] {
+        let mut next = history.clone();
+        next.push(message("assistant", &first.text));
+        next.push(message("user", "And which river flows through it?"));
+        let done =
+            collect(engine.submit(request(Prompt::Chat { messages: next }, greedy(16))).expect("submit"))
+                .await;
+        assert!(
+            done.usage.cached_tokens >= first.usage.prompt_tokens,
+            "a later turn reused {} tokens; its first turn's prompt was {}",
+            done.usage.cached_tokens,
+            first.usage.prompt_tokens
+        );
+    }
+}

@@ -19,6 +19,7 @@ use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use rbee_bus::FinishReason;
 
 use super::load::CONTEXT_CREATION;
+use super::prefix::MIN_SAVED_TAIL;
 use super::slots::{Job, Slot};
 use super::{GenEvent, Shared};
 
@@ -171,9 +172,9 @@ impl BatchLoop<'_> {
         let mut slot = Slot::new(job);
         let seq = slot.job.seq;
         let restore = slot.job.restore.take().map(|(tokens, state, _)| (tokens, state));
-        if slot.job.reuse == 0 || restore.is_some() {
-            self.save_evicted(seq);
-        }
+        // What of the slot's own cells the job keeps; the rest is saved to RAM first, when worth it.
+        let keeps = if restore.is_some() { 0 } else { slot.job.reuse };
+        self.save_evicted(seq, keeps);
         let mut reuse = slot.job.reuse;
         if let Some((tokens, state)) = restore {
             if !self.restore(seq, &tokens, &state) {
@@ -215,10 +216,12 @@ impl BatchLoop<'_> {
         0
     }
 
-    /// Before a job discards what sequence `seq`'s cells hold, keeps their state in host RAM (bounded).
-    fn save_evicted(&mut self, seq: i32) {
+    /// Before a job cuts sequence `seq`'s cells after its first `keeps` positions, keeps the whole state
+    /// in host RAM (bounded) when at least [`MIN_SAVED_TAIL`] tokens would be lost: another conversation
+    /// that shares only a system prompt with this one then does not wipe it out.
+    fn save_evicted(&mut self, seq: i32, keeps: usize) {
         let (tokens, fingerprints) = self.shared.slots.cached(seq);
-        if tokens.is_empty() || !self.shared.slots.reuse_enabled() {
+        if tokens.len() < keeps + MIN_SAVED_TAIL || !self.shared.slots.reuse_enabled() {
             return;
         }
         match self.ctx.state_seq_get(seq, LlamaStateSeqFlags::empty()) {
