@@ -301,9 +301,10 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         None,
     );
     report.detail("token_path_real_worker_hop_us", json!(hops));
-    multi_turn::section(&mut report, S2, &api, MODEL_ID, &env.model_path, env.threads as usize).await?;
+    let multi_turn_note =
+        multi_turn::section(&mut report, S2, &api, MODEL_ID, &env.model_path, env.threads as usize).await?;
     heading("2. End to end: against llama-server");
-    llama_server::section(
+    let llama_server_note = llama_server::section(
         &mut report,
         S2,
         &api,
@@ -413,6 +414,9 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
 
     report.load_average_end = stats::load_average();
     notes::write(&mut report, &tp, &e2e, &reg, &sched, &spawns, &detections);
+    for note in [multi_turn_note, llama_server_note].into_iter().filter(|n| !n.is_empty()) {
+        report.note(S2, note);
+    }
     report.run_seconds = started.elapsed().as_secs_f64();
     let md = args.md.clone().unwrap_or_else(|| env.root.join("BENCHMARKS.md"));
     let json_path = args.json.clone().unwrap_or_else(|| env.root.join("BENCHMARKS.json"));

@@ -173,7 +173,7 @@ pub async fn through_queen(api: &Api, model: &str) -> anyhow::Result<Vec<Turn>> 
 }
 
 /// Runs the three variants, prints each turn, and reports later-turn TTFT against the first turn's and
-/// against the same engine with reuse off.
+/// against the same engine with reuse off. Returns the paragraph for `BENCHMARKS.md`.
 pub async fn section(
     report: &mut crate::report::Report,
     section: &str,
@@ -181,7 +181,7 @@ pub async fn section(
     model: &str,
     model_path: &std::path::Path,
     threads: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     use crate::report::Target;
     use rbee_worker::engine::EngineConfig;
     let load = |prefix_reuse: bool| {
@@ -250,5 +250,14 @@ pub async fn section(
         Some(Target::AtMost(0.3)),
     );
     report.detail("multi_turn", json!({"queen": queen, "direct_reuse": reuse, "direct_reuse_off": plain}));
-    Ok(())
+    let cached: Vec<u32> = queen.iter().map(|t| t.cached_tokens).collect();
+    Ok(format!(
+        "**Multi-turn chat** ({CONVERSATIONS} conversations x {TURNS} turns, the same ~250-token system prompt, the \
+         whole history resent each turn, {TOKENS_PER_TURN} tokens a turn, the conversations taking turns): a later \
+         turn decodes only what is new. Later-turn TTFT p50 {q_later:.0} ms through the queen, against {q_first:.0} ms \
+         for the first turn of the first conversation; the worker's engine in process {r_later:.0} ms with reuse and \
+         {p_later:.0} ms with reuse off. Prompt tokens reused per turn through the queen: {cached:?}. The second \
+         conversation's first turn reuses the shared system prompt from the first one's slot; the first \
+         conversation's history is saved to RAM before that slot is cut and restored on its next turn."
+    ))
 }

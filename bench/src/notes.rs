@@ -314,7 +314,8 @@ fn end_to_end(report: &mut Report, e2e: &EndToEnd) {
         report.note(
             S2,
             format!(
-                "Everything not named above is within the bar. CPU per token through the queen, for scale: queen {} µs, \
+                "Of the rows against llama.cpp direct, everything not named above is within the bar. CPU per token through \
+                 the queen, for scale: queen {} µs, \
                  client {} µs, worker {} µs.",
                 num(cpu.per_token_us(cpu.queen)),
                 num(cpu.per_token_us(cpu.client)),
