@@ -17,9 +17,10 @@
 /// used free slot (llama-server's `--slot-prompt-similarity` default).
 pub const MIN_SIMILARITY: f64 = 0.5;
 
-/// Fewest tokens a job must be about to discard from a slot's cells for their state to be saved first
-/// (saving copies the whole sequence; a short tail is cheaper to read again).
-pub const MIN_SAVED_TAIL: usize = 16;
+/// Fewest tokens a job must be about to discard from a slot's cells for their state to be saved first.
+/// Saving and restoring copy the whole sequence (a few MB, a few ms on CPU for the default model); a
+/// short reply plus its question is already about 15 tokens, some 30 ms to read again on 2 cores.
+pub const MIN_SAVED_TAIL: usize = 8;
 
 /// What the slot table knows of a free slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
