@@ -39,6 +39,8 @@ pub struct WorkerShared {
     pub counters: Arc<JobCounters>,
     /// `rbee.worker.<id>.jobs`, kept for error messages.
     pub jobs_subject: String,
+    /// Wakes the heartbeat loop for a heartbeat now.
+    pub beat_now: Arc<Notify>,
     state: AtomicU8,
 }
 
@@ -80,12 +82,13 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
         active: ActiveJobs::default(),
         counters: Arc::new(JobCounters::default()),
         jobs_subject: jobs_subject.clone(),
+        beat_now: Arc::new(Notify::new()),
         state: AtomicU8::new(0),
         config,
     });
     let tasks = TaskTracker::new();
     let background_stop = CancellationToken::new();
-    let beat_now = Arc::new(Notify::new());
+    let beat_now = shared.beat_now.clone();
     tasks.spawn(heartbeat::run(shared.clone(), beat_now.clone(), background_stop.clone()));
     tasks.spawn(hello_listener(shared.clone(), beat_now.clone(), background_stop.clone()));
 
