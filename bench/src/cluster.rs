@@ -106,6 +106,19 @@ impl Api {
         Self { base: format!("http://127.0.0.1:{port}"), http }
     }
 
+    /// A client that opens a connection per request, for a server that closes idle keep-alive
+    /// connections under a pooled client (llama-server did, mid-run: "connection closed before message
+    /// completed").
+    pub fn unpooled(port: u16) -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap_or_default();
+        Self { base: format!("http://127.0.0.1:{port}"), http }
+    }
+
     /// `GET path` as JSON.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let resp = self

@@ -75,7 +75,7 @@ pub async fn section(
         threads.to_string(),
     ];
     let mut server = Proc::spawn("llama-server", &bin, &args, &logs.join("llama-server.log"))?;
-    let theirs = Api::new(port);
+    let theirs = Api::unpooled(port);
     theirs.wait_healthy(&mut server, Duration::from_secs(60)).await.context("llama-server did not start")?;
     // Warm both.
     e2e::queen_run(&theirs, model, 1, 8, None).await?;
