@@ -264,11 +264,15 @@ impl Slot {
         }
     }
 
-    /// Fingerprints of what this slot holds after the job: the prompt's, and for a chat whose prompt was
-    /// read whole, the conversation with this reply as the assistant's message.
+    /// Fingerprints of what this slot holds after the job: the prompt's, and for a chat the conversation
+    /// with this reply as the assistant's message; none when the prompt was not read whole.
     pub(crate) fn held_fingerprints(&self) -> Vec<u64> {
+        if self.prompt_left() > 0 {
+            // Cut off while reading the prompt: the cells hold only part of its messages.
+            return Vec::new();
+        }
         let mut held = self.job.fingerprints.clone();
-        if self.job.chat && self.prompt_left() == 0 {
+        if self.job.chat {
             if let Some(&last) = held.last() {
                 let reply = rbee_bus::ChatMessage { role: "assistant".into(), content: self.reply.clone() };
                 held.push(rbee_bus::prefix::chat_link(last, &reply));
