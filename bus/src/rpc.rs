@@ -245,6 +245,24 @@ impl Bus {
     }
 }
 
+/// Most bytes of an error text copied into a header (the whole message is in the body).
+const HEADER_TEXT_MAX: usize = 256;
+
+/// Any text as a NATS header value: control characters (CR and LF among them, which a header value may
+/// not hold and on which async-nats panics) become spaces, and it is cut to [`HEADER_TEXT_MAX`] bytes on
+/// a character boundary. Every header rbee sends from a message it did not write goes through here.
+pub fn header_text(text: &str) -> async_nats::HeaderValue {
+    let mut clean: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if clean.len() > HEADER_TEXT_MAX {
+        let mut end = HEADER_TEXT_MAX;
+        while !clean.is_char_boundary(end) {
+            end -= 1;
+        }
+        clean.truncate(end);
+    }
+    clean.parse().unwrap_or_else(|_| async_nats::HeaderValue::from("error"))
+}
+
 /// Answers a NATS service-API request with a typed reply or a wire error. An error reply also carries
 /// the service API's `Nats-Service-Error` headers, so standard NATS tools see it as an error.
 pub async fn respond<T: Serialize>(request: &async_nats::service::Request, result: &Result<T, WireError>) {
@@ -255,11 +273,26 @@ pub async fn respond<T: Serialize>(request: &async_nats::service::Request, resul
     .unwrap_or_default();
     let mut headers = async_nats::HeaderMap::new();
     if let Err(e) = result {
-        headers.insert("Nats-Service-Error", e.error.message.as_str());
+        headers.insert("Nats-Service-Error", header_text(&e.error.message));
         let code = if e.code() == crate::ErrorCode::Internal { "500" } else { "400" };
         headers.insert("Nats-Service-Error-Code", code);
     }
     if let Err(e) = request.respond_with_headers(Ok(payload.into()), headers).await {
         tracing::warn!(subject = %request.message.subject, error = %e, "cannot send reply");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_text;
+
+    #[test]
+    fn header_text_never_holds_line_breaks_and_stays_short() {
+        assert_eq!(header_text("no file /a\nb\r\non hive").as_str(), "no file /a b  on hive");
+        assert_eq!(header_text("tab\tand\u{7f}del").as_str(), "tab and del");
+        let long = "é".repeat(300);
+        let cut = header_text(&long);
+        assert!(cut.as_str().len() <= 256 && cut.as_str().chars().all(|c| c == 'é'));
+        assert_eq!(header_text("").as_str(), "");
     }
 }

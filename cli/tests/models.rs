@@ -172,6 +172,13 @@ fn import_pull_list_and_remove_through_the_queen() {
     let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "import", "/nowhere/model.gguf"]));
     assert!(!out.status.success());
     assert!(stderr.contains("no file /nowhere/model.gguf"), "{stderr}");
+    // A newline in the path ends up in the hive's error text: answered at once (it used to panic the
+    // reply helper, NATS headers may not hold CR/LF, and the queen waited out its 600 s import timeout).
+    let started = Instant::now();
+    let (status, body) = post(&queen, "/v1/models/import", r#"{"path": "/a\nb"}"#);
+    assert!(status.contains("400"), "{status}: {body}");
+    assert!(body.contains(r"no file /a\nb"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 
     // Pull over HTTP with the right checksum: progress, then done.
     let sha = sha256_of(&tiny);

@@ -133,6 +133,14 @@ async fn worker_answers_streams_and_cancels() {
         bus.client().request(subject::worker_jobs(&worker.id), "{\"garbage\":".into()).await.expect("reply");
     let err = rpc::decode_reply::<JobAccepted>("x", &raw.payload).expect_err("refused");
     assert_eq!(err.remote().map(|e| e.code()), Some(ErrorCode::BadRequest));
+    // One carrying line breaks where a decode error may quote them (NATS headers may not hold them):
+    // refused like any other, and the worker goes on serving.
+    let quoting = r#"{"v":1,"job_id":"job-nl","model_id":"m","prompt":{"kind":"line
+break
+"}}"#;
+    let raw = bus.client().request(subject::worker_jobs(&worker.id), quoting.into()).await.expect("reply");
+    let err = rpc::decode_reply::<JobAccepted>("x", &raw.payload).expect_err("refused");
+    assert_eq!(err.remote().map(|e| e.code()), Some(ErrorCode::BadRequest), "{err:?}");
     // Impossible parameters are refused, naming the field.
     let bad = job(chat("hi"), SamplingParams { temperature: 9.0, ..Default::default() });
     let err = bus
