@@ -199,6 +199,17 @@ fn import_pull_list_and_remove_through_the_queen() {
     let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", &format!("{base}/missing.gguf")]));
     assert!(!out.status.success());
     assert!(stderr.contains("404"), "{stderr}");
+    // An id that is a path is refused before any byte is written (it used to download to that path).
+    // (A folder whose path has no '.', which a model id may not hold.)
+    let outside = PathBuf::from(format!("/tmp/rbee-escape-{}", std::process::id()));
+    std::fs::create_dir_all(&outside).expect("outside folder");
+    let escape = outside.join("escaped");
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", &url, "--id"]).arg(&escape));
+    assert!(!out.status.success());
+    assert!(stderr.contains("path separator"), "{stderr}");
+    let written: Vec<_> = std::fs::read_dir(&outside).expect("list").filter_map(|e| e.ok()).collect();
+    let _ = std::fs::remove_dir_all(&outside);
+    assert!(written.is_empty(), "a pull wrote {written:?}");
     let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", "ftp://example.org/x.gguf"]));
     assert!(!out.status.success());
     assert!(stderr.contains("is not http, https or hf:"), "{stderr}");
@@ -315,6 +326,16 @@ fn pull_by_name_from_a_hub_mirror() {
     );
     assert!(status.contains("400"), "{status}: {body}");
     assert!(body.contains("is not the hub's"), "{body}");
+
+    // An id that is a path is refused before any byte moves (it used to download the whole file first).
+    let cdn_requests = |m: &hub::HubMirror| m.seen().iter().filter(|s| s.path.starts_with("/cdn/")).count();
+    let before = cdn_requests(&mirror);
+    let outside = format!("/tmp/rbee-escape-hub-{}/escaped", std::process::id());
+    let (out, _, stderr) =
+        run(rbee(&queen, &nats).args(["models", "pull", "hf:test-org/tiny-GGUF:Q8_0", "--id", &outside]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("path separator"), "{stderr}");
+    assert_eq!(cdn_requests(&mirror), before, "bytes were fetched for a refused id");
 
     // What matches nothing, or several files, is refused with what the repo has.
     let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "pull", "hf:test-org/tiny-GGUF:Q5_K_M"]));

@@ -14,6 +14,7 @@ use rbee_bus::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::artifact::validate_entry_id;
 use crate::catalog::download::DownloadProgress;
 use crate::catalog::{hf, CatalogError, ModelCatalog, ModelCatalogError};
 use crate::control::model_summary;
@@ -100,6 +101,8 @@ pub async fn pull(
         Some(id) => id,
         None => id_from_url(&source.url)?,
     };
+    // Before any byte is written: the id names a file and a folder under the catalog root.
+    validate_entry_id(model_id.as_str()).map_err(|e| WireError::invalid_field("model_id", e.to_string()))?;
     if hive.models.contains(&model_id) {
         return Err(WireError::new(
             ErrorCode::Conflict,

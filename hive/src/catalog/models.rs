@@ -272,6 +272,7 @@ impl ModelCatalog {
         expected_sha256: Option<&str>,
         progress: impl FnMut(DownloadProgress),
     ) -> Result<ModelEntry, ModelCatalogError> {
+        super::artifact::validate_entry_id(id.as_str())?;
         if self.contains(&id) {
             return Err(CatalogError::AlreadyExists { id: id.to_string() }.into());
         }
