@@ -67,10 +67,14 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<(JobId, A
             .map_err(|e| ApiError::invalid("job_id", e.to_string()))?;
     }
     let stream = queen.streams.open(&job_id);
+    let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
     let first = {
         let mut registry = queen.registry();
-        let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
-        place(&mut registry, &placement_request(queen, &request.model_id, &[], prefix), Instant::now())
+        place(
+            &mut registry,
+            &placement_request(queen, &request.model_id, &[], prefix.clone()),
+            Instant::now(),
+        )
     };
     if let Placement::Refuse { reason } = &first {
         queen.jobs().mark_failed(&job_id, reason.clone(), rbee_bus::now_ms());
@@ -78,7 +82,7 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<(JobId, A
         return Err(ApiError::QueueFull(reason.clone()));
     }
     queen.metrics.submitted();
-    tokio::spawn(drive(queen.clone(), job_id.clone(), request, stream.clone(), first));
+    tokio::spawn(drive(queen.clone(), job_id.clone(), request, prefix, stream.clone(), first));
     Ok((job_id, stream))
 }
 
@@ -149,11 +153,11 @@ async fn drive(
     queen: Arc<Queen>,
     job_id: JobId,
     request: JobRequest,
+    prefix: Vec<u64>,
     stream: Arc<JobStream>,
     first: Placement,
 ) {
     let model_id = request.model_id.clone();
-    let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
     let started = Instant::now();
     let mut exclude = Vec::new();
     let mut attempts = 0u32;

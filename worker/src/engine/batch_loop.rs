@@ -171,7 +171,7 @@ impl BatchLoop<'_> {
     fn admit(&mut self, job: Job) {
         let mut slot = Slot::new(job);
         let seq = slot.job.seq;
-        let restore = slot.job.restore.take().map(|(tokens, state, _)| (tokens, state));
+        let restore = slot.job.restore.take();
         // What of the slot's own cells the job keeps; the rest is saved to RAM first, when worth it.
         let keeps = if restore.is_some() { 0 } else { slot.job.reuse };
         self.save_evicted(seq, keeps);

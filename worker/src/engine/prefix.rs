@@ -24,11 +24,11 @@ pub const MIN_SAVED_TAIL: usize = 8;
 
 /// What the slot table knows of a free slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cached<T> {
+pub struct Cached<'a, T> {
     /// The sequence id.
     pub seq: i32,
     /// The tokens its KV cells hold, positions `0..len`.
-    pub tokens: Vec<T>,
+    pub tokens: &'a [T],
     /// When it was last released (a counter: larger is later).
     pub released_at: u64,
 }
@@ -48,11 +48,11 @@ pub fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
 }
 
 /// Chooses among free slots for `prompt` (non-empty). `None` only when `free` is empty.
-pub fn choose<T: PartialEq>(free: &[Cached<T>], prompt: &[T]) -> Option<Choice> {
+pub fn choose<T: PartialEq>(free: &[Cached<'_, T>], prompt: &[T]) -> Option<Choice> {
     let best = free
         .iter()
         .enumerate()
-        .map(|(i, slot)| (i, common_prefix(&slot.tokens, prompt)))
+        .map(|(i, slot)| (i, common_prefix(slot.tokens, prompt)))
         // Longest prefix; among equals the least recently used, so a hotter cache is kept.
         .max_by(|(ia, a), (ib, b)| a.cmp(b).then(free[*ib].released_at.cmp(&free[*ia].released_at)))?;
     let (index, common) = best;
@@ -146,8 +146,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn slot(seq: i32, tokens: &[u32], released_at: u64) -> Cached<u32> {
-        Cached { seq, tokens: tokens.to_vec(), released_at }
+    fn slot(seq: i32, tokens: &[u32], released_at: u64) -> Cached<'_, u32> {
+        Cached { seq, tokens, released_at }
     }
 
     #[test]
@@ -204,7 +204,7 @@ mod tests {
             prop_assert!(choice.reuse < prompt.len());
             prop_assert_eq!(&free[choice.index].tokens[..choice.reuse], &prompt[..choice.reuse]);
             // No other slot holds a longer similar prefix.
-            let best = free.iter().map(|s| common_prefix(&s.tokens, &prompt)).max().unwrap_or(0);
+            let best = free.iter().map(|s| common_prefix(s.tokens, &prompt)).max().unwrap_or(0);
             if choice.reuse > 0 {
                 prop_assert!(choice.reuse == best.min(prompt.len() - 1));
             }

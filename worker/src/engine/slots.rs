@@ -56,8 +56,8 @@ pub(crate) struct Reserved {
     pub(crate) seq: i32,
     /// Prompt tokens already in its KV cells (or in `restore`), which the job keeps.
     pub(crate) reuse: usize,
-    /// A saved state to load into the slot first, with the tokens it holds and their fingerprints.
-    pub(crate) restore: Option<(Vec<LlamaToken>, SeqState, Vec<u64>)>,
+    /// A saved state to load into the slot first, with the tokens it holds.
+    pub(crate) restore: Option<(Vec<LlamaToken>, SeqState)>,
 }
 
 impl SlotTable {
@@ -153,25 +153,27 @@ impl SlotTable {
         if state.closed {
             return Err(Ok(ReserveError::Closed));
         }
-        let candidates: Vec<prefix::Cached<LlamaToken>> = state
-            .free
-            .iter()
-            .map(|&seq| {
-                let i = usize::try_from(seq).unwrap_or_default();
-                let tokens = if state.reuse { state.cached[i].clone() } else { Vec::new() };
-                prefix::Cached { seq, tokens, released_at: state.released_at[i] }
-            })
-            .collect();
-        let choice = prefix::choose(&candidates, prompt).ok_or(Ok(ReserveError::Full))?;
-        let mut reserved = Reserved { seq: candidates[choice.index].seq, reuse: choice.reuse, restore: None };
+        let (mut reserved, lru) = {
+            let candidates: Vec<prefix::Cached<'_, LlamaToken>> = state
+                .free
+                .iter()
+                .map(|&seq| {
+                    let i = usize::try_from(seq).unwrap_or_default();
+                    let tokens = if state.reuse { state.cached[i].as_slice() } else { &[] };
+                    prefix::Cached { seq, tokens, released_at: state.released_at[i] }
+                })
+                .collect();
+            let choice = prefix::choose(&candidates, prompt).ok_or(Ok(ReserveError::Full))?;
+            let chosen = candidates[choice.index].seq;
+            let lru = candidates.iter().min_by_key(|c| c.released_at).map_or(chosen, |c| c.seq);
+            (Reserved { seq: chosen, reuse: choice.reuse, restore: None }, lru)
+        };
         if state.reuse {
-            if let Some((tokens, (saved, fingerprints), common)) = state.saved.take_best(prompt, choice.reuse)
-            {
+            if let Some((tokens, (saved, _), common)) = state.saved.take_best(prompt, reserved.reuse) {
                 // The saved state holds more of this prompt than any free slot: it goes into the least
                 // recently used free slot, whose own cells are the least likely to be wanted next.
-                let lru = candidates.iter().min_by_key(|c| c.released_at).map_or(reserved.seq, |c| c.seq);
                 let reuse = common.min(prompt.len().saturating_sub(1));
-                reserved = Reserved { seq: lru, reuse, restore: Some((tokens, saved, fingerprints)) };
+                reserved = Reserved { seq: lru, reuse, restore: Some((tokens, saved)) };
             }
         }
         let seq = reserved.seq;
@@ -214,8 +216,8 @@ pub(crate) struct Job {
     /// Prompt tokens already in the slot's KV cells (chosen at reservation); the loop checks it can keep
     /// them before it trusts them.
     pub(crate) reuse: usize,
-    /// A saved state to load into the slot before the prompt, the tokens it holds and their fingerprints.
-    pub(crate) restore: Option<(Vec<LlamaToken>, SeqState, Vec<u64>)>,
+    /// A saved state to load into the slot before the prompt, and the tokens it holds.
+    pub(crate) restore: Option<(Vec<LlamaToken>, SeqState)>,
     /// Fingerprints of the prompt ([`rbee_bus::prefix::fingerprints`]).
     pub(crate) fingerprints: Vec<u64>,
     /// The last chat message of the prompt was followed by this reply when it is a chat (the slot then
