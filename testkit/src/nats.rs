@@ -42,13 +42,18 @@ impl NatsServer {
             "nats-server not found at {}: run `make setup` (it installs nats-server into .venv/)",
             bin.display()
         );
-        let port = port.unwrap_or_else(free_port);
+        // A fresh server picks its own port and reports it in a ports file: a port chosen here and
+        // handed over could be taken by another test's server in between (seen in CI).
+        let ports_dir = tempfile::tempdir().expect("temp dir for the nats ports file");
+        let port_arg = port.map_or_else(|| "-1".to_string(), |p| p.to_string());
         let mut cmd = Command::new(&bin);
         if let Some(cfg) = &config {
             cmd.arg("-c").arg(cfg);
         }
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        cmd.args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(store.path())
+            .arg("--ports_file_dir")
+            .arg(ports_dir.path())
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -64,20 +69,8 @@ impl NatsServer {
                 }
             });
         }
-        let server = Self { child: Some(child), port, store, config };
-        server.wait_ready();
-        server
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("nats-server did not accept connections on port {} within 10 s", self.port);
+        let port = wait_ready(&mut child, ports_dir.path());
+        Self { child: Some(child), port, store, config }
     }
 
     /// `nats://127.0.0.1:<port>`
@@ -112,6 +105,34 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Waits until the server has written its ports file and accepts connections on the port it names;
+/// panics when the server exits first (a port in use, a bad option) or after 10 s.
+fn wait_ready(child: &mut Child, ports_dir: &Path) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("nats-server exited before it was ready ({status}); its errors are printed above");
+        }
+        if let Some(port) = reported_port(ports_dir) {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("nats-server did not accept connections within 10 s");
+}
+
+/// The client port in the `<name>_<pid>.ports` file nats-server writes (`{"nats":["nats://host:port"]}`).
+fn reported_port(ports_dir: &Path) -> Option<u16> {
+    let entry = std::fs::read_dir(ports_dir).ok()?.filter_map(Result::ok).next()?;
+    let text = std::fs::read_to_string(entry.path()).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = value.get("nats")?.as_array()?.first()?.as_str()?;
+    url.rsplit(':').next()?.parse().ok()
 }
 
 /// A free TCP port on loopback.
