@@ -382,7 +382,7 @@ fn registry(report: &mut Report, r: &RegistryResult) {
 fn scheduler(report: &mut Report, sched: &[SchedResult]) {
     report.note(
         S4,
-        "**What was measured.** In process: a `rbee_queen::registry::Registry` filled through `apply_hive` and \
+        "**What was measured.** In process: a `rbee_queen::membership::Registry` filled through `apply_hive` and \
          `apply_worker` from the real heartbeats (10 workers per hive; every worker serves the requested model, the \
          worst case, with loads and speeds spread), then per decision: `place()`, what the queen runs under its \
          registry lock for every job (a copy of the model's workers, `schedule`, the slot reservation, released \

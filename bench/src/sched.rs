@@ -10,8 +10,9 @@ use rbee_bus::{
     HiveHeartbeat, HiveId, HiveWorkerStatus, HiveWorkerSummary, ModelId, WorkerHeartbeat, WorkerId,
     WorkerState,
 };
-use rbee_queen::registry::{Registry, RegistryConfig};
-use rbee_queen::scheduler::{place, schedule, Placement, PlacementRequest};
+use rbee_queen::membership::{Registry, RegistryConfig};
+use rbee_queen::placement::place;
+use rbee_queen::scheduler::{schedule, Placement, PlacementRequest};
 
 use crate::stats::{self, Summary};
 
@@ -92,14 +93,7 @@ pub fn run(
     for &(workers, iterations) in sizes {
         let now = Instant::now();
         let (mut reg, model) = registry(workers, hive, worker, now)?;
-        let request = PlacementRequest {
-            model_id: model.clone(),
-            exclude_workers: Vec::new(),
-            estimated_bytes: None,
-            queue_len: 0,
-            queue_capacity: 256,
-            prefix: Vec::new(),
-        };
+        let request = PlacementRequest { queue_capacity: 256, ..PlacementRequest::new(model.clone()) };
         let at = now + std::time::Duration::from_millis(10);
         let (mut place_us, mut schedule_us, mut floor_us, mut snapshot_us) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());

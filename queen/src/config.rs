@@ -25,6 +25,9 @@ pub struct QueenConfig {
     pub max_prompt_bytes: usize,
     /// Keep job status events in a JetStream stream, so job history survives a restart.
     pub durable_jobs: bool,
+    /// At shutdown, how long jobs placed by this queen may take to end before the queen stops
+    /// following them (a job still queued then fails; one on a worker goes on there).
+    pub drain_deadline: Duration,
 }
 
 impl std::fmt::Debug for QueenConfig {
@@ -35,6 +38,7 @@ impl std::fmt::Debug for QueenConfig {
             .field("queue_capacity", &self.queue_capacity)
             .field("queue_timeout", &self.queue_timeout)
             .field("durable_jobs", &self.durable_jobs)
+            .field("drain_deadline", &self.drain_deadline)
             .finish_non_exhaustive()
     }
 }
@@ -51,6 +55,7 @@ impl Default for QueenConfig {
             finished_job_ttl: Duration::from_secs(24 * 3600),
             max_prompt_bytes: 512 * 1024,
             durable_jobs: true,
+            drain_deadline: Duration::from_secs(10),
         }
     }
 }

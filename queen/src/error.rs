@@ -1,8 +1,12 @@
-//! One error type for the queen's API, mapped to HTTP status and OpenAI's error body in one place.
+//! One error type for the queen's API, mapped to HTTP status and OpenAI's error body in one place,
+//! with the one mapping of a submission's refusal ([`SubmitError`]) and of a hive's answer over the
+//! bus ([`ApiError::from_hive`]) to it.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rbee_bus::ErrorCode;
+use rbee_bus::{BusError, ErrorCode, HiveId};
+
+use crate::jobs::admit::SubmitError;
 
 /// What went wrong with a request.
 #[derive(Debug, thiserror::Error)]
@@ -18,8 +22,8 @@ pub enum ApiError {
     /// The body is not what the endpoint takes (400).
     #[error("{0}")]
     BadRequest(String),
-    /// No hive has the model and no worker serves it (404).
-    #[error("model {0} is not served or spawnable on any hive")]
+    /// No hive has the model and no worker serves it (404, `model_not_found`).
+    #[error("{0}")]
     UnknownModel(String),
     /// No such job, worker or hive (404).
     #[error("{0}")]
@@ -66,6 +70,32 @@ impl ApiError {
         }
     }
 
+    /// A hive's answer to a request the queen sent it (spawn, stop, model import, pull, remove).
+    pub fn from_hive(hive: &HiveId, e: BusError) -> Self {
+        match e {
+            BusError::NoResponders { .. } => {
+                ApiError::NotFound(format!("no hive {hive} answers on nats (`rbee status` lists the hives)"))
+            }
+            BusError::Remote { error, .. } => {
+                let message = error.error.message;
+                match error.error.code {
+                    ErrorCode::UnknownModel => ApiError::UnknownModel(message),
+                    ErrorCode::NotFound => ApiError::NotFound(message),
+                    ErrorCode::Conflict => ApiError::Conflict(message),
+                    ErrorCode::InvalidParams => {
+                        ApiError::invalid(error.error.field.unwrap_or_default(), message)
+                    }
+                    ErrorCode::BadRequest
+                    | ErrorCode::ModelDoesNotFit
+                    | ErrorCode::MissingWorkerBinary
+                    | ErrorCode::UnknownDevice => ApiError::BadRequest(message),
+                    _ => ApiError::Unavailable(message),
+                }
+            }
+            other => ApiError::Unavailable(format!("hive {hive}: {other}")),
+        }
+    }
+
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::InvalidParams { .. } => {
@@ -82,6 +112,19 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
             ApiError::JobFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "job_failed"),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        let message = e.to_string();
+        match e {
+            SubmitError::InvalidParams { field, .. } => ApiError::InvalidParams { param: field, message },
+            SubmitError::DuplicateId(_) => ApiError::invalid("job_id", message),
+            SubmitError::PromptTooLarge(_) => ApiError::PromptTooLarge(message),
+            SubmitError::UnknownModel(_) => ApiError::UnknownModel(message),
+            SubmitError::QueueFull(_) => ApiError::QueueFull(message),
         }
     }
 }

@@ -1,35 +1,43 @@
-//! rbee queen: the scheduler and the front door. Its registry of hives and workers is a view folded from
-//! heartbeats ([`heartbeats`] feeds [`registry`]); the pure [`scheduler`] places every job, which
-//! [`jobs::dispatch`] carries out over NATS (assign, spawn, queue, retry); [`jobs::stream`] relays
-//! tokens; [`http`] serves the OpenAI-compatible API on 127.0.0.1:7833 and [`submit`] takes jobs over
-//! NATS. [`run`] is the whole queen; `main.rs` only parses flags.
+//! rbee queen: the scheduler and the front door. Its view of hives and workers is folded from
+//! heartbeats ([`heartbeats`] feeds [`membership`]); every job has one owner in the [`jobs`] table,
+//! which the token relay ([`jobs::relay`]) and the queen's own decisions ([`jobs::announce`]) feed.
+//! A job is admitted ([`jobs::admit`]), placed by the pure [`scheduler`] (its slot reserved by
+//! [`placement`]) and carried out over NATS by [`jobs::dispatch`] (assign, spawn, queue, retry).
+//! [`http`] serves the OpenAI-compatible API on 127.0.0.1:7833 and [`submit`] takes jobs over NATS.
+//! [`run`] is the whole queen; `main.rs` only parses flags.
 
 pub mod config;
 pub mod error;
 pub mod heartbeats;
 pub mod http;
 pub mod jobs;
+pub mod membership;
 pub mod metrics;
-pub mod registry;
+pub mod placement;
 pub mod scheduler;
+mod sequence;
 pub mod submit;
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rbee_bus::{Bus, EventStamper, HiveId, ModelId, QueenId};
+use rbee_bus::{Bus, EventStamper, ModelId, QueenId};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::QueenConfig;
-use jobs::registry::{JobRegistry, JobRetention};
-use jobs::stream::JobStreams;
-use registry::{Registry, RegistryConfig};
+use jobs::spawns::SpawnsInFlight;
+use jobs::table::{JobRetention, JobTable};
+use membership::{Registry, RegistryConfig};
 
-/// The queen's state, shared by its tasks and handlers.
+/// How long the services (relay, heartbeats, submission) get to stop after the jobs drained.
+const SERVICES_STOP: Duration = Duration::from_secs(2);
+
+/// The queen's state, shared by its tasks and handlers. Each piece has one owner: the membership
+/// view, the job table and the spawns in flight each behind their own lock (held briefly, never
+/// across an await).
 pub struct Queen {
     /// Its configuration.
     pub config: QueenConfig,
@@ -37,22 +45,19 @@ pub struct Queen {
     pub bus: Bus,
     /// Stamps its events (status, cancel, hello).
     pub stamper: EventStamper,
-    /// Buffers of running and recent jobs.
-    pub streams: JobStreams,
     /// Counters and histograms.
     pub metrics: metrics::Metrics,
-    /// Notified whenever the registry changes (jobs waiting in the queue re-check).
+    /// Notified whenever the membership view changes (jobs waiting in the queue re-check).
     pub registry_changed: Notify,
-    /// Jobs waiting for a slot or a spawn.
-    pub queued: AtomicUsize,
-    /// Spawns requested for queued jobs, by hive and model, with when.
-    pub spawning: Mutex<HashMap<(HiveId, ModelId), Instant>>,
+    /// The work of jobs (placement loops, spawn requests): drained at shutdown.
+    pub tasks: TaskTracker,
     registry: Mutex<Registry>,
-    jobs: Mutex<JobRegistry>,
+    jobs: Mutex<JobTable>,
+    spawns: Mutex<SpawnsInFlight>,
 }
 
 impl Queen {
-    /// A queen with empty registries.
+    /// A queen with an empty view and job table.
     pub fn new(config: QueenConfig, bus: Bus) -> Self {
         let retention = JobRetention {
             max_finished: config.max_finished_jobs,
@@ -60,26 +65,30 @@ impl Queen {
         };
         Self {
             stamper: EventStamper::new(QueenId::new("queen").map(|q| q.to_string()).unwrap_or_default()),
-            streams: JobStreams::default(),
             metrics: metrics::Metrics::default(),
             registry_changed: Notify::new(),
-            queued: AtomicUsize::new(0),
-            spawning: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
             registry: Mutex::new(Registry::new(RegistryConfig::default())),
-            jobs: Mutex::new(JobRegistry::new(retention)),
+            jobs: Mutex::new(JobTable::new(retention)),
+            spawns: Mutex::new(SpawnsInFlight::default()),
             config,
             bus,
         }
     }
 
-    /// The registry (held briefly: never across an await).
+    /// The membership view of hives and workers.
     pub fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The job registry (held briefly: never across an await).
-    pub fn jobs(&self) -> MutexGuard<'_, JobRegistry> {
+    /// The job table.
+    pub fn jobs(&self) -> MutexGuard<'_, JobTable> {
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Spawns asked of hives for queued jobs.
+    pub fn spawns(&self) -> MutexGuard<'_, SpawnsInFlight> {
+        self.spawns.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// True when a worker serves the model or a hive has it in its catalog.
@@ -91,8 +100,8 @@ impl Queen {
     }
 }
 
-/// Runs a queen until `shutdown`: warm-starts the registry (hello) and the job history (JetStream),
-/// then serves NATS submissions and HTTP. Returns after HTTP has drained.
+/// Runs a queen until `shutdown`: warm-starts the view (hello) and the job history (JetStream),
+/// then serves NATS submissions and HTTP. Returns after it drained (see [`serve`]).
 pub async fn run(config: QueenConfig, bus: Bus, shutdown: CancellationToken) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
@@ -100,7 +109,10 @@ pub async fn run(config: QueenConfig, bus: Bus, shutdown: CancellationToken) -> 
     serve(config, bus, listener, shutdown).await
 }
 
-/// [`run`] on a listener the caller bound (tests bind port 0).
+/// [`run`] on a listener the caller bound (tests bind port 0). At `shutdown`: HTTP stops taking
+/// requests and finishes those in flight, NATS submission stops, then the jobs this queen placed get
+/// up to [`QueenConfig::drain_deadline`] to end (the relay still follows them); jobs still queued
+/// then fail, and the services stop.
 pub async fn serve(
     config: QueenConfig,
     bus: Bus,
@@ -109,8 +121,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let durable = config.durable_jobs;
     let queen = Arc::new(Queen::new(config, bus));
-    let background = CancellationToken::new();
-    jobs::stream::start(queen.clone(), background.clone()).await.context("cannot subscribe to job events")?;
+    let services = TaskTracker::new();
+    let stop_services = CancellationToken::new();
+    let stop_submit = CancellationToken::new();
+    jobs::relay::start(queen.clone(), &services, stop_services.clone())
+        .await
+        .context("cannot subscribe to job events")?;
     if durable {
         match jobs::store::replay(&queen).await {
             Ok(n) => tracing::info!(events = n, "job history replayed from jetstream"),
@@ -119,18 +135,51 @@ pub async fn serve(
             }
         }
     }
-    heartbeats::start(queen.clone(), background.clone()).await.context("cannot subscribe to heartbeats")?;
-    submit::serve(queen.clone(), background.clone()).await?;
+    heartbeats::start(queen.clone(), &services, stop_services.clone())
+        .await
+        .context("cannot subscribe to heartbeats")?;
+    submit::serve(queen.clone(), &services, stop_submit.clone()).await?;
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "queen serving http");
     let app = http::router(queen.clone());
     let stop = shutdown.clone();
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
-    background.cancel();
+    stop_submit.cancel();
+    drain_jobs(&queen).await;
+    stop_services.cancel();
+    services.close();
+    if tokio::time::timeout(SERVICES_STOP, services.wait()).await.is_err() {
+        tracing::warn!("services did not stop in time");
+    }
     // Bounded: with the server gone, the queen still exits.
-    if tokio::time::timeout(std::time::Duration::from_secs(2), queen.bus.client().flush()).await.is_err() {
+    if tokio::time::timeout(SERVICES_STOP, queen.bus.client().flush()).await.is_err() {
         tracing::warn!("could not flush the last messages to nats");
     }
     tracing::info!("queen stopped");
     Ok(())
+}
+
+/// Waits for the jobs this queen placed, up to the drain deadline; then fails those still queued and
+/// stops following the rest (their workers go on, and the job history keeps their end).
+async fn drain_jobs(queen: &Arc<Queen>) {
+    queen.tasks.close();
+    let deadline = queen.config.drain_deadline;
+    let active = queen.tasks.len();
+    if active > 0 {
+        tracing::info!(jobs = active, ?deadline, "draining jobs");
+    }
+    if tokio::time::timeout(deadline, queen.tasks.wait()).await.is_ok() {
+        return;
+    }
+    let waiting = queen.jobs().waiting();
+    tracing::warn!(
+        left = queen.tasks.len(),
+        queued = waiting.len(),
+        "jobs still running at the drain deadline"
+    );
+    for job in waiting {
+        let model_id = job.record().model_id;
+        let message = "the queen stopped while the job was queued".to_owned();
+        jobs::announce::fail(queen, &job.job_id, &model_id, message, None).await;
+    }
 }

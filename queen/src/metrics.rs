@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use rbee_bus::FinishReason;
 
-use crate::jobs::stream::JobStream;
+use crate::jobs::job::Job;
 
 const BUCKETS_MS: [f64; 12] =
     [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0];
@@ -86,7 +86,7 @@ impl Metrics {
     }
 
     /// A chunk of `n` tokens arrived for `stream`.
-    pub fn tokens(&self, stream: &JobStream, n: u32) {
+    pub fn tokens(&self, stream: &Job, n: u32) {
         self.tokens.fetch_add(u64::from(n), Ordering::Relaxed);
         let now = Instant::now();
         match stream.swap_last_token_at(now) {

@@ -1,4 +1,8 @@
-//! Placement: a pure function from a registry snapshot and a request to a decision.
+//! Placement: a pure function from a registry snapshot and a request to a decision. It decides from
+//! its input alone (the queue's fill and the spawns in flight are part of the request) and writes
+//! nothing: the caller reserves the slot of an assignment ([`crate::placement`]).
+//!
+//! With `spawn_only` (an explicit `POST /v1/workers`) only rule 4 applies, without the CPU exception.
 //!
 //! [`schedule`] decides, in this order:
 //! 1. **Assign** to the least loaded assignable worker of the model (online, not fenced, idle or busy
@@ -11,10 +15,10 @@
 //!    hot conversation cannot pile every job onto one worker while others idle.
 //! 2. **Refuse** when nothing is assignable and the queue is full (`queue_len >= queue_capacity`): a
 //!    spawn would make the job wait in that queue too.
-//! 3. **Queue** while a worker of the model is loading (its heartbeat says `loading`, or its hive lists
-//!    it as `starting` before its first heartbeat): its slots come soon, and spawning another for the
-//!    same demand would double the memory. The caller should also hold its own spawns in flight
-//!    (between the spawn request and the worker's first heartbeat) and not ask again meanwhile.
+//! 3. **Queue** while a worker of the model is loading (its heartbeat says `loading`, its hive lists
+//!    it as `starting` before its first heartbeat, or the request counts a spawn in flight between the
+//!    spawn request and the hive's next heartbeat): its slots come soon, and spawning another for the
+//!    same demand would double the memory.
 //! 4. **Spawn** on a hive that is online, not leaving, has the model in its catalog and a device whose
 //!    free memory is at least the estimate ([`estimate_spawn_bytes`], or the request's
 //!    `estimated_bytes`). Accelerators (CUDA, Metal) before the CPU, then the device with the most free
@@ -33,12 +37,11 @@
 //! excluded ids are looked up in a hash set once there are more than a few.
 
 use std::collections::HashSet;
-use std::time::Instant;
 
 use rbee_bus::{DeviceKind, HiveId, HiveWorkerStatus, ModelId, ModelSummary, WorkerId, WorkerState};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{least_loaded_first, Liveness, Registry, RegistrySnapshot, WorkerView};
+use crate::membership::{least_loaded_first, Liveness, RegistrySnapshot, WorkerView};
 
 /// KV cache assumed for a spawn when the request gives no estimate: default slots (4) × default
 /// context (2048) × 32 KiB per token, a middle figure between small GQA models (~23 KiB per token)
@@ -72,6 +75,29 @@ pub struct PlacementRequest {
     /// Fingerprints of the prompt ([`rbee_bus::prefix::fingerprints`]); empty: placement by load only.
     #[serde(default)]
     pub prefix: Vec<u64>,
+    /// Workers of the model the queen asked a hive for that have not heartbeated yet.
+    #[serde(default)]
+    pub spawns_in_flight: usize,
+    /// Place a new worker whatever serves the model now (an explicit `POST /v1/workers`): only
+    /// `Spawn` or `Queue` come back.
+    #[serde(default)]
+    pub spawn_only: bool,
+}
+
+impl PlacementRequest {
+    /// A job of `model_id` with nothing excluded, no queue and no prompt fingerprints.
+    pub fn new(model_id: ModelId) -> Self {
+        Self {
+            model_id,
+            exclude_workers: Vec::new(),
+            estimated_bytes: None,
+            queue_len: 0,
+            queue_capacity: 1,
+            prefix: Vec::new(),
+            spawns_in_flight: 0,
+            spawn_only: false,
+        }
+    }
 }
 
 /// The decision.
@@ -109,6 +135,9 @@ pub fn estimate_spawn_bytes(model: &ModelSummary) -> u64 {
 
 /// Decides where a job goes. Pure; see the module documentation for the rules.
 pub fn schedule(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Placement {
+    if request.spawn_only {
+        return spawn_anywhere(snapshot, request);
+    }
     let model_id = &request.model_id;
     let excluded = Excluded::new(&request.exclude_workers);
     let mut tally = WorkerTally::default();
@@ -147,7 +176,7 @@ pub fn schedule(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Plac
             ),
         };
     }
-    tally.loading += starting_on_hives(snapshot, model_id);
+    tally.loading += starting_on_hives(snapshot, model_id).max(request.spawns_in_flight);
     // CPUs that already run a worker of the model: no second one there.
     let occupied_cpus: HashSet<&HiveId> = snapshot
         .workers
@@ -169,30 +198,13 @@ pub fn schedule(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Plac
     Placement::Queue { reason: queue_reason(model_id, &tally, &hives) }
 }
 
-/// [`schedule`] on a fresh snapshot of the model's workers, reserving the slot when it assigns, so
-/// that the next placement before the worker's heartbeat sees the slot taken. The caller holds the
-/// registry's lock across this call and releases the slot if the worker refuses.
-pub fn place(registry: &mut Registry, request: &PlacementRequest, now: Instant) -> Placement {
-    // Most jobs go to a worker, and assigning (or refusing on a full queue) reads the model's workers
-    // only: decide from those first, and copy the hives only when a spawn or the queue is the answer.
-    // The caller holds the registry lock all along, so copying less is time the heartbeats do not wait.
-    let workers_only = RegistrySnapshot {
-        hives: Vec::new(),
-        workers: registry.list_workers_for_model(&request.model_id, now),
-    };
-    let first = schedule(&workers_only, request);
-    let placement = if matches!(first, Placement::Assign { .. } | Placement::Refuse { .. }) {
-        first
-    } else {
-        let RegistrySnapshot { workers, .. } = workers_only;
-        let snapshot = RegistrySnapshot { hives: registry.hive_snapshot(now), workers };
-        schedule(&snapshot, request)
-    };
-    if let Placement::Assign { worker_id } = &placement {
-        // The snapshot said the worker has a free slot, so the reservation succeeds.
-        registry.reserve_slot(worker_id, now);
+/// Where a new worker of the model goes, ignoring the workers there are: the best device with room.
+fn spawn_anywhere(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Placement {
+    let hives = survey_hives(snapshot, request, &HashSet::new());
+    match hives.best_spawn {
+        Some(spawn) => Placement::Spawn { hive_id: spawn.hive_id.clone(), device: spawn.device.to_owned() },
+        None => Placement::Queue { reason: queue_reason(&request.model_id, &WorkerTally::default(), &hives) },
     }
-    placement
 }
 
 /// Share of a worker's slots in use, reservations included (1 when it has none).

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use futures::StreamExt;
 use rbee_bus::{subject, ErrorCode, SubmitJob, SubmitJobReply, WireError, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::error::ApiError;
-use crate::jobs::dispatch::{self, JobRequest};
+use crate::jobs::admit::{self, JobRequest};
 use crate::Queen;
 
-/// Serves submissions until `stop`.
-pub async fn serve(queen: Arc<Queen>, stop: CancellationToken) -> anyhow::Result<()> {
+/// Serves submissions on `tasks` until `stop`.
+pub async fn serve(queen: Arc<Queen>, tasks: &TaskTracker, stop: CancellationToken) -> anyhow::Result<()> {
     use async_nats::service::ServiceExt;
     let service = queen
         .bus
@@ -29,14 +29,15 @@ pub async fn serve(queen: Arc<Queen>, stop: CancellationToken) -> anyhow::Result
         .add(subject::QUEEN_JOBS_SUBMIT)
         .await
         .map_err(|e| anyhow::anyhow!("cannot subscribe to {}: {e}", subject::QUEEN_JOBS_SUBMIT))?;
-    tokio::spawn(async move {
+    let handlers = tasks.clone();
+    tasks.spawn(async move {
         loop {
             let request = tokio::select! {
                 _ = stop.cancelled() => break,
                 r = endpoint.next() => match r { Some(r) => r, None => break },
             };
             let queen = queen.clone();
-            tokio::spawn(async move {
+            handlers.spawn(async move {
                 let result = handle(&queen, &request.message.payload).await;
                 rbee_bus::rpc::respond(&request, &result).await;
             });
@@ -58,26 +59,12 @@ async fn handle(queen: &Arc<Queen>, payload: &[u8]) -> Result<SubmitJobReply, Wi
         deadline_ms: submit.deadline_ms,
         job_id: submit.job_id,
     };
-    let (job_id, _) = dispatch::submit(queen, request).await.map_err(to_wire)?;
+    let job = admit::submit(queen, request).await?;
+    let job_id = job.job_id.clone();
     Ok(SubmitJobReply {
         v: SCHEMA_VERSION,
         tokens_subject: subject::job_tokens(&job_id),
         status_subject: subject::job_status(&job_id),
         job_id,
     })
-}
-
-fn to_wire(e: ApiError) -> WireError {
-    match &e {
-        ApiError::InvalidParams { param, .. } => WireError::invalid_field(param, e.to_string()),
-        ApiError::UnknownModel(_) => WireError::new(ErrorCode::UnknownModel, e.to_string()),
-        ApiError::PromptTooLarge(_) | ApiError::BodyTooLarge(_) => {
-            WireError::new(ErrorCode::PromptTooLong, e.to_string())
-        }
-        ApiError::QueueFull(_) | ApiError::Unavailable(_) => {
-            WireError::new(ErrorCode::QueueFull, e.to_string())
-        }
-        ApiError::NotFound(_) => WireError::new(ErrorCode::NotFound, e.to_string()),
-        _ => WireError::new(ErrorCode::BadRequest, e.to_string()),
-    }
 }

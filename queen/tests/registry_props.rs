@@ -9,7 +9,7 @@ use rbee_bus::{
     Backend, CpuInfo, DeviceInfo, DeviceKind, EventMeta, HiveHeartbeat, HiveId, HiveState, MemoryInfo,
     ModelId, ModelSummary, WorkerHeartbeat, WorkerId, WorkerState,
 };
-use rbee_queen::registry::{
+use rbee_queen::membership::{
     least_loaded_first, Change, Liveness, Registry, RegistryConfig, RemovalReason, UnfenceReason, WorkerView,
 };
 

@@ -8,10 +8,9 @@ use rbee_bus::{
     Backend, CpuInfo, DeviceInfo, DeviceKind, EventMeta, HiveHeartbeat, HiveId, HiveState, HiveWorkerStatus,
     HiveWorkerSummary, MemoryInfo, ModelId, ModelSummary, WorkerHeartbeat, WorkerId, WorkerState,
 };
-use rbee_queen::registry::{Liveness, Registry, RegistryConfig, RegistrySnapshot, WorkerView};
-use rbee_queen::scheduler::{
-    estimate_spawn_bytes, place, schedule, Placement, PlacementRequest, PREFIX_LOAD_SLACK,
-};
+use rbee_queen::membership::{Liveness, Registry, RegistryConfig, RegistrySnapshot, WorkerView};
+use rbee_queen::placement::place;
+use rbee_queen::scheduler::{estimate_spawn_bytes, schedule, Placement, PlacementRequest, PREFIX_LOAD_SLACK};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -112,14 +111,7 @@ fn worker_beat(
 }
 
 fn request(model: usize) -> PlacementRequest {
-    PlacementRequest {
-        model_id: model_id(model),
-        exclude_workers: Vec::new(),
-        estimated_bytes: None,
-        queue_len: 0,
-        queue_capacity: 8,
-        prefix: Vec::new(),
-    }
+    PlacementRequest { queue_capacity: 8, ..PlacementRequest::new(model_id(model)) }
 }
 
 fn reason(placement: &Placement) -> &str {
@@ -302,6 +294,35 @@ fn a_worker_the_hive_reports_as_starting_holds_off_a_second_spawn() {
         reason(&schedule(&registry.snapshot(now), &request(0))),
         "waiting for 1 worker loading model model-0"
     );
+}
+
+#[test]
+fn a_spawn_in_flight_holds_off_a_second_and_an_explicit_spawn_ignores_the_workers() {
+    let now = Instant::now();
+    let mut registry = Registry::new(RegistryConfig::default());
+    let beat = hive_beat(
+        0,
+        HiveState::Online,
+        vec![device("cpu", DeviceKind::Cpu, 8 * GIB)],
+        vec![model(0, 100 * MIB)],
+    );
+    registry.apply_hive(&beat, now);
+    assert!(matches!(schedule(&registry.snapshot(now), &request(0)), Placement::Spawn { .. }));
+    let asked = PlacementRequest { spawns_in_flight: 1, ..request(0) };
+    assert_eq!(
+        reason(&schedule(&registry.snapshot(now), &asked)),
+        "waiting for 1 worker loading model model-0"
+    );
+    // A worker of the model on that CPU: jobs wait for its slots, an explicit spawn still starts one.
+    registry.apply_worker(&worker_beat(0, 0, 0, WorkerState::Busy, 1, 1, 10.0), now);
+    assert!(matches!(schedule(&registry.snapshot(now), &request(0)), Placement::Queue { .. }));
+    let explicit = PlacementRequest { spawn_only: true, ..request(0) };
+    assert_eq!(
+        place(&mut registry, &explicit, now),
+        Placement::Spawn { hive_id: hive_id(0), device: "cpu".into() }
+    );
+    let unknown = PlacementRequest { spawn_only: true, ..request(1) };
+    assert_eq!(reason(&schedule(&registry.snapshot(now), &unknown)), "no hive has model model-1");
 }
 
 #[test]
@@ -608,6 +629,8 @@ fn check_placement(scenario: &Scenario) -> Result<(), TestCaseError> {
         queue_len: scenario.queue_len,
         queue_capacity: scenario.queue_capacity,
         prefix: if scenario.with_prefix { conversation() } else { Vec::new() },
+        spawns_in_flight: 0,
+        spawn_only: false,
     };
     let snapshot = registry.snapshot(now);
     let decision = schedule(&snapshot, &request);

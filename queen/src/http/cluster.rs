@@ -7,15 +7,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rbee_bus::{
-    subject, BusError, HiveId, SpawnReply, SpawnRequest, StopReply, StopRequest, WorkerId, SCHEMA_VERSION,
-};
+use rbee_bus::{subject, HiveId, SpawnReply, SpawnRequest, StopReply, StopRequest, WorkerId, SCHEMA_VERSION};
 use serde::Deserialize;
 
 use super::openai::model_id;
 use super::JsonBody;
 use crate::error::ApiError;
-use crate::scheduler::{schedule, Placement, PlacementRequest};
+use crate::jobs::spawns::{spawn_request, SPAWN_REPLY_TIMEOUT};
+use crate::placement::place;
+use crate::scheduler::{Placement, PlacementRequest};
 use crate::Queen;
 
 /// `GET /v1/hives`
@@ -39,23 +39,6 @@ pub struct SpawnBody {
     threads: Option<u32>,
 }
 
-fn bus_error(e: BusError) -> ApiError {
-    match e {
-        BusError::Remote { error, .. } => match error.code() {
-            rbee_bus::ErrorCode::UnknownModel => ApiError::UnknownModel(error.error.message),
-            rbee_bus::ErrorCode::NotFound => ApiError::NotFound(error.error.message),
-            rbee_bus::ErrorCode::InvalidParams => {
-                ApiError::invalid(error.error.field.clone().unwrap_or_default(), error.error.message)
-            }
-            rbee_bus::ErrorCode::ModelDoesNotFit
-            | rbee_bus::ErrorCode::MissingWorkerBinary
-            | rbee_bus::ErrorCode::UnknownDevice => ApiError::BadRequest(error.error.message),
-            _ => ApiError::Unavailable(error.error.message),
-        },
-        other => ApiError::Unavailable(other.to_string()),
-    }
-}
-
 /// `POST /v1/workers`: spawns a worker on the named hive, or where the scheduler would.
 pub async fn spawn(
     State(queen): State<Arc<Queen>>,
@@ -65,19 +48,9 @@ pub async fn spawn(
     let (hive_id, device) = match body.hive {
         Some(h) => (h.parse::<HiveId>().map_err(|e| ApiError::invalid("hive", e.to_string()))?, body.device),
         None => {
-            let snapshot = queen.registry().snapshot(Instant::now());
-            let req = PlacementRequest {
-                model_id: model.clone(),
-                exclude_workers: Vec::new(),
-                estimated_bytes: None,
-                queue_len: 0,
-                queue_capacity: 1,
-                prefix: Vec::new(),
-            };
-            // Spawn even when a worker already serves the model: ask the scheduler as if none did.
-            let mut without_workers = snapshot.clone();
-            without_workers.workers.clear();
-            match schedule(&without_workers, &req) {
+            // A new worker whatever serves the model now: the scheduler's spawn rule alone.
+            let request = PlacementRequest { spawn_only: true, ..PlacementRequest::new(model.clone()) };
+            match place(&mut queen.registry(), &request, Instant::now()) {
                 Placement::Spawn { hive_id, device } => (hive_id, body.device.or(Some(device))),
                 Placement::Queue { reason } | Placement::Refuse { reason } => {
                     return Err(ApiError::Unavailable(reason))
@@ -89,20 +62,16 @@ pub async fn spawn(
         }
     };
     let request = SpawnRequest {
-        v: SCHEMA_VERSION,
-        model_id: model,
-        device,
         slots: body.slots,
         ctx_per_slot: body.ctx_per_slot,
-        worker_type: None,
-        worker_id: None,
         threads: body.threads,
+        ..spawn_request(model, device)
     };
     let reply: SpawnReply = queen
         .bus
-        .request(subject::hive_spawn(&hive_id), &request, Duration::from_secs(30))
+        .request(subject::hive_spawn(&hive_id), &request, SPAWN_REPLY_TIMEOUT)
         .await
-        .map_err(bus_error)?;
+        .map_err(|e| ApiError::from_hive(&hive_id, e))?;
     let body = serde_json::json!({"worker_id": reply.worker_id, "hive_id": hive_id, "pid": reply.pid, "device": reply.device});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -120,6 +89,6 @@ pub async fn stop(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Re
         .bus
         .request(subject::hive_stop(&hive_id), &request, Duration::from_secs(20))
         .await
-        .map_err(bus_error)?;
+        .map_err(|e| ApiError::from_hive(&hive_id, e))?;
     Ok(Json(reply).into_response())
 }

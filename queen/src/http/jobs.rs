@@ -14,9 +14,10 @@ use serde::Deserialize;
 use super::openai::{model_id, SamplingFields};
 use super::JsonBody;
 use crate::error::ApiError;
-use crate::jobs::dispatch::{self, JobRequest};
-use crate::jobs::registry::JobPhaseKind;
-use crate::jobs::stream::JobEvent;
+use crate::jobs::admit::{self, JobRequest};
+use crate::jobs::dispatch;
+use crate::jobs::job::JobEvent;
+use crate::jobs::record::JobPhaseKind;
 use crate::Queen;
 
 /// Body of `POST /v1/jobs`: a `prompt` (completion) or `messages` (chat), with sampling fields.
@@ -53,7 +54,7 @@ pub async fn create(
         deadline_ms: body.deadline_ms,
         job_id,
     };
-    let (job_id, _) = dispatch::submit(&queen, request).await?;
+    let job_id = admit::submit(&queen, request).await?.job_id.clone();
     let body = serde_json::json!({
         "job_id": job_id,
         "sse_url": format!("/v1/jobs/{job_id}/stream"),
@@ -67,7 +68,7 @@ pub async fn create(
 pub async fn show(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let job_id = parse_job_id(&id)?;
     let record =
-        queen.jobs().get(&job_id).cloned().ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
+        queen.jobs().record(&job_id).ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
     Ok(Json(record).into_response())
 }
 
@@ -95,7 +96,7 @@ pub async fn list(State(queen): State<Arc<Queen>>, Query(q): Query<ListQuery>) -
 pub async fn cancel(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let job_id = parse_job_id(&id)?;
     let record =
-        queen.jobs().get(&job_id).cloned().ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
+        queen.jobs().record(&job_id).ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
     if record.state.is_terminal() {
         let body =
             serde_json::json!({"job_id": job_id, "cancelled": false, "reason": "the job already ended"});
@@ -109,13 +110,10 @@ pub async fn cancel(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> 
 /// start of the job, ending after the final status.
 pub async fn stream(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let job_id = parse_job_id(&id)?;
-    let Some(job_stream) = queen.streams.get(&job_id) else {
-        // Known but no longer buffered (older, or from before a restart): its final state only.
-        let record = queen
-            .jobs()
-            .get(&job_id)
-            .cloned()
-            .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
+    let job = queen.jobs().get(&job_id).ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
+    let Some(reader) = job.reader() else {
+        // Known but no longer buffered (older, or from before a restart): its record only.
+        let record = job.record();
         let event = Event::default()
             .event("record")
             .json_data(record)
@@ -123,7 +121,6 @@ pub async fn stream(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> 
         let once = futures::stream::iter([Ok::<_, Infallible>(event)]);
         return Ok(Sse::new(once).into_response());
     };
-    let reader = job_stream.reader();
     let events = futures::stream::unfold(reader, |mut reader| async move {
         let event = reader.next().await?;
         let sse = match &event {

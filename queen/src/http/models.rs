@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use rbee_bus::{
-    subject, BusError, ErrorCode, HiveId, ModelImportRequest, ModelPullAccepted, ModelPullEvent,
-    ModelPullRequest, ModelRemoveReply, ModelRemoveRequest, ModelReply, PullId, PullProgress, SCHEMA_VERSION,
+    subject, HiveId, ModelImportRequest, ModelPullAccepted, ModelPullEvent, ModelPullRequest,
+    ModelRemoveReply, ModelRemoveRequest, ModelReply, PullId, PullProgress, SCHEMA_VERSION,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -29,26 +29,6 @@ use crate::Queen;
 const IMPORT_TIMEOUT: Duration = Duration::from_secs(600);
 /// A pull that reports nothing for this long is given up on.
 const PULL_SILENCE: Duration = Duration::from_secs(120);
-
-/// Maps a hive's refusal to the API's errors.
-fn hive_error(hive: &HiveId, e: BusError) -> ApiError {
-    match e {
-        BusError::NoResponders { .. } => {
-            ApiError::NotFound(format!("no hive {hive} answers on nats (`rbee status` lists the hives)"))
-        }
-        BusError::Remote { error, .. } => {
-            let message = error.error.message;
-            match error.error.code {
-                ErrorCode::UnknownModel => ApiError::NotFound(message),
-                ErrorCode::Conflict => ApiError::Conflict(message),
-                ErrorCode::InvalidParams => ApiError::invalid(error.error.field.unwrap_or_default(), message),
-                ErrorCode::BadRequest => ApiError::BadRequest(message),
-                _ => ApiError::Unavailable(message),
-            }
-        }
-        other => ApiError::Unavailable(format!("hive {hive}: {other}")),
-    }
-}
 
 /// The hive named, or the only one there is.
 fn pick_hive(queen: &Queen, named: Option<&str>) -> Result<HiveId, ApiError> {
@@ -90,7 +70,7 @@ pub async fn import(
         .bus
         .request(subject::hive_models_import(&hive), &request, IMPORT_TIMEOUT)
         .await
-        .map_err(|e| hive_error(&hive, e))?;
+        .map_err(|e| ApiError::from_hive(&hive, e))?;
     let mut out = serde_json::to_value(&reply.model).unwrap_or_default();
     out["hive_id"] = json!(hive);
     out["sha256"] = json!(reply.sha256);
@@ -140,7 +120,7 @@ pub async fn pull(
         .bus
         .request(subject::hive_models_pull(&hive), &request, Duration::from_secs(10))
         .await
-        .map_err(|e| hive_error(&hive, e))?;
+        .map_err(|e| ApiError::from_hive(&hive, e))?;
     tracing::info!(%pull_id, hive_id = %hive, model_id = %accepted.model_id, "model pull accepted");
     let state = (progress, hive, accepted.model_id, false);
     let events = futures::stream::unfold(state, |(mut sub, hive, model, ended)| async move {
@@ -239,7 +219,7 @@ pub async fn remove(
         .bus
         .request(subject::hive_models_remove(&hive), &request, Duration::from_secs(30))
         .await
-        .map_err(|e| hive_error(&hive, e))?;
+        .map_err(|e| ApiError::from_hive(&hive, e))?;
     Ok(Json(json!({"model_id": reply.model_id, "hive_id": hive, "freed_bytes": reply.freed_bytes}))
         .into_response())
 }

@@ -13,8 +13,9 @@ use serde::Deserialize;
 
 use super::JsonBody;
 use crate::error::ApiError;
-use crate::jobs::dispatch::{self, JobRequest};
-use crate::jobs::stream::{JobEvent, JobReader};
+use crate::jobs::admit::{self, JobRequest};
+use crate::jobs::dispatch;
+use crate::jobs::job::{JobEvent, JobReader};
 use crate::Queen;
 
 /// `stop` as OpenAI takes it: one string or several.
@@ -150,11 +151,14 @@ pub async fn completions(
 
 async fn run(queen: Arc<Queen>, job: JobRequest, stream: bool, flavor: Flavor) -> Response {
     let model = job.model_id.to_string();
-    let (job_id, job_stream) = match dispatch::submit(&queen, job).await {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
+    let job = match admit::submit(&queen, job).await {
+        Ok(job) => job,
+        Err(e) => return ApiError::from(e).into_response(),
     };
-    let mut reader = job_stream.reader();
+    let job_id = job.job_id.clone();
+    let Some(mut reader) = job.reader() else {
+        return ApiError::JobFailed("the job keeps no events".to_owned()).into_response();
+    };
     // Until the worker accepts, a failure is still an HTTP error (400/413/503), not a broken stream.
     let mut pending = Vec::new();
     loop {
@@ -164,7 +168,7 @@ async fn run(queen: Arc<Queen>, job: JobRequest, stream: bool, flavor: Flavor) -
         if let JobEvent::Status(s) = &event {
             if let JobState::Finished { finish_reason: FinishReason::Error, error, .. } = &s.state {
                 let message = error.clone().unwrap_or_else(|| "job failed".to_owned());
-                return ApiError::from_job_failure(reader.stream().failure(), message).into_response();
+                return ApiError::from_job_failure(reader.job().failure(), message).into_response();
             }
         }
         pending.push(event);

@@ -57,7 +57,7 @@ pub async fn metrics(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
         "rbee_queue_depth",
         "jobs waiting for a slot or a spawn",
         String::new(),
-        queen.queued.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        queen.jobs().queued() as f64,
     ));
     for (kind, counts) in [("hive", &stats.hives), ("worker", &stats.workers)] {
         for (liveness, n) in

@@ -1,7 +1,16 @@
-//! Jobs the queen tracks: the pure job registry ([`registry`]), the token path ([`stream`]), placement
-//! and retries ([`dispatch`]), and durable history in JetStream ([`store`]).
+//! Jobs the queen tracks. Each has one owner, a [`job::Job`] in the [`table::JobTable`]: its pure
+//! [`record`], its event buffer, cancel and failure. Events reach it from the bus through the
+//! [`relay`] and from the queen's own decisions through [`announce`]. [`admit`] checks and accepts a
+//! submission, [`dispatch`] places it step by step (following a placed job with [`watch`], asking
+//! hives for workers through [`spawns`]), and [`store`] keeps the history in JetStream.
 
+pub mod admit;
+pub mod announce;
 pub mod dispatch;
-pub mod registry;
+pub mod job;
+pub mod record;
+pub mod relay;
+pub mod spawns;
 pub mod store;
-pub mod stream;
+pub mod table;
+pub mod watch;

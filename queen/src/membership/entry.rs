@@ -7,8 +7,8 @@ use rbee_bus::{HiveHeartbeat, HiveState, WorkerHeartbeat, WorkerState};
 
 use super::config::RegistryConfig;
 use super::liveness::{Heard, Liveness};
-use super::sequence::Sequence;
 use super::view::{HiveView, WorkerTotals, WorkerView};
+use crate::sequence::Sequence;
 
 /// Milliseconds in a duration, saturating.
 pub(crate) fn millis(duration: Duration) -> u64 {

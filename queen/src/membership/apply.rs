@@ -11,8 +11,8 @@ use rbee_bus::{
 use super::change::{Change, RemovalReason, UnfenceReason};
 use super::entry::{Fence, HiveEntry, Tombstone, WorkerEntry};
 use super::liveness::Liveness;
-use super::sequence::Verdict;
 use super::Registry;
+use crate::sequence::Verdict;
 
 impl Registry {
     /// Folds in a hive heartbeat received at `now`.

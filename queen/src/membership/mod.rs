@@ -95,7 +95,6 @@ mod config;
 mod entry;
 mod liveness;
 mod queries;
-mod sequence;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,0 +1,114 @@
+//! Admission: a job as clients submit it (HTTP or NATS) is checked, given its owner in the job table
+//! and placed once at once; a full queue is refused here. Failures are a [`SubmitError`], which HTTP
+//! ([`crate::error`]) and NATS ([`crate::submit`]) each map once.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rbee_bus::{ErrorCode, JobId, ModelId, Prompt, SamplingParams, WireError};
+
+use super::dispatch;
+use super::job::Job;
+use super::table::AlreadyExists;
+use crate::scheduler::Placement;
+use crate::Queen;
+
+/// A job as clients submit it.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// The model.
+    pub model_id: ModelId,
+    /// The input.
+    pub prompt: Prompt,
+    /// Sampling settings.
+    pub params: SamplingParams,
+    /// Wall-clock budget.
+    pub deadline_ms: Option<u64>,
+    /// An id chosen by the client.
+    pub job_id: Option<JobId>,
+}
+
+/// Why a job was not admitted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SubmitError {
+    /// A parameter is out of range or malformed.
+    #[error("{message}")]
+    InvalidParams {
+        /// The parameter.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The prompt is over the queen's limit.
+    #[error("{0}")]
+    PromptTooLarge(String),
+    /// No worker serves the model and no hive has it.
+    #[error("model {0} is not served or spawnable on any hive")]
+    UnknownModel(ModelId),
+    /// The client's job id is taken.
+    #[error(transparent)]
+    DuplicateId(#[from] AlreadyExists),
+    /// The queue is full and no worker has a free slot.
+    #[error("{0}")]
+    QueueFull(String),
+}
+
+impl From<SubmitError> for WireError {
+    fn from(e: SubmitError) -> Self {
+        let message = e.to_string();
+        match e {
+            SubmitError::InvalidParams { field, .. } => WireError::invalid_field(&field, message),
+            SubmitError::DuplicateId(_) => WireError::invalid_field("job_id", message),
+            SubmitError::PromptTooLarge(_) => WireError::new(ErrorCode::PromptTooLong, message),
+            SubmitError::UnknownModel(_) => WireError::new(ErrorCode::UnknownModel, message),
+            SubmitError::QueueFull(_) => WireError::new(ErrorCode::QueueFull, message),
+        }
+    }
+}
+
+/// Checks and accepts a job, places it once (a full queue is refused here), and drives it on the
+/// queen's tracked tasks. Returns its owner.
+pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>, SubmitError> {
+    check(queen, &request)?;
+    let job_id = request.job_id.clone().unwrap_or_else(JobId::generate);
+    // The queue as it is before this job joins it.
+    let queue_len = queen.jobs().queued();
+    let job = queen.jobs().create(job_id.clone(), request.model_id.clone(), rbee_bus::now_ms())?;
+    let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
+    let first = dispatch::place(queen, &request.model_id, &[], &prefix, queue_len);
+    if let Placement::Refuse { reason } = &first {
+        queen.jobs().fail_unannounced(&job_id, reason.clone(), rbee_bus::now_ms());
+        queen.metrics.refused();
+        return Err(SubmitError::QueueFull(reason.clone()));
+    }
+    queen.metrics.submitted();
+    let started = Instant::now();
+    queen.tasks.spawn(dispatch::drive(queen.clone(), job.clone(), request, prefix, first, started));
+    Ok(job)
+}
+
+fn check(queen: &Queen, request: &JobRequest) -> Result<(), SubmitError> {
+    request
+        .params
+        .validate()
+        .map_err(|e| SubmitError::InvalidParams { field: e.field.to_string(), message: e.to_string() })?;
+    let size = request.prompt.text_len();
+    let limit = queen.config.max_prompt_bytes;
+    if size > limit {
+        return Err(SubmitError::PromptTooLarge(format!(
+            "prompt of {size} bytes is over the {limit} byte limit"
+        )));
+    }
+    if let Prompt::Chat { messages } = &request.prompt {
+        if messages.is_empty() {
+            return Err(SubmitError::InvalidParams {
+                field: "messages".to_owned(),
+                message: "messages must not be empty".to_owned(),
+            });
+        }
+    }
+    if !queen.model_known(&request.model_id) {
+        return Err(SubmitError::UnknownModel(request.model_id.clone()));
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! One job's owner in the queen: a handle that holds its [`JobRecord`], the buffer of its events (token
+//! chunks and statuses, in order, for any number of [`JobReader`]s), the cancel request and the code of
+//! a refusal that ended it. Every change goes through [`Job::apply`], whether the event came from the
+//! bus (a worker's tokens and statuses) or from the queen's own decision (queued, scheduled, failed):
+//! an event already seen from the same publisher (its epoch and sequence) is dropped, so the queen's
+//! own statuses coming back from the bus change nothing.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use rbee_bus::{ErrorCode, EventMeta, JobId, JobStatus, TokenChunk};
+use tokio::sync::watch;
+
+use super::record::{JobPhaseKind, JobRecord};
+use crate::sequence::{Sequence, Verdict};
+
+/// Epochs a publisher had before that are still recognised as stale.
+const RETIRED_EPOCHS_KEPT: usize = 4;
+
+/// Something that happened to a job, in order.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// Generated text.
+    Token(TokenChunk),
+    /// A status event.
+    Status(JobStatus),
+}
+
+impl JobEvent {
+    /// True for the final status.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, JobEvent::Status(s) if s.state.is_terminal())
+    }
+}
+
+/// What [`Job::apply`] did with an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The event was new and taken (into the record, the buffer, or both).
+    pub taken: bool,
+    /// The event ended the job.
+    pub finished: bool,
+}
+
+/// One job: see the module documentation.
+#[derive(Debug)]
+pub struct Job {
+    /// Its id.
+    pub job_id: JobId,
+    /// When the queen created or first saw it (for time-to-first-token).
+    pub created: Instant,
+    /// True when this queen created it (it follows its events and places it).
+    pub owned: bool,
+    state: Mutex<State>,
+    len: watch::Sender<usize>,
+}
+
+#[derive(Debug)]
+struct State {
+    record: JobRecord,
+    publishers: Vec<(String, Sequence)>,
+    /// Events kept for readers; `None` once dropped (not followed here, or finished long ago).
+    events: Option<Vec<JobEvent>>,
+    finished_at: Option<Instant>,
+    last_token_at: Option<Instant>,
+    cancel_requested: bool,
+    failure: Option<ErrorCode>,
+}
+
+impl Job {
+    /// A job with this record; `owned` jobs keep their events for readers.
+    pub fn new(record: JobRecord, owned: bool) -> Self {
+        Self {
+            job_id: record.job_id.clone(),
+            created: Instant::now(),
+            owned,
+            state: Mutex::new(State {
+                record,
+                publishers: Vec::new(),
+                events: owned.then(Vec::new),
+                finished_at: None,
+                last_token_at: None,
+                cancel_requested: false,
+                failure: None,
+            }),
+            len: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes one event at `now_ms`: a status folds into the record (unless its publisher sent it
+    /// already, or the job is over) and is buffered; a token chunk is buffered. Nothing is taken after
+    /// the final status.
+    pub(super) fn apply(&self, event: JobEvent, now_ms: u64) -> Applied {
+        let mut state = self.lock();
+        if state.record.state.is_terminal() {
+            return Applied::default();
+        }
+        let mut applied = Applied { taken: true, ..Applied::default() };
+        if let JobEvent::Status(status) = &event {
+            if !state.first_sight(&status.meta) {
+                return Applied::default();
+            }
+            state.record.apply(&status.state, now_ms);
+            applied.finished = state.record.state.is_terminal();
+        }
+        if applied.finished {
+            state.finished_at = Some(Instant::now());
+        }
+        let Some(events) = state.events.as_mut() else { return applied };
+        events.push(event);
+        let n = events.len();
+        drop(state);
+        self.len.send_replace(n);
+        applied
+    }
+
+    /// Ends a job that never got a status event (refused at submission); false when it had ended.
+    pub(super) fn fail_unannounced(&self, reason: String, now_ms: u64) -> bool {
+        let mut state = self.lock();
+        let failed = state.record.fail(reason, now_ms);
+        if failed {
+            state.finished_at = Some(Instant::now());
+        }
+        failed
+    }
+
+    /// A copy of its record.
+    pub fn record(&self) -> JobRecord {
+        self.lock().record.clone()
+    }
+
+    /// Its phase.
+    pub fn phase(&self) -> JobPhaseKind {
+        self.lock().record.state.kind()
+    }
+
+    /// True while it waits in the queue: queued with a reason (a job just created has none yet).
+    pub fn is_waiting(&self) -> bool {
+        let state = self.lock();
+        state.record.state.kind() == JobPhaseKind::Queued && state.record.queue_reason.is_some()
+    }
+
+    /// A reader from the first event, or `None` when its events are not kept.
+    pub fn reader(self: &Arc<Self>) -> Option<JobReader> {
+        self.lock().events.as_ref()?;
+        Some(JobReader { job: self.clone(), next: 0, len: self.len.subscribe() })
+    }
+
+    /// Drops the buffered events of a job finished before `cutoff` (its record stays); true when it did.
+    pub fn drop_events_if_finished_before(&self, cutoff: Instant) -> bool {
+        let mut state = self.lock();
+        if state.events.is_some() && state.finished_at.is_some_and(|at| at < cutoff) {
+            state.events = None;
+            return true;
+        }
+        false
+    }
+
+    /// Token chunks received so far.
+    pub fn token_count(&self) -> usize {
+        let state = self.lock();
+        state.events.iter().flatten().filter(|e| matches!(e, JobEvent::Token(_))).count()
+    }
+
+    /// True once the job is over.
+    pub fn is_finished(&self) -> bool {
+        self.lock().finished_at.is_some()
+    }
+
+    /// Records when the latest token arrived; returns the previous time.
+    pub fn swap_last_token_at(&self, now: Instant) -> Option<Instant> {
+        self.lock().last_token_at.replace(now)
+    }
+
+    /// Asks the dispatcher to stop placing it.
+    pub fn request_cancel(&self) {
+        self.lock().cancel_requested = true;
+    }
+
+    /// True once cancelling was asked for.
+    pub fn cancel_requested(&self) -> bool {
+        self.lock().cancel_requested
+    }
+
+    /// Records why the job was refused, so HTTP can answer with a fitting status.
+    pub fn set_failure(&self, code: ErrorCode) {
+        self.lock().failure = Some(code);
+    }
+
+    /// Why the job was refused, if it was.
+    pub fn failure(&self) -> Option<ErrorCode> {
+        self.lock().failure
+    }
+}
+
+impl State {
+    /// True when the event is new from its publisher (same epoch, higher sequence, or a new epoch).
+    fn first_sight(&mut self, meta: &EventMeta) -> bool {
+        match self.publishers.iter_mut().find(|(publisher, _)| publisher == &meta.publisher) {
+            Some((_, sequence)) => sequence.observe(meta, RETIRED_EPOCHS_KEPT) != Verdict::Stale,
+            None => {
+                self.publishers.push((meta.publisher.clone(), Sequence::new(meta)));
+                true
+            }
+        }
+    }
+}
+
+/// Follows one job's events from the start.
+#[derive(Debug)]
+pub struct JobReader {
+    job: Arc<Job>,
+    next: usize,
+    len: watch::Receiver<usize>,
+}
+
+impl JobReader {
+    /// The next event; `None` after the final status (or when the buffer was dropped).
+    pub async fn next(&mut self) -> Option<JobEvent> {
+        loop {
+            {
+                let state = self.job.lock();
+                let events = state.events.as_ref()?;
+                if let Some(event) = events.get(self.next) {
+                    self.next += 1;
+                    return Some(event.clone());
+                }
+                if state.finished_at.is_some() {
+                    return None;
+                }
+            }
+            if self.len.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// The job it reads.
+    pub fn job(&self) -> &Arc<Job> {
+        &self.job
+    }
+}
