@@ -51,6 +51,10 @@ pub struct Queen {
     pub registry_changed: Notify,
     /// The work of jobs (placement loops, spawn requests): drained at shutdown.
     pub tasks: TaskTracker,
+    /// Cancelled when the queen starts draining: nothing new is waited for (spawn markers end).
+    pub draining: CancellationToken,
+    /// Cancelled at the drain deadline: placement loops stop following their jobs.
+    pub abandon_jobs: CancellationToken,
     registry: Mutex<Registry>,
     jobs: Mutex<JobTable>,
     spawns: Mutex<SpawnsInFlight>,
@@ -68,6 +72,8 @@ impl Queen {
             metrics: metrics::Metrics::default(),
             registry_changed: Notify::new(),
             tasks: TaskTracker::new(),
+            draining: CancellationToken::new(),
+            abandon_jobs: CancellationToken::new(),
             registry: Mutex::new(Registry::new(RegistryConfig::default())),
             jobs: Mutex::new(JobTable::new(retention)),
             spawns: Mutex::new(SpawnsInFlight::default()),
@@ -162,6 +168,7 @@ pub async fn serve(
 /// Waits for the jobs this queen placed, up to the drain deadline; then fails those still queued and
 /// stops following the rest (their workers go on, and the job history keeps their end).
 async fn drain_jobs(queen: &Arc<Queen>) {
+    queen.draining.cancel();
     queen.tasks.close();
     let deadline = queen.config.drain_deadline;
     let active = queen.tasks.len();

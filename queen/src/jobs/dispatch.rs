@@ -71,7 +71,8 @@ pub fn place(
     crate::placement::place(&mut queen.registry(), &request, now)
 }
 
-/// Drives a job from its first placement to its end.
+/// Drives a job from its first placement to its end, or until the queen abandons its jobs at the
+/// drain deadline.
 pub async fn drive(
     queen: Arc<Queen>,
     job: Arc<Job>,
@@ -80,31 +81,49 @@ pub async fn drive(
     first: Placement,
     started: Instant,
 ) {
+    let abandon = queen.abandon_jobs.clone();
+    tokio::select! {
+        _ = abandon.cancelled() => tracing::info!(job_id = %job.job_id, "queen stopping: job no longer followed"),
+        _ = steps(&queen, &job, &request, &prefix, first, started) => {}
+    }
+}
+
+async fn steps(
+    queen: &Arc<Queen>,
+    job: &Job,
+    request: &JobRequest,
+    prefix: &[u64],
+    first: Placement,
+    started: Instant,
+) {
     let model_id = request.model_id.clone();
     let mut attempts = Attempts { exclude: Vec::new(), made: 0, last_reason: String::new(), started };
     let mut next = Some(first);
     loop {
+        if job.is_finished() {
+            return;
+        }
         if job.cancel_requested() {
-            cancelled(&queen, &job.job_id, &model_id).await;
+            cancelled(queen, &job.job_id, &model_id).await;
             return;
         }
         let placement = next.take().unwrap_or_else(|| {
             let queue_len = queen.jobs().queued();
-            place(&queen, &model_id, &attempts.exclude, &prefix, queue_len)
+            place(queen, &model_id, &attempts.exclude, prefix, queue_len)
         });
         let step = match placement {
-            Placement::Assign { worker_id } => assign(&queen, &job, &request, worker_id, &mut attempts).await,
+            Placement::Assign { worker_id } => assign(queen, job, request, worker_id, &mut attempts).await,
             Placement::Spawn { hive_id, device } => {
                 let reason = format!("starting a worker of {model_id} on hive {hive_id} ({device})");
-                queue_note(&queen, &job, &model_id, reason, &mut attempts).await;
-                request_spawn(&queen, &hive_id, &model_id, &device);
-                wait_for_change(&queen, QUEUE_RECHECK).await;
+                queue_note(queen, job, &model_id, reason, &mut attempts).await;
+                request_spawn(queen, &hive_id, &model_id, &device);
+                wait_for_change(queen, QUEUE_RECHECK).await;
                 Step::Again
             }
             // Only new jobs are refused (429 at submit). A job already admitted keeps waiting, up to
             // the queue timeout, even when the queue filled up behind it.
             Placement::Queue { reason } | Placement::Refuse { reason } => {
-                queue_step(&queen, &job, &model_id, reason, &mut attempts).await
+                queue_step(queen, job, &model_id, reason, &mut attempts).await
             }
         };
         if let Step::Done = step {

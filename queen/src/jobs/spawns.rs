@@ -76,7 +76,11 @@ pub fn request_spawn(queen: &Arc<Queen>, hive_id: &HiveId, model_id: &ModelId, d
         match reply {
             Ok(r) => {
                 tracing::info!(%hive_id, worker_id = %r.worker_id, pid = r.pid, "worker spawned for queued jobs");
-                tokio::time::sleep(MARKER_AFTER_REPLY).await;
+                // A draining queen does not wait for the marker's end; it stays until it times out.
+                let draining = tokio::time::timeout(MARKER_AFTER_REPLY, queen.draining.cancelled()).await;
+                if draining.is_ok() {
+                    return;
+                }
             }
             Err(e) => tracing::warn!(%hive_id, error = %e, "spawn for queued jobs failed"),
         }
