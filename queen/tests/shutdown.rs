@@ -41,8 +41,7 @@ async fn start_queen(
 
 /// Submits over NATS until the queen answers (it may still be warming up); returns the reply.
 async fn submit(bus: &Bus, max_tokens: u32) -> SubmitJobReply {
-    let mut params = SamplingParams::default();
-    params.max_tokens = max_tokens;
+    let params = SamplingParams { max_tokens, ..SamplingParams::default() };
     let submit = SubmitJob {
         v: SCHEMA_VERSION,
         model_id: MODEL.parse().expect("id"),
@@ -54,7 +53,11 @@ async fn submit(bus: &Bus, max_tokens: u32) -> SubmitJobReply {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match bus
-            .request::<_, SubmitJobReply>(subject::QUEEN_JOBS_SUBMIT.to_owned(), &submit, Duration::from_secs(5))
+            .request::<_, SubmitJobReply>(
+                subject::QUEEN_JOBS_SUBMIT.to_owned(),
+                &submit,
+                Duration::from_secs(5),
+            )
             .await
         {
             Ok(reply) => return reply,

@@ -362,7 +362,7 @@ mod tests {
 
     #[test]
     fn replay_rebuilds_the_same_records() {
-        let events = vec![
+        let events = [
             status("r1", "queen", 1, JobState::Queued { reason: "no hive has model smol".into() }),
             status("r1", "queen", 2, JobState::Scheduled { worker_id: id("w1") }),
             status("r1", "w1", 1, JobState::Running { worker_id: id("w1") }),
