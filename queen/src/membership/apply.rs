@@ -5,14 +5,14 @@ use std::collections::btree_map::Entry;
 use std::time::Instant;
 
 use rbee_bus::{
-    HiveHeartbeat, HiveId, LifecycleEvent, WorkerHeartbeat, WorkerId, WorkerLifecycle, WorkerState,
+    EventMeta, HiveHeartbeat, HiveId, LifecycleEvent, WorkerHeartbeat, WorkerId, WorkerLifecycle, WorkerState,
 };
 
 use super::change::{Change, RemovalReason, UnfenceReason};
 use super::entry::{Fence, HiveEntry, Tombstone, WorkerEntry};
 use super::liveness::Liveness;
 use super::Registry;
-use crate::sequence::Verdict;
+use crate::sequence::{Sequence, Verdict};
 
 impl Registry {
     /// Folds in a hive heartbeat received at `now`.
@@ -29,15 +29,10 @@ impl Registry {
             }
             Entry::Occupied(occupied) => occupied.into_mut(),
         };
-        let verdict = entry.sequence.observe(&heartbeat.meta, self.config.retired_epochs_kept);
-        match verdict {
-            Verdict::Stale => {
-                self.stale_ignored += 1;
-                return Vec::new();
-            }
-            Verdict::Gap(skipped) => self.seq_gaps += skipped,
-            Verdict::InOrder | Verdict::NewEpoch => {}
-        }
+        let retired = self.config.retired_epochs_kept;
+        let judged =
+            judge(&mut entry.sequence, &heartbeat.meta, retired, &mut self.stale_ignored, &mut self.seq_gaps);
+        let Some(verdict) = judged else { return Vec::new() };
         let restarted = verdict == Verdict::NewEpoch;
         let mut changes = Vec::new();
         if let Some(previous) = entry.heard.heard(now, self.config.interval(heartbeat.interval_ms)) {
@@ -93,15 +88,10 @@ impl Registry {
             }
             Entry::Occupied(occupied) => occupied,
         };
-        let verdict = occupied.get_mut().sequence.observe(&heartbeat.meta, self.config.retired_epochs_kept);
-        match verdict {
-            Verdict::Stale => {
-                self.stale_ignored += 1;
-                return Vec::new();
-            }
-            Verdict::Gap(skipped) => self.seq_gaps += skipped,
-            Verdict::InOrder | Verdict::NewEpoch => {}
-        }
+        let retired = self.config.retired_epochs_kept;
+        let sequence = &mut occupied.get_mut().sequence;
+        let judged = judge(sequence, &heartbeat.meta, retired, &mut self.stale_ignored, &mut self.seq_gaps);
+        let Some(verdict) = judged else { return Vec::new() };
         if stopped {
             let removed = occupied.remove();
             self.note_applied(now);
@@ -363,4 +353,27 @@ fn worker_materially_changed(before: &WorkerHeartbeat, after: &WorkerHeartbeat) 
         || before.model_id != after.model_id
         || before.device != after.device
         || before.hive_id != after.hive_id
+}
+
+/// Observes a heartbeat's envelope, counting skipped sequence numbers in `gaps` and a stale one in
+/// `stale`; `None` when stale (the heartbeat is ignored).
+fn judge(
+    sequence: &mut Sequence,
+    meta: &EventMeta,
+    retired: usize,
+    stale: &mut u64,
+    gaps: &mut u64,
+) -> Option<Verdict> {
+    match sequence.observe(meta, retired) {
+        Verdict::Stale => {
+            *stale += 1;
+            None
+        }
+        verdict => {
+            if let Verdict::Gap(skipped) = verdict {
+                *gaps += skipped;
+            }
+            Some(verdict)
+        }
+    }
 }
