@@ -312,7 +312,13 @@ impl Cluster {
 
     /// Polls `GET /v1/jobs/{id}` every 100 ms until `done` holds for its record, which it returns;
     /// panics with `what` and the last record after `within`.
-    pub async fn wait_job(&self, id: &str, within: Duration, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let record = self.job(id).await;

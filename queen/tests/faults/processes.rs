@@ -53,8 +53,9 @@ async fn worker_sigkilled_mid_job() {
 
     // The job ends with a clear reason.
     let ended = |record: &Value| matches!(record["state"]["phase"].as_str(), Some("failed" | "completed"));
-    let record =
-        c.wait_job(&job_id, Duration::from_secs(120), "the job never ended after its worker died", ended).await;
+    let record = c
+        .wait_job(&job_id, Duration::from_secs(120), "the job never ended after its worker died", ended)
+        .await;
     eprintln!("job ended {:?} after the kill: {}", killed.elapsed(), record["state"]);
     if record["state"]["phase"] == "failed" {
         let reason = record["state"]["reason"].as_str().unwrap_or_default();
@@ -201,7 +202,10 @@ async fn queen_killed_and_restarted_mid_job() {
 
     // The restarted queen records the completion.
     let what = "the restarted queen never saw the job complete";
-    c.wait_job(job_id.as_str(), Duration::from_secs(20), what, |record| record["state"]["phase"] == "completed").await;
+    c.wait_job(job_id.as_str(), Duration::from_secs(20), what, |record| {
+        record["state"]["phase"] == "completed"
+    })
+    .await;
     let (status, body) = c.quick_chat().await;
     assert_eq!(status, 200, "a job on the restarted queen failed: {body}");
     c.stop().await;
