@@ -1,5 +1,7 @@
-//! The processes a run starts (queen, hive, stand-alone workers, the relay), each logging to a file and
-//! stopped on drop (SIGTERM, then SIGKILL), and a small HTTP client for the queen's API.
+//! What a run starts: its environment (the release binaries, the model, the log directory), the
+//! cluster every section measures (nats-server, the `rbee-queen` and `rbee-hive` binaries, a watcher on
+//! the bus), and the processes behind it (queen, hive, stand-alone workers, the relay), each logging to
+//! a file and stopped on drop (SIGTERM, then SIGKILL).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -9,7 +11,151 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+use crate::api::Api;
 use crate::stats;
+use crate::watcher::Watcher;
+
+/// The model id the hive imports the default model under.
+pub const MODEL_ID: &str = "smollm2-135m-instruct";
+/// The hive this run starts.
+pub const HIVE_ID: &str = "bench-hive";
+
+/// Where the run's binaries, model and logs are.
+pub struct Env {
+    /// Repository root.
+    pub root: PathBuf,
+    /// `target/bench`, emptied at the start.
+    pub logs: PathBuf,
+    /// `rbee-queen`, next to this executable.
+    pub queen_bin: PathBuf,
+    /// `rbee-hive`.
+    pub hive_bin: PathBuf,
+    /// `rbee-worker`.
+    pub worker_bin: PathBuf,
+    /// The default model's GGUF.
+    pub model_path: PathBuf,
+    /// Inference threads, for the worker and for llama.cpp driven directly alike.
+    pub threads: u32,
+}
+
+impl Env {
+    /// Checks the binaries and the model under `root`; empties the log directory.
+    pub fn new(root: &Path, threads: u32) -> anyhow::Result<Self> {
+        let root = std::fs::canonicalize(root).with_context(|| format!("no directory {}", root.display()))?;
+        let exe = std::env::current_exe()?;
+        let bin_dir = exe.parent().context("executable without a directory")?.to_path_buf();
+        let bin = |name: &str| {
+            let p = bin_dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                bail!("{} is missing: run `make release` first", p.display())
+            }
+        };
+        let model_path = root.join(".rbee/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        if !model_path.is_file() {
+            bail!("the default model is missing at {}: run `make setup`", model_path.display());
+        }
+        let logs = root.join("target/bench");
+        let _ = std::fs::remove_dir_all(&logs);
+        std::fs::create_dir_all(&logs)?;
+        Ok(Self {
+            queen_bin: bin("rbee-queen")?,
+            hive_bin: bin("rbee-hive")?,
+            worker_bin: bin("rbee-worker")?,
+            root,
+            logs,
+            model_path,
+            threads,
+        })
+    }
+}
+
+/// A NATS connection to `url`.
+pub async fn connect(url: &str) -> anyhow::Result<rbee_bus::Bus> {
+    Ok(rbee_bus::connect(&rbee_bus::NatsConfig::url(url)).await?)
+}
+
+/// nats-server, the queen and the hive (offering [`MODEL_ID`]), and a watcher on the bus.
+pub struct Cluster {
+    /// The nats-server, held until the cluster is dropped (which stops it).
+    _nats: rbee_testkit::NatsServer,
+    /// Its URL.
+    pub url: String,
+    /// A plain connection, as a third party would use.
+    pub bus: rbee_bus::Bus,
+    /// Heartbeats and lifecycle events as this process receives them.
+    pub watcher: Watcher,
+    /// The `rbee-queen` binary.
+    pub queen: Proc,
+    /// The `rbee-hive` binary.
+    pub hive: Proc,
+    /// The queen's HTTP API.
+    pub api: Api,
+}
+
+impl Cluster {
+    /// Starts everything and waits until the queen offers the model on the hive.
+    pub async fn start(env: &Env) -> anyhow::Result<Self> {
+        let nats = rbee_testkit::NatsServer::start();
+        let url = nats.url();
+        let bus = connect(&url).await?;
+        let watcher = Watcher::start(&bus, HIVE_ID).await?;
+        let port = free_port();
+        let mut queen =
+            Proc::spawn("queen", &env.queen_bin, &queen_args(&url, port), &env.logs.join("queen.log"))?;
+        let api = Api::new(port);
+        api.wait_healthy(&mut queen, Duration::from_secs(30)).await?;
+        let hive_args: Vec<String> = vec![
+            "--hive-id".into(),
+            HIVE_ID.into(),
+            "--catalog-dir".into(),
+            env.logs.join("catalog").display().to_string(),
+            "--import-model".into(),
+            format!("{}={MODEL_ID}", env.model_path.display()),
+            "--worker-bin".into(),
+            env.worker_bin.display().to_string(),
+            "--nats-url".into(),
+            url.clone(),
+        ];
+        let hive = Proc::spawn("hive", &env.hive_bin, &hive_args, &env.logs.join("hive.log"))?;
+        let mut cluster = Self { _nats: nats, url, bus, watcher, queen, hive, api };
+        cluster.wait_spawnable().await?;
+        Ok(cluster)
+    }
+
+    async fn wait_spawnable(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            self.hive.check()?;
+            self.queen.check()?;
+            if let Ok(models) = self.api.get("/v1/models").await {
+                let ready = models.get("data").and_then(Value::as_array).is_some_and(|data| {
+                    data.iter().any(|m| {
+                        m.get("id").and_then(Value::as_str) == Some(MODEL_ID)
+                            && m.get("spawnable_on")
+                                .and_then(Value::as_array)
+                                .is_some_and(|h| h.iter().any(|h| h == HIVE_ID))
+                    })
+                });
+                if ready {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the hive did not offer {MODEL_ID} within 120 s; hive log:\n{}", self.hive.tail(15));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops watching, then the hive and the queen (nats-server stays, for the registry load).
+    pub fn stop_daemons(&mut self) {
+        self.watcher.stop();
+        self.hive.stop(Duration::from_secs(15));
+        self.queen.stop(Duration::from_secs(5));
+    }
+}
 
 /// A child process with its log file.
 pub struct Proc {
@@ -90,141 +236,6 @@ impl Drop for Proc {
     }
 }
 
-/// The queen's HTTP API.
-#[derive(Clone)]
-pub struct Api {
-    /// `http://127.0.0.1:<port>`
-    pub base: String,
-    /// A client (pooled connections).
-    pub http: reqwest::Client,
-}
-
-impl Api {
-    /// A client for the queen on `port`.
-    pub fn new(port: u16) -> Self {
-        let http = reqwest::Client::builder().no_proxy().tcp_nodelay(true).build().unwrap_or_default();
-        Self { base: format!("http://127.0.0.1:{port}"), http }
-    }
-
-    /// A client that opens a connection per request, for a server that closes idle keep-alive
-    /// connections under a pooled client (llama-server did, mid-run: "connection closed before message
-    /// completed").
-    pub fn unpooled(port: u16) -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap_or_default();
-        Self { base: format!("http://127.0.0.1:{port}"), http }
-    }
-
-    /// `GET path` as JSON.
-    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .with_context(|| format!("GET {path}"))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.with_context(|| format!("GET {path}: body"))?;
-        if !status.is_success() {
-            bail!("GET {path}: {status} {body}");
-        }
-        Ok(body)
-    }
-
-    /// `GET path` as text.
-    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .with_context(|| format!("GET {path}"))?;
-        Ok(resp.text().await?)
-    }
-
-    /// `POST path` with a JSON body; the reply as JSON, an error unless 2xx.
-    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .with_context(|| format!("POST {path}"))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.with_context(|| format!("POST {path}: body"))?;
-        if !status.is_success() {
-            bail!("POST {path}: {status} {body}");
-        }
-        Ok(body)
-    }
-
-    /// `DELETE path`; an error unless 2xx.
-    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
-        let resp = self
-            .http
-            .delete(format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .with_context(|| format!("DELETE {path}"))?;
-        if !resp.status().is_success() {
-            bail!("DELETE {path}: {}", resp.status());
-        }
-        Ok(())
-    }
-
-    /// The workers the queen lists.
-    pub async fn workers(&self) -> anyhow::Result<Vec<Value>> {
-        let body = self.get("/v1/workers").await?;
-        Ok(body.get("workers").and_then(Value::as_array).cloned().unwrap_or_default())
-    }
-
-    /// A counter or gauge from `/metrics` (the sum of every series of that name).
-    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
-        let text = self.get_text("/metrics").await?;
-        Ok(metric_sum(&text, name, None))
-    }
-
-    /// Waits until `/health` answers ok.
-    pub async fn wait_healthy(&self, proc: &mut Proc, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        loop {
-            proc.check()?;
-            if let Ok(resp) = self.http.get(format!("{}/health", self.base)).send().await {
-                if resp.status().is_success() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the queen did not become healthy within {within:?}; log:\n{}", proc.tail(15));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Sum of the series of metric `name` in Prometheus text, optionally only those whose labels contain
-/// `label`.
-pub fn metric_sum(text: &str, name: &str, label: Option<&str>) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-            (metric == name && label.is_none_or(|want| labels.contains(want)))
-                .then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
-}
-
 /// A free loopback port.
 pub fn free_port() -> u16 {
     rbee_testkit::nats::free_port()
@@ -233,18 +244,4 @@ pub fn free_port() -> u16 {
 /// Arguments of a queen on `port` connected to `nats`.
 pub fn queen_args(nats: &str, port: u16) -> Vec<String> {
     vec!["--http-addr".into(), format!("127.0.0.1:{port}"), "--nats-url".into(), nats.into()]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::metric_sum;
-
-    #[test]
-    fn sums_metric_series() {
-        let text = "# HELP x\nrbee_heartbeats_total 42\nrbee_registry_entries{kind=\"worker\",liveness=\"online\"} 3\n\
-                    rbee_registry_entries{kind=\"hive\",liveness=\"online\"} 1\n";
-        assert_eq!(metric_sum(text, "rbee_heartbeats_total", None), 42.0);
-        assert_eq!(metric_sum(text, "rbee_registry_entries", None), 4.0);
-        assert_eq!(metric_sum(text, "rbee_registry_entries", Some("kind=\"worker\"")), 3.0);
-    }
 }

@@ -3,117 +3,210 @@
 //! listing), and failure detection: a worker killed with SIGKILL until the queen's `GET /v1/workers`
 //! shows it offline or gone, with its hive watching (lifecycle event) and without (heartbeats only).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures::StreamExt;
-use rbee_bus::{subject, Bus, HiveHeartbeat, LifecycleEvent, WorkerHeartbeat, WorkerLifecycle, WorkerState};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Api, Proc};
+use crate::api::Api;
+use crate::cluster::{Cluster, Env, Proc, HIVE_ID, MODEL_ID};
+use crate::report::{Fig, Report};
 use crate::stats;
+use crate::watcher::Watcher;
 
-/// What the bus said about one worker, with this process's receive instants.
-#[derive(Debug, Default, Clone)]
-pub struct Seen {
-    /// The hive's `started` lifecycle event.
-    pub started: Option<Instant>,
-    /// The first heartbeat.
-    pub first_heartbeat: Option<Instant>,
-    /// The first `idle` heartbeat.
-    pub idle: Option<Instant>,
-    /// The latest heartbeat.
-    pub last_heartbeat: Option<Instant>,
-    /// Heartbeats seen.
-    pub heartbeats: u64,
+/// The section's title.
+pub const SECTION: &str = "5. Control path";
+
+/// What the control path measured over the run: the first spawn (before every other section; its
+/// worker serves them), then failure detection (after the end-to-end section).
+pub struct Control {
+    /// Every timed spawn, the first one first.
+    pub spawns: Vec<SpawnTiming>,
+    /// Every failure detection, the hive-watched ones first.
+    pub detections: Vec<Detection>,
+    /// `GET /health` round trip, measured while the queen still ran.
+    http_rtt_ms: f64,
 }
 
-/// Watches heartbeats and lifecycle events; keeps the latest real hive and worker heartbeats as
-/// templates for the registry load.
-#[derive(Clone)]
-pub struct Watcher {
-    seen: Arc<Mutex<HashMap<String, Seen>>>,
-    hive: Arc<Mutex<Option<HiveHeartbeat>>>,
-    worker: Arc<Mutex<Option<WorkerHeartbeat>>>,
-    stop: CancellationToken,
-}
+impl Control {
+    /// Spawns the first worker through the queen and times it.
+    pub async fn first_spawn(cluster: &Cluster, threads: u32) -> anyhow::Result<Self> {
+        let first = spawn_timed(&cluster.api, &cluster.watcher, HIVE_ID, MODEL_ID, threads).await?;
+        println!("  spawned {} in {:.0} ms (pid {})", first.worker_id, first.total_ms, first.pid);
+        Ok(Self { spawns: vec![first], detections: Vec::new(), http_rtt_ms: 0.0 })
+    }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+    /// The first worker.
+    pub fn first(&self) -> &SpawnTiming {
+        &self.spawns[0]
+    }
 
-impl Watcher {
-    /// Subscribes on `bus` (confirmed by a round trip before it returns).
-    pub async fn start(bus: &Bus, real_hive: &str) -> anyhow::Result<Self> {
-        let client = bus.client();
-        let workers = client.subscribe(subject::WORKER_HEARTBEAT_ALL).await?;
-        let lifecycle = client.subscribe(subject::WORKER_LIFECYCLE_ALL).await?;
-        let hives = client.subscribe(subject::HIVE_HEARTBEAT_ALL).await?;
-        bus.round_trip().await?;
-        let w = Self {
-            seen: Arc::default(),
-            hive: Arc::default(),
-            worker: Arc::default(),
-            stop: CancellationToken::new(),
+    /// Spawns and SIGKILLs `hive_kills` workers the hive supervises, then `standalone_kills` workers
+    /// with no hive at different offsets after a heartbeat, timing the queen's detection of each.
+    pub async fn detect_failures(
+        &mut self,
+        cluster: &Cluster,
+        env: &Env,
+        hive_kills: usize,
+        standalone_kills: usize,
+    ) -> anyhow::Result<()> {
+        let (api, watcher) = (&cluster.api, &cluster.watcher);
+        for _ in 0..hive_kills {
+            let spawn = spawn_timed(api, watcher, HIVE_ID, MODEL_ID, env.threads).await?;
+            println!("  spawned {} in {:.0} ms", spawn.worker_id, spawn.total_ms);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let d = kill_supervised(api, watcher, &spawn.worker_id, spawn.pid).await?;
+            println!(
+                "  SIGKILL {} (hive watching): {} after {:.1} ms",
+                spawn.worker_id, d.seen_as, d.kill_to_detect_ms
+            );
+            self.detections.push(d);
+            self.spawns.push(spawn);
+        }
+        let offsets = [0.2, 0.5, 0.8, 0.35, 0.65];
+        for i in 0..standalone_kills {
+            let offset = Duration::from_secs_f64(offsets[i % offsets.len()]);
+            let worker = Standalone {
+                worker_bin: &env.worker_bin,
+                model_path: &env.model_path,
+                model: MODEL_ID,
+                nats: &cluster.url,
+                log: &env.logs.join(format!("orphan-{i}.log")),
+            };
+            let d = kill_standalone(api, watcher, &worker, i, offset).await?;
+            println!(
+                "  SIGKILL standalone worker {:.0} ms after a heartbeat: {} after {:.0} ms ({:.0} ms after its last heartbeat)",
+                offset.as_secs_f64() * 1e3,
+                d.seen_as,
+                d.kill_to_detect_ms,
+                d.last_heartbeat_to_detect_ms
+            );
+            self.detections.push(d);
+        }
+        self.http_rtt_ms = http_rtt_ms(api).await?;
+        Ok(())
+    }
+
+    /// Measures the stages' floors (`load_ms`: `Engine::load` in process; `raw_p50_us`: raw NATS one-way)
+    /// and records the section's figures. Runs once the daemons are stopped, nats-server still up.
+    pub async fn record(
+        &self,
+        report: &mut Report,
+        env: &Env,
+        nats: &str,
+        load_ms: f64,
+        raw_p50_us: f64,
+    ) -> anyhow::Result<()> {
+        let floors = Floors {
+            true_ms: exec_ms(Path::new("/bin/true"), &[])?,
+            worker_version_ms: exec_ms(&env.worker_bin, &["--version"])?,
+            connect_ms: connect_floor_ms(nats).await?,
+            load_ms,
+            notify_ms: raw_p50_us / 1e3 + self.http_rtt_ms,
         };
-        let me = w.clone();
-        let real_hive = real_hive.to_owned();
-        let mut merged = futures::stream::select(futures::stream::select(workers, lifecycle), hives);
-        tokio::spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    _ = me.stop.cancelled() => return,
-                    msg = merged.next() => match msg { Some(m) => m, None => return },
-                };
-                let at = Instant::now();
-                let subj = msg.subject.as_str();
-                if subject::matches(subject::WORKER_HEARTBEAT_ALL, subj) {
-                    let Ok(hb) = serde_json::from_slice::<WorkerHeartbeat>(&msg.payload) else { continue };
-                    {
-                        let mut seen = lock(&me.seen);
-                        let s = seen.entry(hb.worker_id.to_string()).or_default();
-                        s.first_heartbeat.get_or_insert(at);
-                        s.last_heartbeat = Some(at);
-                        s.heartbeats += 1;
-                        if hb.state == WorkerState::Idle {
-                            s.idle.get_or_insert(at);
-                        }
-                    }
-                    if hb.hive_id.as_str() == real_hive && hb.state == WorkerState::Idle {
-                        *lock(&me.worker) = Some(hb);
-                    }
-                } else if subject::matches(subject::WORKER_LIFECYCLE_ALL, subj) {
-                    let Ok(ev) = serde_json::from_slice::<WorkerLifecycle>(&msg.payload) else { continue };
-                    if matches!(ev.event, LifecycleEvent::Started { .. }) {
-                        lock(&me.seen).entry(ev.worker_id.to_string()).or_default().started.get_or_insert(at);
-                    }
-                } else if let Ok(hb) = serde_json::from_slice::<HiveHeartbeat>(&msg.payload) {
-                    if hb.hive_id.as_str() == real_hive && !hb.workers.is_empty() {
-                        *lock(&me.hive) = Some(hb);
-                    }
-                }
+        self.figures(report, &floors);
+        Ok(())
+    }
+
+    fn figures(&self, report: &mut Report, f: &Floors) {
+        let (spawns, detections) = (&self.spawns, &self.detections);
+        let med = |g: fn(&SpawnTiming) -> f64| stats::median(&spawns.iter().map(g).collect::<Vec<_>>());
+        let n = spawns.len();
+        let figures = [
+            Fig::new(
+                "control.spawn.process_start_ms",
+                format!("spawn request → process started (hive's `started` event), median of {n}"),
+            )
+            .value(med(|s| s.process_start_ms), "ms")
+            .vs("start and reap `/bin/true`", f.true_ms),
+            Fig::new("control.spawn.first_heartbeat_ms", "process started → first heartbeat (`loading`)")
+                .value(med(|s| s.first_heartbeat_ms), "ms")
+                .vs("`rbee-worker --version` run + NATS connect", f.worker_version_ms + f.connect_ms),
+            Fig::new("control.spawn.model_load_ms", "first heartbeat → `idle` heartbeat (model load)")
+                .value(med(|s| s.model_load_ms), "ms")
+                .vs("Engine::load in process (llama.cpp direct)", f.load_ms),
+            Fig::new(
+                "control.spawn.queen_ready_ms",
+                "`idle` heartbeat → queen lists it idle (polled every 1 ms)",
+            )
+            .value(med(|s| s.queen_ready_ms), "ms")
+            .vs("raw NATS one-way + GET round trip", f.notify_ms),
+            Fig::new("control.spawn.total_ms", "spawn request → ready in the queen (total)")
+                .value(med(|s| s.total_ms), "ms")
+                .vs(
+                    "sum of the floors above",
+                    f.true_ms + f.worker_version_ms + f.connect_ms + f.load_ms + f.notify_ms,
+                ),
+        ];
+        for fig in figures {
+            report.figure(SECTION, fig);
+        }
+        let of_mode = |mode: &str, g: fn(&Detection) -> f64| -> Vec<f64> {
+            detections.iter().filter(|d| d.mode == mode).map(g).collect()
+        };
+        let hive = of_mode("hive", |d| d.kill_to_detect_ms);
+        let solo = of_mode("standalone", |d| d.kill_to_detect_ms);
+        let solo_last = of_mode("standalone", |d| d.last_heartbeat_to_detect_ms);
+        let bound = 3.0 * 1000.0;
+        let expiry = "heartbeat expiry bound 3 × 1 s";
+        if !hive.is_empty() {
+            let label = format!("SIGKILL → queen drops it, hive watching (median of {})", hive.len());
+            report.figure(
+                SECTION,
+                Fig::new("control.detect.hive_ms", label).value(stats::median(&hive), "ms").vs(expiry, bound),
+            );
+        }
+        if !solo.is_empty() {
+            let label =
+                format!("SIGKILL → queen lists it offline, heartbeats only (median of {})", solo.len());
+            let figures = [
+                Fig::new("control.detect.heartbeat_ms", label)
+                    .value(stats::median(&solo), "ms")
+                    .vs(expiry, bound),
+                Fig::new("control.detect.heartbeat_max_ms", "SIGKILL → offline, heartbeats only, worst")
+                    .value(solo.iter().copied().fold(0.0, f64::max), "ms")
+                    .vs(expiry, bound),
+                Fig::new(
+                    "control.detect.since_last_heartbeat_ms",
+                    "last heartbeat → offline, heartbeats only (median)",
+                )
+                .value(stats::median(&solo_last), "ms")
+                .vs("3 × 1 s", bound),
+            ];
+            for fig in figures {
+                report.figure(SECTION, fig);
             }
-        });
-        Ok(w)
+        }
+        report.detail(
+            "control_path",
+            json!({"spawns": spawns, "detections": detections, "floors_ms": f, "heartbeat_interval_ms": 1000}),
+        );
     }
+}
 
-    /// What was seen of a worker.
-    pub fn seen(&self, worker_id: &str) -> Seen {
-        lock(&self.seen).get(worker_id).cloned().unwrap_or_default()
-    }
+/// Floors of the control path's stages, ms.
+#[derive(Debug, serde::Serialize)]
+struct Floors {
+    /// Start `/bin/true` and wait for it.
+    true_ms: f64,
+    /// Start `rbee-worker --version` and wait for it.
+    worker_version_ms: f64,
+    /// A fresh NATS connection plus a round trip, in process.
+    connect_ms: f64,
+    /// `Engine::load` in process.
+    load_ms: f64,
+    /// Raw NATS one-way p50 plus a `GET /health` round trip.
+    notify_ms: f64,
+}
 
-    /// The latest real hive heartbeat that listed a worker, and the latest real idle worker heartbeat.
-    pub fn templates(&self) -> Option<(HiveHeartbeat, WorkerHeartbeat)> {
-        Some((lock(&self.hive).clone()?, lock(&self.worker).clone()?))
-    }
-
-    /// Stops watching.
-    pub fn stop(&self) {
-        self.stop.cancel();
-    }
+/// How to start a worker with no hive.
+struct Standalone<'a> {
+    worker_bin: &'a Path,
+    model_path: &'a Path,
+    model: &'a str,
+    nats: &'a str,
+    log: &'a Path,
 }
 
 /// One spawn, split into stages (ms).
@@ -161,7 +254,7 @@ async fn wait_listed_idle(api: &Api, worker_id: &str, within: Duration) -> anyho
 }
 
 /// Spawns a worker of `model` on `hive` through the queen and times its way to ready.
-pub async fn spawn_timed(
+async fn spawn_timed(
     api: &Api,
     watcher: &Watcher,
     hive: &str,
@@ -240,7 +333,7 @@ pub struct Detection {
 }
 
 /// SIGKILLs a worker the hive supervises and times the queen's detection.
-pub async fn kill_supervised(
+async fn kill_supervised(
     api: &Api,
     watcher: &Watcher,
     worker_id: &str,
@@ -262,15 +355,10 @@ pub async fn kill_supervised(
 
 /// Starts a worker with no hive (so nothing reports its death but the silence of its heartbeats),
 /// SIGKILLs it `offset` after one of its heartbeats, and times the queen's detection.
-#[allow(clippy::too_many_arguments)]
-pub async fn kill_standalone(
+async fn kill_standalone(
     api: &Api,
     watcher: &Watcher,
-    worker_bin: &std::path::Path,
-    model_path: &std::path::Path,
-    model: &str,
-    nats: &str,
-    log: &std::path::Path,
+    worker: &Standalone<'_>,
     n: usize,
     offset: Duration,
 ) -> anyhow::Result<Detection> {
@@ -281,7 +369,7 @@ pub async fn kill_standalone(
         "--hive-id",
         "bench-no-hive",
         "--model-id",
-        model,
+        worker.model,
         "--slots",
         "1",
         "--ctx-per-slot",
@@ -291,13 +379,13 @@ pub async fn kill_standalone(
         "--heartbeat-ms",
         "1000",
         "--nats-url",
-        nats,
+        worker.nats,
     ]
     .iter()
     .map(|s| (*s).to_owned())
-    .chain(["--model-path".to_owned(), model_path.display().to_string()])
+    .chain(["--model-path".to_owned(), worker.model_path.display().to_string()])
     .collect();
-    let mut proc = Proc::spawn(&worker_id, worker_bin, &args, log)?;
+    let mut proc = Proc::spawn(&worker_id, worker.worker_bin, &args, worker.log)?;
     wait_listed_idle(api, &worker_id, Duration::from_secs(60)).await?;
     // Wait for a fresh heartbeat, then kill `offset` after it.
     let before = watcher.seen(&worker_id).heartbeats;
@@ -321,7 +409,7 @@ pub async fn kill_standalone(
 }
 
 /// Median time to start `program args` and wait for its exit, ms (5 runs).
-pub fn exec_ms(program: &std::path::Path, args: &[&str]) -> anyhow::Result<f64> {
+fn exec_ms(program: &Path, args: &[&str]) -> anyhow::Result<f64> {
     let mut samples = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -339,7 +427,7 @@ pub fn exec_ms(program: &std::path::Path, args: &[&str]) -> anyhow::Result<f64> 
 }
 
 /// Median round trip of `GET /health` on the queen, ms (20 requests).
-pub async fn http_rtt_ms(api: &Api) -> anyhow::Result<f64> {
+async fn http_rtt_ms(api: &Api) -> anyhow::Result<f64> {
     let mut samples = Vec::new();
     for _ in 0..20 {
         let t = Instant::now();
@@ -350,7 +438,7 @@ pub async fn http_rtt_ms(api: &Api) -> anyhow::Result<f64> {
 }
 
 /// Floor of "first heartbeat": a fresh NATS connection plus one round trip from this process, ms.
-pub async fn connect_floor_ms(nats: &str) -> anyhow::Result<f64> {
+async fn connect_floor_ms(nats: &str) -> anyhow::Result<f64> {
     let mut samples = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();

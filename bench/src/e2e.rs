@@ -1,286 +1,286 @@
 //! Section 2, end to end: time to first token and decode tokens/s through the queen's OpenAI endpoint (HTTP →
 //! queen → NATS → worker process → NATS → queen → SSE), next to the same model driven directly through
 //! llama.cpp in this process (`rbee_worker::engine::Engine`: the worker's own engine, same threads,
-//! slots, context, prompt and sampling, minus NATS and HTTP). Runs alternate between the two.
+//! slots, context, prompt and sampling, minus NATS and HTTP). Runs alternate between the two; a pair
+//! during which other processes took the CPU is measured again.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use futures::StreamExt;
-use rbee_bus::{Bus, ChatMessage, JobState, JobStatus, Prompt, SamplingParams, TokenChunk};
-use rbee_worker::engine::{Engine, GenEvent, GenerationRequest};
+use anyhow::bail;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Api;
-use crate::sse;
+use crate::api::Api;
+use crate::chat::{self, RunResult, TtftSplit};
+use crate::cluster::{Env, MODEL_ID};
+use crate::report::{Fig, Report, Target};
+use crate::stats::{self, FOREIGN_MAX_CORES};
 
-/// The prompt every run uses (greedy, so both sides generate the same text).
-pub const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
+/// The section's title.
+pub const SECTION: &str = "2. End to end";
 
-/// One stream's figures.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct StreamResult {
-    /// Request sent (or submitted) → first token read, ms.
-    pub ttft_ms: f64,
-    /// (completion tokens − 1) ÷ (last token − first token), tokens/s.
-    pub decode_tps: f64,
-    /// Completion tokens.
-    pub tokens: u32,
+/// Repetitions and sizes.
+pub struct Plan {
+    /// Per concurrency, runs each way.
+    pub reps: [(usize, usize); 3],
+    /// Completion tokens per stream.
+    pub max_tokens: u32,
+    /// After this long, a pair is kept whatever the foreign load.
+    pub budget: Duration,
 }
 
-/// One run of `c` concurrent streams.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RunResult {
-    /// Each stream.
-    pub streams: Vec<StreamResult>,
-    /// All completion tokens ÷ (first request → last token), tokens/s.
-    pub aggregate_tps: f64,
+/// The processes the queen path runs through, for their CPU time.
+pub struct Pids<'a> {
+    /// The queen.
+    pub queen: u32,
+    /// The worker every run goes to.
+    pub worker: u32,
+    /// Its id.
+    pub worker_id: &'a str,
 }
 
-fn aggregate(streams: Vec<(StreamResult, Instant)>, t0: Instant) -> RunResult {
-    let end = streams.iter().map(|(_, last)| *last).max().unwrap_or(t0);
-    let tokens: u32 = streams.iter().map(|(s, _)| s.tokens).sum();
-    let secs = end.saturating_duration_since(t0).as_secs_f64();
-    RunResult {
-        aggregate_tps: if secs > 0.0 { f64::from(tokens) / secs } else { 0.0 },
-        streams: streams.into_iter().map(|(s, _)| s).collect(),
-    }
-}
-
-fn stream_result(
-    sent: Instant,
-    first: Option<Instant>,
-    last: Option<Instant>,
-    tokens: u32,
-) -> anyhow::Result<StreamResult> {
-    let (Some(first), Some(last)) = (first, last) else { bail!("the stream produced no token") };
-    let span = last.saturating_duration_since(first).as_secs_f64();
-    Ok(StreamResult {
-        ttft_ms: crate::stats::ms(first.saturating_duration_since(sent)),
-        decode_tps: if span > 0.0 && tokens > 1 { f64::from(tokens - 1) / span } else { 0.0 },
-        tokens,
-    })
-}
-
-fn params(max_tokens: u32) -> SamplingParams {
-    SamplingParams { temperature: 0.0, max_tokens, ..SamplingParams::default() }
-}
-
-/// `c` generations submitted together to the in-process engine.
-pub async fn direct_run(engine: &Engine, c: usize, max_tokens: u32) -> anyhow::Result<RunResult> {
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..c {
-        let sent = Instant::now();
-        let request = GenerationRequest {
-            prompt: Prompt::Chat {
-                messages: vec![ChatMessage { role: "user".into(), content: PROMPT.into() }],
-            },
-            params: params(max_tokens),
-            cancel: CancellationToken::new(),
-            deadline: None,
-        };
-        let mut generation = engine.submit(request).map_err(|e| anyhow::anyhow!("direct submit: {e}"))?;
-        tasks.push(tokio::spawn(async move {
-            let (mut first, mut last) = (None, None);
-            while let Some(event) = generation.events.recv().await {
-                match event {
-                    GenEvent::Token { .. } => {
-                        let now = Instant::now();
-                        first.get_or_insert(now);
-                        last = Some(now);
-                    }
-                    GenEvent::Finished { usage, error, .. } => {
-                        if let Some(e) = error {
-                            bail!("direct generation failed: {e}");
-                        }
-                        let r = stream_result(sent, first, last, usage.completion_tokens)?;
-                        return Ok((r, last.unwrap_or(sent)));
-                    }
-                }
-            }
-            bail!("the direct generation ended without a result")
-        }));
-    }
-    let mut streams = Vec::new();
-    for t in tasks {
-        streams.push(t.await??);
-    }
-    Ok(aggregate(streams, t0))
-}
-
-/// Arrival instants at a plain NATS subscriber: token chunks by (job id, seq), and the `scheduled` and
-/// `accepted` status events by job id.
-#[derive(Default)]
-struct Arrivals {
-    chunks: HashMap<(String, u64), Instant>,
-    scheduled: HashMap<String, Instant>,
-    accepted: HashMap<String, Instant>,
-}
-
-/// Where the time to first token of one stream through the queen goes, ms.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct TtftSplit {
-    /// Request sent → the queen's `scheduled` status on the bus (HTTP, validation, placement).
-    pub to_scheduled: f64,
-    /// `scheduled` → the worker's `accepted` status (NATS assignment, worker validates, tokenizes).
-    pub to_accepted: f64,
-    /// `accepted` → the first token chunk on the bus (prefill and the first decode step).
-    pub to_first_chunk: f64,
-    /// First chunk on the bus → first SSE event read by the client (the queen relay).
-    pub to_client: f64,
-}
-
-/// One run through the queen.
-pub struct QueenRun {
-    /// Its figures.
-    pub result: RunResult,
-    /// Per chunk, SSE read − direct NATS read, µs (only when watched).
+/// What the end-to-end runs measured.
+pub struct EndToEnd {
+    /// `Engine::load` in this process, ms.
+    pub load_ms: f64,
+    /// Per concurrency: (direct runs, queen runs).
+    pub runs: Vec<(usize, Vec<RunResult>, Vec<RunResult>)>,
+    /// Real-worker queen hop samples, µs.
     pub hops: Vec<f64>,
-    /// Per stream, where the time to first token went (only when watched).
+    /// Completion tokens per stream.
+    pub max_tokens: u32,
+    /// CPU the queen path took.
+    pub cpu: CpuTally,
+    /// Single-stream TTFT splits.
     pub splits: Vec<TtftSplit>,
+    /// Pairs measured again because other processes took the CPU.
+    pub discarded: usize,
+    /// Workers the queen spawned on its own during the runs (stopped before the next run).
+    pub extra_workers: usize,
 }
 
-/// `c` concurrent streaming chat completions of [`PROMPT`] through the queen. When `watch` is given, a
-/// plain NATS subscriber also records every token chunk and job status, for the queen hop and the TTFT
-/// split.
-pub async fn queen_run(
-    api: &Api,
-    model: &str,
-    c: usize,
-    max_tokens: u32,
-    watch: Option<&Bus>,
-) -> anyhow::Result<QueenRun> {
-    queen_run_prompts(api, model, &vec![PROMPT.to_owned(); c], max_tokens, watch).await
+/// CPU seconds spent while the queen path ran, and the tokens it carried.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuTally {
+    /// The queen's CPU seconds.
+    pub queen: f64,
+    /// The worker's.
+    pub worker: f64,
+    /// This process's (the client's).
+    pub client: f64,
+    /// Completion tokens carried.
+    pub tokens: u64,
 }
 
-/// One concurrent streaming chat completion per prompt, through any OpenAI-style server at `api`
-/// (the queen, or llama-server as the baseline).
-pub async fn queen_run_prompts(
-    api: &Api,
-    model: &str,
-    prompts: &[String],
-    max_tokens: u32,
-    watch: Option<&Bus>,
-) -> anyhow::Result<QueenRun> {
-    let arrivals: Arc<Mutex<Arrivals>> = Arc::default();
-    let stop = CancellationToken::new();
-    if let Some(bus) = watch {
-        let tokens = bus.client().subscribe(rbee_bus::subject::JOB_TOKENS_ALL).await?;
-        let statuses = bus.client().subscribe(rbee_bus::subject::JOB_STATUS_ALL).await?;
-        bus.round_trip().await?;
-        let mut merged = futures::stream::select(tokens, statuses);
-        let (arrivals, stop) = (arrivals.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    msg = merged.next() => match msg { Some(m) => m, None => return },
-                };
-                let at = Instant::now();
-                let mut a = arrivals.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Ok(chunk) = serde_json::from_slice::<TokenChunk>(&msg.payload) {
-                    a.chunks.insert((chunk.job_id.to_string(), chunk.seq), at);
-                } else if let Ok(status) = serde_json::from_slice::<JobStatus>(&msg.payload) {
-                    let job = status.job_id.to_string();
-                    match status.state {
-                        JobState::Scheduled { .. } => {
-                            a.scheduled.entry(job).or_insert(at);
-                        }
-                        JobState::Accepted { .. } => {
-                            a.accepted.entry(job).or_insert(at);
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        });
+impl CpuTally {
+    fn add(&mut self, other: &CpuTally) {
+        self.queen += other.queen;
+        self.worker += other.worker;
+        self.client += other.client;
+        self.tokens += other.tokens;
     }
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for prompt in prompts {
-        let body = json!({
-            "model": model,
-            "messages": [{"role": "user", "content": prompt}],
-            "stream": true,
-            "stream_options": {"include_usage": true},
-            "temperature": 0.0,
-            "max_tokens": max_tokens,
-        });
-        let api = api.clone();
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let resp = api
-                .http
-                .post(format!("{}/v1/chat/completions", api.base))
-                .json(&body)
-                .timeout(Duration::from_secs(300))
-                .send()
-                .await
-                .context("POST /v1/chat/completions")?;
-            let mut chunks: Vec<Instant> = Vec::new();
-            let mut job = String::new();
-            let mut tokens = None;
-            sse::read(resp, |ev| {
-                let Ok(v) = serde_json::from_str::<Value>(&ev.data) else { return };
-                if job.is_empty() {
-                    if let Some(id) = v.get("id").and_then(Value::as_str) {
-                        job = id.trim_start_matches("chatcmpl-").to_owned();
-                    }
-                }
-                if v.pointer("/choices/0/delta/content").is_some() {
-                    chunks.push(ev.at);
-                }
-                if let Some(n) = v.pointer("/usage/completion_tokens").and_then(Value::as_u64) {
-                    tokens = Some(u32::try_from(n).unwrap_or(u32::MAX));
-                }
-            })
-            .await?;
-            let tokens = tokens.context("the stream ended without usage")?;
-            let r = stream_result(sent, chunks.first().copied(), chunks.last().copied(), tokens)?;
-            let last = chunks.last().copied().unwrap_or(sent);
-            anyhow::Ok((r, last, job, sent, chunks))
-        }));
-    }
-    let mut streams = Vec::new();
-    let mut per_job = Vec::new();
-    for t in tasks {
-        let (r, last, job, sent, chunks) = t.await??;
-        streams.push((r, last));
-        per_job.push((job, sent, chunks));
-    }
-    // Let the direct subscriber see the last chunks (it normally has them long before the SSE).
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    stop.cancel();
-    let signed_us = |later: Instant, earlier: Instant| match later.checked_duration_since(earlier) {
-        Some(d) => crate::stats::us(d),
-        None => -crate::stats::us(earlier.saturating_duration_since(later)),
-    };
-    let mut hops = Vec::new();
-    let mut splits = Vec::new();
-    if watch.is_some() {
-        let a = arrivals.lock().unwrap_or_else(PoisonError::into_inner);
-        for (job, sent, chunks) in &per_job {
-            for (seq, sse_at) in chunks.iter().enumerate() {
-                if let Some(nats_at) = a.chunks.get(&(job.clone(), seq as u64)) {
-                    hops.push(signed_us(*sse_at, *nats_at));
-                }
-            }
-            let first_nats = a.chunks.get(&(job.clone(), 0));
-            if let (Some(sch), Some(acc), Some(first), Some(sse)) =
-                (a.scheduled.get(job), a.accepted.get(job), first_nats, chunks.first())
-            {
-                splits.push(TtftSplit {
-                    to_scheduled: signed_us(*sch, *sent) / 1e3,
-                    to_accepted: signed_us(*acc, *sch) / 1e3,
-                    to_first_chunk: signed_us(*first, *acc) / 1e3,
-                    to_client: signed_us(*sse, *first) / 1e3,
-                });
-            }
+
+    /// `seconds` per token carried, µs.
+    pub fn per_token_us(&self, seconds: f64) -> f64 {
+        if self.tokens == 0 {
+            0.0
+        } else {
+            seconds * 1e6 / self.tokens as f64
         }
     }
-    Ok(QueenRun { result: aggregate(streams, t0), hops, splits })
+}
+
+/// Makes the first worker the only one of the model, assignable, before a run through the queen: a
+/// worker starved by other load misses heartbeats, and the queen then (rightly) spawns another.
+async fn single_worker(api: &Api, keep: &str) -> anyhow::Result<usize> {
+    let mut stopped = 0;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let workers = api.workers().await?;
+        let mut ready = false;
+        for w in &workers {
+            let id = w.get("worker_id").and_then(Value::as_str).unwrap_or_default();
+            let model = w.get("model_id").and_then(Value::as_str).unwrap_or_default();
+            if id == keep {
+                ready = w.get("assignable").and_then(Value::as_bool) == Some(true)
+                    && w.get("slots_busy").and_then(Value::as_u64) == Some(0);
+            } else if model == MODEL_ID {
+                println!("  stopping {id}: the queen spawned it while the first worker was starved");
+                let _ = api.delete(&format!("/v1/workers/{id}")).await;
+                stopped += 1;
+            }
+        }
+        let others = workers.iter().any(|w| {
+            w.get("model_id").and_then(Value::as_str) == Some(MODEL_ID)
+                && w.get("worker_id").and_then(Value::as_str) != Some(keep)
+        });
+        if ready && !others {
+            return Ok(stopped);
+        }
+        if Instant::now() > deadline {
+            bail!("worker {keep} did not become the only assignable worker of {MODEL_ID} within 40 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs every concurrency of `plan` both ways, in alternating pairs, and records the section's figures.
+pub async fn section(
+    report: &mut Report,
+    api: &Api,
+    bus: &rbee_bus::Bus,
+    env: &Env,
+    plan: &Plan,
+    pids: Pids<'_>,
+) -> anyhow::Result<EndToEnd> {
+    let Pids { queen: queen_pid, worker: worker_pid, worker_id } = pids;
+    let t = Instant::now();
+    let engine = chat::load_engine(&env.model_path, env.threads as usize, true).await?;
+    let load_ms = stats::ms(t.elapsed());
+    println!(
+        "  llama.cpp direct: Engine::load in {load_ms:.0} ms ({} threads, {} slots)",
+        env.threads,
+        chat::SLOTS
+    );
+    chat::direct_run(&engine, 1, 16).await?;
+    chat::queen_run(api, MODEL_ID, 1, 16, None).await?;
+    let mut runs = Vec::new();
+    let mut hops = Vec::new();
+    let mut splits = Vec::new();
+    let mut discarded = Vec::new();
+    let mut foreign = Vec::new();
+    let mut extra_workers = 0;
+    let deadline = Instant::now() + plan.budget;
+    // CPU seconds used while the queen path ran: (queen, worker, this process), and tokens it carried.
+    let mut cpu = CpuTally::default();
+    let cpu_now = || {
+        (
+            stats::cpu_seconds(queen_pid).unwrap_or(0.0),
+            stats::cpu_seconds(worker_pid).unwrap_or(0.0),
+            stats::cpu_seconds(std::process::id()).unwrap_or(0.0),
+        )
+    };
+    for (c, reps) in plan.reps {
+        let (mut direct, mut queen) = (Vec::new(), Vec::new());
+        let mut rep = 0;
+        while rep < reps {
+            stats::wait_quiet(
+                Duration::from_secs(15).min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
+            extra_workers += single_worker(api, worker_id).await?;
+            let watch = (c == 1).then_some(bus);
+            let meter = stats::ForeignLoad::start();
+            let mut pair = (None, None, CpuTally::default());
+            for side in if rep % 2 == 0 { [0, 1] } else { [1, 0] } {
+                if side == 0 {
+                    pair.0 = Some(chat::direct_run(&engine, c, plan.max_tokens).await?);
+                    continue;
+                }
+                let before = cpu_now();
+                let q = chat::queen_run(api, MODEL_ID, c, plan.max_tokens, watch).await?;
+                let after = cpu_now();
+                pair.2 = CpuTally {
+                    queen: after.0 - before.0,
+                    worker: after.1 - before.1,
+                    client: after.2 - before.2,
+                    tokens: q.result.streams.iter().map(|s| u64::from(s.tokens)).sum(),
+                };
+                pair.1 = Some(q);
+            }
+            let (Some(d), Some(q), tally) = pair else { bail!("a run pair did not complete") };
+            let cores = meter.cores();
+            if cores > FOREIGN_MAX_CORES && Instant::now() < deadline {
+                println!(
+                    "  discarded a {c}-stream pair: other processes took {cores:.2} cores meanwhile \
+                     (direct {:.1} tok/s, queen {:.1} tok/s); measuring it again",
+                    d.aggregate_tps, q.result.aggregate_tps
+                );
+                discarded.push(json!({
+                    "concurrency": c, "foreign_cores": cores,
+                    "direct_aggregate_tps": d.aggregate_tps, "queen_aggregate_tps": q.result.aggregate_tps,
+                }));
+                continue;
+            }
+            foreign.push(cores);
+            cpu.add(&tally);
+            hops.extend(q.hops);
+            splits.extend(q.splits);
+            direct.push(d);
+            queen.push(q.result);
+            rep += 1;
+        }
+        let ttft = |runs: &[RunResult]| {
+            stats::median(&runs.iter().flat_map(|r| r.streams.iter().map(|s| s.ttft_ms)).collect::<Vec<_>>())
+        };
+        let decode = |runs: &[RunResult]| {
+            stats::median(
+                &runs.iter().flat_map(|r| r.streams.iter().map(|s| s.decode_tps)).collect::<Vec<_>>(),
+            )
+        };
+        let agg =
+            |runs: &[RunResult]| stats::median(&runs.iter().map(|r| r.aggregate_tps).collect::<Vec<_>>());
+        let tokens: Vec<u32> =
+            direct.iter().chain(&queen).flat_map(|r| r.streams.iter().map(|s| s.tokens)).collect();
+        println!("  {c} stream(s), {reps} run(s) each way, completion tokens per stream: {tokens:?}");
+        let streams = if c == 1 { "1 stream".to_owned() } else { format!("{c} concurrent streams") };
+        let figures = [
+            Fig::new(format!("e2e.c{c}.ttft_ms"), format!("time to first token, {streams} (median)"))
+                .value(ttft(&queen), "ms")
+                .vs("llama.cpp direct", ttft(&direct))
+                .bar(Target::AtMost(1.11)),
+            Fig::new(
+                format!("e2e.c{c}.decode_tps"),
+                format!("decode tokens/s per stream, {streams} (median)"),
+            )
+            .value(decode(&queen), "tok/s")
+            .vs("llama.cpp direct", decode(&direct))
+            .bar(Target::AtLeast(0.9)),
+            Fig::new(
+                format!("e2e.c{c}.aggregate_tps"),
+                format!("aggregate tokens/s, {streams} (median run)"),
+            )
+            .value(agg(&queen), "tok/s")
+            .vs("llama.cpp direct", agg(&direct))
+            .bar(Target::AtLeast(0.9)),
+        ];
+        for fig in figures {
+            report.figure(SECTION, fig);
+        }
+        runs.push((c, direct, queen));
+    }
+    engine.shutdown();
+    println!(
+        "  CPU per token through the queen: queen {:.0} µs, worker {:.0} µs, client {:.0} µs; {} pair(s) discarded for foreign load",
+        cpu.per_token_us(cpu.queen),
+        cpu.per_token_us(cpu.worker),
+        cpu.per_token_us(cpu.client),
+        discarded.len()
+    );
+    let med = |f: fn(&TtftSplit) -> f64| stats::median(&splits.iter().map(f).collect::<Vec<_>>());
+    let split = json!({
+        "sent_to_scheduled_ms": med(|s| s.to_scheduled), "scheduled_to_accepted_ms": med(|s| s.to_accepted),
+        "accepted_to_first_chunk_ms": med(|s| s.to_first_chunk), "first_chunk_to_client_ms": med(|s| s.to_client),
+    });
+    println!("  single-stream TTFT through the queen, medians: {split}");
+    report.detail(
+        "end_to_end",
+        json!({
+            "cpu_per_token_us": {"queen": cpu.per_token_us(cpu.queen), "worker": cpu.per_token_us(cpu.worker), "client": cpu.per_token_us(cpu.client)},
+            "ttft_split_single_stream": split, "ttft_splits": splits,
+            "discarded_pairs": discarded, "foreign_cores_per_kept_pair": foreign, "extra_workers_stopped": extra_workers,
+            "prompt": chat::PROMPT, "max_tokens": plan.max_tokens, "temperature": 0.0, "threads": env.threads,
+            "slots": chat::SLOTS, "ctx_per_slot": chat::CTX_PER_SLOT, "engine_load_ms": load_ms,
+            "runs": runs.iter().map(|(c, d, q)| json!({"concurrency": c, "direct": d, "queen": q})).collect::<Vec<_>>(),
+        }),
+    );
+    Ok(EndToEnd {
+        load_ms,
+        runs,
+        hops,
+        max_tokens: plan.max_tokens,
+        cpu,
+        splits,
+        discarded: discarded.len(),
+        extra_workers,
+    })
 }

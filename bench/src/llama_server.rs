@@ -3,16 +3,17 @@
 //! rbee through its queen (as `rbee up` serves) and `llama-server` (built by `make llama-server`)
 //! measured in turns in the same run. Skipped, with a message, when llama-server is not built.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::json;
 
-use crate::cluster::{Api, Proc};
-use crate::e2e::{self, RunResult};
+use crate::api::Api;
+use crate::chat::{self, RunResult};
+use crate::cluster::{Env, Proc, MODEL_ID};
+use crate::e2e::SECTION;
 use crate::multi_turn;
-use crate::report::{Report, Target};
+use crate::report::{Fig, Report, Target};
 use crate::stats::Summary;
 
 /// Where `make llama-server` puts it, under the project root.
@@ -40,18 +41,9 @@ fn ttft_p50(runs: &[RunResult]) -> f64 {
 
 /// Starts llama-server, runs every workload on both sides in turns, and reports rbee against it.
 /// Returns the paragraph for `BENCHMARKS.md` (empty when skipped).
-#[allow(clippy::too_many_arguments)]
-pub async fn section(
-    report: &mut Report,
-    section: &str,
-    rbee: &Api,
-    model: &str,
-    root: &Path,
-    model_path: &Path,
-    threads: u32,
-    logs: &Path,
-) -> anyhow::Result<String> {
-    let bin = root.join(BIN);
+pub async fn section(report: &mut Report, rbee: &Api, env: &Env) -> anyhow::Result<String> {
+    let (model, model_path, threads) = (MODEL_ID, env.model_path.as_path(), env.threads);
+    let bin = env.root.join(BIN);
     if !bin.is_file() {
         println!(
             "  llama-server baseline skipped: {} is not built (`make llama-server`, about 12 min)",
@@ -74,16 +66,16 @@ pub async fn section(
         "-t".into(),
         threads.to_string(),
     ];
-    let mut server = Proc::spawn("llama-server", &bin, &args, &logs.join("llama-server.log"))?;
+    let mut server = Proc::spawn("llama-server", &bin, &args, &env.logs.join("llama-server.log"))?;
     let theirs = Api::unpooled(port);
     theirs.wait_healthy(&mut server, Duration::from_secs(60)).await.context("llama-server did not start")?;
     // Warm both.
-    e2e::queen_run(&theirs, model, 1, 8, None).await?;
-    e2e::queen_run(rbee, model, 1, 8, None).await?;
+    chat::queen_run(&theirs, model, 1, 8, None).await?;
+    chat::queen_run(rbee, model, 1, 8, None).await?;
 
-    let repeated = |c: usize| vec![e2e::PROMPT.to_owned(); c];
+    let repeated = |c: usize| vec![chat::PROMPT.to_owned(); c];
     let distinct =
-        |c: usize| (0..c).map(|i| format!("Story number {}. {}", i + 1, e2e::PROMPT)).collect::<Vec<_>>();
+        |c: usize| (0..c).map(|i| format!("Story number {}. {}", i + 1, chat::PROMPT)).collect::<Vec<_>>();
     let workloads: [(&'static str, Vec<String>); 3] = [
         ("1 stream", repeated(1)),
         ("4 streams, repeated prompts", repeated(4)),
@@ -99,9 +91,9 @@ pub async fn section(
             } else {
                 prompts.clone()
             };
-            pair.rbee.push(e2e::queen_run_prompts(rbee, model, &prompts, MAX_TOKENS, None).await?.result);
+            pair.rbee.push(chat::queen_run_prompts(rbee, model, &prompts, MAX_TOKENS, None).await?.result);
             pair.llama_server
-                .push(e2e::queen_run_prompts(&theirs, model, &prompts, MAX_TOKENS, None).await?.result);
+                .push(chat::queen_run_prompts(&theirs, model, &prompts, MAX_TOKENS, None).await?.result);
         }
         println!(
             "  {name:<34} aggregate {:>6.1} tok/s vs llama-server {:>6.1} ({:.2}x); ttft p50 {:>5.0} ms vs {:>5.0} ms",
@@ -122,38 +114,38 @@ pub async fn section(
         "  multi-turn later-turn ttft p50 {our_later:.0} ms (first {our_first:.0}) vs llama-server {their_later:.0} ms (first {their_first:.0})"
     );
 
+    let same_run = "llama-server, same run";
     for pair in &pairs {
         let key = pair.name.replace([' ', ','], "_").replace("__", "_");
-        report.figure(
-            section,
-            &format!("vs_llama_server.{key}.aggregate_tps"),
-            &format!("vs llama-server, {}: aggregate tok/s through the queen", pair.name),
-            aggregate_p50(&pair.rbee),
-            "tok/s",
-            "llama-server, same run",
-            Some(aggregate_p50(&pair.llama_server)),
-            Some(Target::AtLeast(1.0)),
-        );
-        report.figure(
-            section,
-            &format!("vs_llama_server.{key}.ttft_p50_ms"),
-            &format!("vs llama-server, {}: TTFT p50", pair.name),
-            ttft_p50(&pair.rbee),
-            "ms",
-            "llama-server, same run",
-            Some(ttft_p50(&pair.llama_server)),
-            Some(Target::AtMost(1.0)),
-        );
+        let figures = [
+            Fig::new(
+                format!("vs_llama_server.{key}.aggregate_tps"),
+                format!("vs llama-server, {}: aggregate tok/s through the queen", pair.name),
+            )
+            .value(aggregate_p50(&pair.rbee), "tok/s")
+            .vs(same_run, aggregate_p50(&pair.llama_server))
+            .bar(Target::AtLeast(1.0)),
+            Fig::new(
+                format!("vs_llama_server.{key}.ttft_p50_ms"),
+                format!("vs llama-server, {}: TTFT p50", pair.name),
+            )
+            .value(ttft_p50(&pair.rbee), "ms")
+            .vs(same_run, ttft_p50(&pair.llama_server))
+            .bar(Target::AtMost(1.0)),
+        ];
+        for fig in figures {
+            report.figure(SECTION, fig);
+        }
     }
     report.figure(
-        section,
-        "vs_llama_server.multi_turn.later_ttft_p50_ms",
-        "vs llama-server, multi-turn chat: later-turn TTFT p50",
-        our_later,
-        "ms",
-        "llama-server, same run",
-        Some(their_later),
-        Some(Target::AtMost(1.0)),
+        SECTION,
+        Fig::new(
+            "vs_llama_server.multi_turn.later_ttft_p50_ms",
+            "vs llama-server, multi-turn chat: later-turn TTFT p50",
+        )
+        .value(our_later, "ms")
+        .vs(same_run, their_later)
+        .bar(Target::AtMost(1.0)),
     );
     report.detail(
         "vs_llama_server",

@@ -12,7 +12,11 @@ use rbee_worker::engine::{Engine, GenEvent, GenerationRequest};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Api;
+use crate::api::Api;
+use crate::chat::load_engine;
+use crate::cluster::{Env, MODEL_ID};
+use crate::e2e::SECTION;
+use crate::report::{Fig, Report, Target};
 use crate::sse;
 
 /// Conversations, turns each, tokens a turn.
@@ -142,14 +146,7 @@ pub async fn through_queen(api: &Api, model: &str) -> anyhow::Result<Vec<Turn>> 
                 "max_tokens": TOKENS_PER_TURN,
             });
             let sent = Instant::now();
-            let resp = api
-                .http
-                .post(format!("{}/v1/chat/completions", api.base))
-                .json(&body)
-                .timeout(Duration::from_secs(300))
-                .send()
-                .await
-                .context("POST /v1/chat/completions")?;
+            let resp = api.stream_chat(&body, Duration::from_secs(300)).await?;
             let (mut text, mut first, mut usage) = (String::new(), None, None);
             sse::read(resp, |ev| {
                 let Ok(v) = serde_json::from_str::<Value>(&ev.data) else { return };
@@ -174,35 +171,15 @@ pub async fn through_queen(api: &Api, model: &str) -> anyhow::Result<Vec<Turn>> 
 
 /// Runs the three variants, prints each turn, and reports later-turn TTFT against the first turn's and
 /// against the same engine with reuse off. Returns the paragraph for `BENCHMARKS.md`.
-pub async fn section(
-    report: &mut crate::report::Report,
-    section: &str,
-    api: &Api,
-    model: &str,
-    model_path: &std::path::Path,
-    threads: usize,
-) -> anyhow::Result<String> {
-    use crate::report::Target;
-    use rbee_worker::engine::EngineConfig;
-    let load = |prefix_reuse: bool| {
-        let config = EngineConfig {
-            model_path: model_path.to_path_buf(),
-            threads: Some(threads),
-            slots: 4,
-            ctx_per_slot: 2048,
-            gpu_layers: 0,
-            prefix_reuse,
-            prefix_cache_bytes: rbee_worker::engine::DEFAULT_PREFIX_CACHE_MIB << 20,
-        };
-        tokio::task::spawn_blocking(move || Engine::load(config))
-    };
-    let queen = through_queen(api, model).await?;
+pub async fn section(report: &mut Report, api: &Api, env: &Env) -> anyhow::Result<String> {
+    let threads = env.threads as usize;
+    let queen = through_queen(api, MODEL_ID).await?;
     let reuse = {
-        let engine = load(true).await??;
+        let engine = load_engine(&env.model_path, threads, true).await?;
         direct(&engine).await?
     };
     let plain = {
-        let engine = load(false).await??;
+        let engine = load_engine(&env.model_path, threads, false).await?;
         direct(&engine).await?
     };
     println!(
@@ -229,26 +206,22 @@ pub async fn section(
         "  later-turn ttft p50: queen {q_later:.0} ms (first {q_first:.0}), direct {r_later:.0} ms (first {r_first:.0}), \
          reuse off {p_later:.0} ms (first {p_first:.0})"
     );
-    report.figure(
-        section,
-        "multi_turn.queen.later_ttft_p50_ms",
-        "multi-turn through the queen: later-turn TTFT p50",
-        q_later,
-        "ms",
-        "first turn of the first conversation, same run",
-        Some(q_first),
-        Some(Target::AtMost(0.3)),
-    );
-    report.figure(
-        section,
-        "multi_turn.direct.later_ttft_p50_ms",
-        "multi-turn, worker engine with prefix reuse: later-turn TTFT p50",
-        r_later,
-        "ms",
-        "the same engine with reuse off (--no-prefix-cache)",
-        Some(p_later),
-        Some(Target::AtMost(0.3)),
-    );
+    let figures = [
+        Fig::new("multi_turn.queen.later_ttft_p50_ms", "multi-turn through the queen: later-turn TTFT p50")
+            .value(q_later, "ms")
+            .vs("first turn of the first conversation, same run", q_first)
+            .bar(Target::AtMost(0.3)),
+        Fig::new(
+            "multi_turn.direct.later_ttft_p50_ms",
+            "multi-turn, worker engine with prefix reuse: later-turn TTFT p50",
+        )
+        .value(r_later, "ms")
+        .vs("the same engine with reuse off (--no-prefix-cache)", p_later)
+        .bar(Target::AtMost(0.3)),
+    ];
+    for fig in figures {
+        report.figure(SECTION, fig);
+    }
     report.detail("multi_turn", json!({"queen": queen, "direct_reuse": reuse, "direct_reuse_off": plain}));
     let cached: Vec<u32> = queen.iter().map(|t| t.cached_tokens).collect();
     Ok(format!(

@@ -1,13 +1,20 @@
 //! The prose of `BENCHMARKS.md`: what each section measured and what its figures say, written from
 //! this run's figures (so the text and the tables never disagree).
 
-use crate::control::{Detection, SpawnTiming};
-use crate::e2e::RunResult;
+use crate::chat::RunResult;
+use crate::control::{Control, Detection, SpawnTiming};
+use crate::e2e::EndToEnd;
 use crate::registry_load::RegistryResult;
 use crate::report::{num, Report};
 use crate::sched::SchedResult;
 use crate::stats::median;
-use crate::{EndToEnd, TokenPath, S1, S2, S3, S4, S5};
+use crate::token_path::TokenPath;
+
+const S1: &str = crate::token_path::SECTION;
+const S2: &str = crate::e2e::SECTION;
+const S3: &str = crate::registry_load::SECTION;
+const S4: &str = crate::sched::SECTION;
+const S5: &str = crate::control::SECTION;
 
 fn value(report: &Report, key: &str) -> f64 {
     report.get(key).map_or(0.0, |f| f.value)
@@ -28,14 +35,13 @@ pub fn write(
     e2e: &EndToEnd,
     reg: &RegistryResult,
     sched: &[SchedResult],
-    spawns: &[SpawnTiming],
-    detections: &[Detection],
+    control: &Control,
 ) {
     token_path(report, tp, e2e);
     end_to_end(report, e2e);
     registry(report, reg);
     scheduler(report, sched);
-    control(report, spawns, detections);
+    control_path(report, &control.spawns, &control.detections);
 }
 
 fn decode_rate_c1(e2e: &EndToEnd) -> f64 {
@@ -176,9 +182,9 @@ fn end_to_end(report: &mut Report, e2e: &EndToEnd) {
              pair starts once the machine is quiet, and a pair during which processes outside this run took more \
              than {} cores is measured again (this run: {} pair(s) measured again, listed in `BENCHMARKS.json`){}.",
             e2e.max_tokens,
-            crate::e2e::PROMPT,
+            crate::chat::PROMPT,
             reps.join(", "),
-            crate::FOREIGN_MAX_CORES,
+            crate::stats::FOREIGN_MAX_CORES,
             e2e.discarded,
             if e2e.extra_workers > 0 {
                 format!(
@@ -194,7 +200,7 @@ fn end_to_end(report: &mut Report, e2e: &EndToEnd) {
     );
     if !e2e.splits.is_empty() {
         let med =
-            |f: fn(&crate::e2e::TtftSplit) -> f64| median(&e2e.splits.iter().map(f).collect::<Vec<_>>());
+            |f: fn(&crate::chat::TtftSplit) -> f64| median(&e2e.splits.iter().map(f).collect::<Vec<_>>());
         let direct_ttft = report.get("e2e.c1.ttft_ms").and_then(|f| f.baseline).unwrap_or(0.0);
         report.note(
             S2,
@@ -254,7 +260,7 @@ fn end_to_end(report: &mut Report, e2e: &EndToEnd) {
                     num(d_last)
                 ));
             } else {
-                let med = |f: fn(&crate::e2e::TtftSplit) -> f64| {
+                let med = |f: fn(&crate::chat::TtftSplit) -> f64| {
                     median(&e2e.splits.iter().map(f).collect::<Vec<_>>())
                 };
                 let path = med(|s| s.to_scheduled) + med(|s| s.to_accepted) + med(|s| s.to_client);
@@ -415,7 +421,7 @@ fn scheduler(report: &mut Report, sched: &[SchedResult]) {
     );
 }
 
-fn control(report: &mut Report, spawns: &[SpawnTiming], detections: &[Detection]) {
+fn control_path(report: &mut Report, spawns: &[SpawnTiming], detections: &[Detection]) {
     report.note(
         S5,
         format!(

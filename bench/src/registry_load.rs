@@ -15,8 +15,13 @@ use rbee_bus::{
     WorkerId,
 };
 
-use crate::cluster::{metric_sum, Api, Proc};
+use crate::api::{metric_sum, Api};
+use crate::cluster::{Env, Proc};
+use crate::report::{Fig, Report};
 use crate::stats;
+
+/// The section's title.
+pub const SECTION: &str = "3. Registry";
 
 /// Hives simulated.
 pub const HIVES: usize = 1_000;
@@ -148,8 +153,70 @@ fn decode_us<T: serde::de::DeserializeOwned>(bytes: &[u8], rounds: u32) -> f64 {
     stats::us(t.elapsed()) / f64::from(rounds)
 }
 
+/// Runs the load (for `window`) against a queen started here on `nats`, simulating hives and workers
+/// from the real `templates`, and records the section's figures.
+pub async fn section(
+    report: &mut Report,
+    env: &Env,
+    nats: &str,
+    templates: &(HiveHeartbeat, WorkerHeartbeat),
+    window: Duration,
+) -> anyhow::Result<RegistryResult> {
+    let r = run(nats, &env.queen_bin, &env.logs, &templates.0, &templates.1, window).await?;
+    figures(report, &r, templates);
+    Ok(r)
+}
+
+fn figures(report: &mut Report, r: &RegistryResult, templates: &(HiveHeartbeat, WorkerHeartbeat)) {
+    let per_hive = WORKERS_PER_HIVE as f64;
+    let entries = (HIVES * (WORKERS_PER_HIVE + 1)) as f64;
+    let mix_decode_us = (r.decode_hive_us + r.decode_worker_us * per_hive) / (per_hive + 1.0);
+    let real_hive = serde_json::to_vec(&templates.0).map_or(0, |v| v.len());
+    let real_worker = serde_json::to_vec(&templates.1).map_or(0, |v| v.len());
+    let avg_bytes = (r.hive_bytes as f64 + r.worker_bytes as f64 * per_hive) / (per_hive + 1.0);
+    let real_label = format!("real hive heartbeat ({} worker listed)", templates.0.workers.len());
+    let figures = [
+        Fig::new(
+            "registry.folded_per_s",
+            "heartbeats folded per second (1,000 hives + 10,000 workers at 1/s)",
+        )
+        .value(r.folded_per_s, "/s")
+        .vs("offered", r.offered_per_s),
+        Fig::new("registry.workers_online", "workers the queen lists online")
+            .value(r.workers_online, "")
+            .vs("simulated", 10_000.0),
+        Fig::new("registry.queen_cpu_percent", "queen CPU at that load (% of one core)")
+            .value(r.queen_cpu_percent, "%")
+            .vs("serde decode of the same messages", mix_decode_us * r.offered_per_s / 1e4),
+        Fig::new("registry.queen_cpu_us_per_heartbeat", "queen CPU per heartbeat")
+            .value(r.queen_cpu_us_per_heartbeat, "µs")
+            .vs("serde decode only", mix_decode_us),
+        Fig::new("registry.burst_fold_per_s", "fold capacity: 50,000 worker heartbeats in a burst")
+            .value(r.burst_fold_per_s, "/s")
+            .vs("serde decode only, one core", 1e6 / r.decode_worker_us),
+        Fig::new("registry.queen_rss_mib", "queen resident memory, 11,000 entries")
+            .value(r.rss_loaded_bytes as f64 / 1048576.0, "MiB")
+            .vs("queen idle", r.rss_idle_bytes as f64 / 1048576.0),
+        Fig::new("registry.bytes_per_entry", "queen memory per entry ((loaded − idle) ÷ 11,000)")
+            .value((r.rss_loaded_bytes.saturating_sub(r.rss_idle_bytes)) as f64 / entries, "B")
+            .vs("average heartbeat size", avg_bytes),
+        Fig::new("registry.hive_bytes", "bytes per hive heartbeat (10 workers listed)")
+            .value(r.hive_bytes as f64, "B")
+            .vs(real_label, real_hive as f64),
+        Fig::new("registry.worker_bytes", "bytes per worker heartbeat")
+            .value(r.worker_bytes as f64, "B")
+            .vs("real worker heartbeat", real_worker as f64),
+        Fig::new("registry.bus_bytes_per_s", "heartbeat bytes into the queen per second")
+            .value(r.folded_per_s * r.queen_avg_bytes, "B/s"),
+    ];
+    for fig in figures {
+        report.figure(SECTION, fig);
+    }
+    report.detail("registry", serde_json::json!(r));
+}
+
 /// Runs the load against a queen started here, on `nats`; `queen_bin` is the release binary.
-pub async fn run(
+async fn run(
     nats: &str,
     queen_bin: &std::path::Path,
     log_dir: &std::path::Path,

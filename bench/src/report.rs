@@ -178,32 +178,70 @@ fn with_unit(v: f64, unit: &str) -> String {
     }
 }
 
+/// A figure to record, built with named steps:
+/// `Fig::new(key, label).value(v, "µs").vs("raw NATS p50", floor).bar(Target::AtMost(1.5))`.
+#[derive(Debug, Clone)]
+pub struct Fig {
+    key: String,
+    label: String,
+    value: f64,
+    unit: &'static str,
+    baseline_label: String,
+    baseline: Option<f64>,
+    target: Option<Target>,
+}
+
+impl Fig {
+    /// A figure with its stable key and its label for a person.
+    pub fn new(key: impl Into<String>, label: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            label: label.into(),
+            value: 0.0,
+            unit: "",
+            baseline_label: String::new(),
+            baseline: None,
+            target: None,
+        }
+    }
+
+    /// Its value and unit.
+    pub fn value(mut self, value: f64, unit: &'static str) -> Self {
+        self.value = value;
+        self.unit = unit;
+        self
+    }
+
+    /// The baseline it is compared with (same unit).
+    pub fn vs(mut self, label: impl Into<String>, baseline: f64) -> Self {
+        self.baseline_label = label.into();
+        self.baseline = Some(baseline);
+        self
+    }
+
+    /// The bar its ratio to the baseline must meet.
+    pub fn bar(mut self, target: Target) -> Self {
+        self.target = Some(target);
+        self
+    }
+}
+
 impl Report {
-    /// Records a figure and prints it with its baseline and ratio.
-    #[allow(clippy::too_many_arguments)]
-    pub fn figure(
-        &mut self,
-        section: &str,
-        key: &str,
-        label: &str,
-        value: f64,
-        unit: &str,
-        baseline_label: &str,
-        baseline: Option<f64>,
-        target: Option<Target>,
-    ) {
+    /// Records a figure of `section` and prints it with its baseline and ratio.
+    pub fn figure(&mut self, section: &str, fig: Fig) {
+        let Fig { key, label, value, unit, baseline_label, baseline, target } = fig;
         let ratio = baseline.filter(|b| *b != 0.0 && b.is_finite()).map(|b| value / b);
         let met = match (ratio, target) {
             (Some(r), Some(t)) => Some(t.met(r)),
             _ => None,
         };
         let figure = Figure {
-            key: key.to_owned(),
+            key,
             section: section.to_owned(),
-            label: label.to_owned(),
+            label,
             value,
             unit: unit.to_owned(),
-            baseline_label: baseline_label.to_owned(),
+            baseline_label,
             baseline,
             ratio,
             target,
@@ -363,7 +401,7 @@ mod tests {
         assert_eq!(num(12.34), "12.3");
         assert_eq!(num(1.234), "1.23");
         let mut r = Report::default();
-        r.figure("1. x", "x.a", "a", 300.0, "µs", "floor", Some(100.0), Some(Target::AtMost(1.5)));
+        r.figure("1. x", Fig::new("x.a", "a").value(300.0, "µs").vs("floor", 100.0).bar(Target::AtMost(1.5)));
         let f = r.get("x.a").expect("recorded");
         assert_eq!(f.ratio, Some(3.0));
         assert_eq!(f.met, Some(false));

@@ -14,7 +14,11 @@ use rbee_queen::membership::{Registry, RegistryConfig};
 use rbee_queen::placement::place;
 use rbee_queen::scheduler::{schedule, Placement, PlacementRequest};
 
+use crate::report::{num, Fig, Report};
 use crate::stats::{self, Summary};
+
+/// The section's title.
+pub const SECTION: &str = "4. Scheduler";
 
 /// Figures at one registry size.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -83,8 +87,42 @@ fn registry(
     Ok((reg, model))
 }
 
+/// Times decisions at each size (registries built from the real `hive` and `worker` heartbeats) and
+/// records the section's figures.
+pub fn section(
+    report: &mut Report,
+    sizes: &[(usize, usize)],
+    hive: &HiveHeartbeat,
+    worker: &WorkerHeartbeat,
+) -> anyhow::Result<Vec<SchedResult>> {
+    let sched = run(sizes, hive, worker)?;
+    for s in &sched {
+        let (w, n) = (s.workers, num(s.workers as f64));
+        let floor = "bare least-loaded pass";
+        let figures = [
+            Fig::new(format!("scheduler.place.{w}.p50_us"), format!("place(), {n} workers, p50"))
+                .value(s.place_us.p50, "µs")
+                .vs(format!("{floor} p50"), s.floor_us.p50),
+            Fig::new(format!("scheduler.place.{w}.p99_us"), format!("place(), {n} workers, p99"))
+                .value(s.place_us.p99, "µs")
+                .vs(format!("{floor} p99"), s.floor_us.p99),
+            Fig::new(
+                format!("scheduler.schedule.{w}.p50_us"),
+                format!("schedule() on a ready snapshot, {n} workers, p50"),
+            )
+            .value(s.schedule_us.p50, "µs")
+            .vs(format!("{floor} p50"), s.floor_us.p50),
+        ];
+        for fig in figures {
+            report.figure(SECTION, fig);
+        }
+    }
+    report.detail("scheduler", serde_json::json!(sched));
+    Ok(sched)
+}
+
 /// Times decisions at each size.
-pub fn run(
+fn run(
     sizes: &[(usize, usize)],
     hive: &HiveHeartbeat,
     worker: &WorkerHeartbeat,

@@ -1,9 +1,11 @@
-//! A minimal SSE reader that stamps every event with the instant its bytes were read from the socket.
+//! Reads an SSE response with the CLI's parser ([`rbee_cli::sse::SseParser`]), stamping every event with
+//! the instant its bytes were read from the socket.
 
 use std::time::Instant;
 
 use anyhow::bail;
 use futures::StreamExt;
+use rbee_cli::sse::SseParser;
 
 /// One `data:` payload and when it arrived.
 #[derive(Debug)]
@@ -22,22 +24,14 @@ pub async fn read(resp: reqwest::Response, mut on_data: impl FnMut(SseData)) -> 
         bail!("stream refused: {status} {body}");
     }
     let mut bytes = resp.bytes_stream();
-    let mut buf = String::new();
+    let mut parser = SseParser::new();
     while let Some(chunk) = bytes.next().await {
         let at = Instant::now();
-        let chunk = chunk?;
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            for line in event.lines() {
-                if let Some(data) = line.strip_prefix("data:") {
-                    let data = data.strip_prefix(' ').unwrap_or(data).to_owned();
-                    let done = data == "[DONE]";
-                    on_data(SseData { at, data });
-                    if done {
-                        return Ok(());
-                    }
-                }
+        for event in parser.push(&chunk?) {
+            let done = event.data == "[DONE]";
+            on_data(SseData { at, data: event.data });
+            if done {
+                return Ok(());
             }
         }
     }

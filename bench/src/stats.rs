@@ -1,4 +1,5 @@
-//! Percentiles, medians, and what `/proc` says about a process (CPU time, resident memory).
+//! Percentiles, medians, what `/proc` says about a process (CPU time, resident memory), and the load
+//! other processes put on the machine.
 
 use std::time::Duration;
 
@@ -183,6 +184,24 @@ impl ForeignLoad {
         let foreign =
             (system_busy_seconds() - self.busy) - (tree_cpu_seconds(std::process::id()) - self.tree);
         (foreign / wall).max(0.0)
+    }
+}
+
+/// Above this many cores of CPU taken by other processes during a direct/queen pair, the pair is
+/// measured again (llama.cpp's threads on a 2-core machine slow down many times over when anything else
+/// runs): other users of the machine, not rbee, would decide the figures otherwise.
+pub const FOREIGN_MAX_CORES: f64 = 0.25;
+
+/// Waits (up to `within`) for a second in which other processes take less than [`FOREIGN_MAX_CORES`].
+pub async fn wait_quiet(within: Duration) -> f64 {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let meter = ForeignLoad::start();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cores = meter.cores();
+        if cores < FOREIGN_MAX_CORES || std::time::Instant::now() > deadline {
+            return cores;
+        }
     }
 }
 

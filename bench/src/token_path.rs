@@ -2,202 +2,193 @@
 //! client's read, through the queen's OpenAI SSE endpoint, next to the same payload over raw NATS (one
 //! hop) and through a minimal relay process (two hops, the floor of any relay) in the same run.
 //!
-//! The publisher is an echo worker inside this process: it heartbeats like a worker of model
-//! `bench-echo`, accepts the queen's assignment like a worker, and publishes real `TokenChunk`s at a
-//! fixed pace, stamping each with this process's monotonic clock just before the publish call. The
-//! client that reads the SSE stream lives in the same process, so both ends read one clock (µs, not
-//! the wire's ms `sent_at_ms`).
+//! The publisher is the [echo worker](crate::echo) inside this process. The client that reads the SSE
+//! stream lives in the same process, so both ends read one clock (µs, not the wire's ms `sent_at_ms`).
+//! `rbee-bench relay` ([`relay`]) is the relay process. The section's last two figures, the queen hop
+//! of the real worker, are measured during the end-to-end runs ([`TokenPath::real_worker_hop`]).
 
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::Bytes;
 use futures::StreamExt;
-use rbee_bus::{
-    subject, Backend, Bus, EventStamper, FinishReason, HiveId, JobAccepted, JobAssignment, JobId, JobState,
-    JobStatus, ModelId, TokenChunk, Usage, WorkerHeartbeat, WorkerId, WorkerState, SCHEMA_VERSION,
-};
+use rbee_bus::{Bus, EventStamper, JobId, TokenChunk, WorkerId};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Api;
+use crate::api::Api;
+use crate::cluster::{connect, Env, Proc};
+use crate::echo::{chunk, EchoWorker, ECHO_MODEL, ECHO_WORKER};
+use crate::report::{Fig, Report, Target};
 use crate::sse;
+use crate::stats::{self, Summary};
 
-/// The model the echo worker serves.
-pub const ECHO_MODEL: &str = "bench-echo";
-/// The echo worker's id.
-pub const ECHO_WORKER: &str = "bench-echo-worker";
+/// The section's title.
+pub const SECTION: &str = "1. Token path";
 
-type Stamps = Arc<Mutex<Vec<Option<Instant>>>>;
-
-/// A fake worker that streams numbered chunks at a fixed pace.
-pub struct EchoWorker {
-    stop: CancellationToken,
-    published: Stamps,
-    bus: Bus,
-    stamper: Arc<EventStamper>,
+/// Repetitions and pace.
+pub struct Plan {
+    /// Chunks per run.
+    pub chunks: u32,
+    /// One chunk every `pace`.
+    pub pace: Duration,
+    /// Rounds of (raw, relay, queen) runs.
+    pub rounds: usize,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// What the token path measured, µs.
+pub struct TokenPath {
+    /// Raw NATS, one hop.
+    pub raw: Summary,
+    /// Through the relay process, two hops.
+    pub relay: Summary,
+    /// Through the queen's SSE.
+    pub queen: Summary,
+    /// One chunk's size on the wire.
+    pub payload_bytes: usize,
+    /// One chunk every this many ms.
+    pub pace_ms: f64,
+    /// Chunks per run.
+    pub chunks: u32,
+    /// Rounds.
+    pub rounds: usize,
+    /// Median cores taken by other processes during a round.
+    pub foreign_cores: f64,
 }
 
-impl EchoWorker {
-    /// Starts heartbeating and serving assignments on `bus`, publishing a chunk every `pace`.
-    pub async fn start(bus: Bus, pace: Duration) -> anyhow::Result<Self> {
-        let worker_id: WorkerId = ECHO_WORKER.parse()?;
-        let stamper = Arc::new(EventStamper::new(ECHO_WORKER));
-        let stop = CancellationToken::new();
-        let published: Stamps = Arc::default();
-        let mut jobs = bus.client().subscribe(subject::worker_jobs(&worker_id)).await?;
-        bus.round_trip().await?;
-        // Heartbeats.
-        {
-            let (bus, stamper, stop) = (bus.clone(), stamper.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    let hb = heartbeat(&stamper, WorkerState::Idle);
-                    let _ = bus.publish(subject::worker_heartbeat(&hb.worker_id), &hb).await;
-                }
-            });
+/// Runs raw, relay and queen rounds in turns (each once the machine is quiet) on the NATS at `url` and
+/// records the section's figures but the real worker's.
+pub async fn section(
+    report: &mut Report,
+    api: &Api,
+    url: &str,
+    env: &Env,
+    plan: &Plan,
+) -> anyhow::Result<TokenPath> {
+    let echo = EchoWorker::start(connect(url).await?, plan.pace).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !api
+        .workers()
+        .await?
+        .iter()
+        .any(|w| w.get("worker_id").and_then(Value::as_str) == Some(ECHO_WORKER))
+    {
+        if Instant::now() > deadline {
+            bail!("the queen did not list the echo worker");
         }
-        // Assignments.
-        {
-            let (bus, stamper, stop, published) =
-                (bus.clone(), stamper.clone(), stop.clone(), published.clone());
-            tokio::spawn(async move {
-                loop {
-                    let msg = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        msg = jobs.next() => match msg { Some(m) => m, None => return },
-                    };
-                    let Ok(job) = serde_json::from_slice::<JobAssignment>(&msg.payload) else { continue };
-                    let accepted = JobAccepted {
-                        v: SCHEMA_VERSION,
-                        job_id: job.job_id.clone(),
-                        worker_id: worker_id.clone(),
-                        prompt_tokens: 1,
-                    };
-                    let _ = bus.reply(&msg, Ok::<_, rbee_bus::WireError>(accepted)).await;
-                    let stream = stream_job(
-                        bus.clone(),
-                        stamper.clone(),
-                        job.job_id,
-                        job.params.max_tokens,
-                        pace,
-                        published.clone(),
-                    );
-                    tokio::spawn(stream);
-                }
-            });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (publisher, reader) = (connect(url).await?, connect(url).await?);
+    let exe = std::env::current_exe()?;
+    let relay_args: Vec<String> =
+        ["relay", "--nats", url, "--from", "bench.relay.in", "--to", "bench.relay.out"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+    let relay_log = env.logs.join("relay.log");
+    let mut relay = Proc::spawn("relay", &exe, &relay_args, &relay_log)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&relay_log).unwrap_or_default().contains("ready") {
+        relay.check()?;
+        if Instant::now() > deadline {
+            bail!("the relay did not start");
         }
-        Ok(Self { stop, published, bus, stamper })
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-
-    /// Publish instants of the last job's chunks, by chunk number.
-    pub fn published(&self) -> Vec<Option<Instant>> {
-        lock(&self.published).clone()
+    let (mut raw, mut relayed, mut queen) = (Vec::new(), Vec::new(), Vec::new());
+    let mut foreign = Vec::new();
+    // Warm-up, not counted.
+    nats_run(&publisher, &reader, "bench.raw", "bench.raw", 50, plan.pace).await?;
+    nats_run(&publisher, &reader, "bench.relay.in", "bench.relay.out", 50, plan.pace).await?;
+    queen_run(api, &echo, 50).await?;
+    for _ in 0..plan.rounds {
+        stats::wait_quiet(Duration::from_secs(10)).await;
+        let meter = stats::ForeignLoad::start();
+        raw.extend(nats_run(&publisher, &reader, "bench.raw", "bench.raw", plan.chunks, plan.pace).await?);
+        relayed.extend(
+            nats_run(&publisher, &reader, "bench.relay.in", "bench.relay.out", plan.chunks, plan.pace)
+                .await?,
+        );
+        queen.extend(queen_run(api, &echo, plan.chunks).await?);
+        foreign.push(meter.cores());
     }
-
-    /// Stops it; a `stopped` heartbeat removes it from the queen's registry at once.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let hb = heartbeat(&self.stamper, WorkerState::Stopped);
-        let _ = self.bus.publish(subject::worker_heartbeat(&hb.worker_id), &hb).await;
-        let _ = self.bus.client().flush().await;
-    }
-}
-
-fn heartbeat(stamper: &EventStamper, state: WorkerState) -> WorkerHeartbeat {
-    WorkerHeartbeat {
-        v: SCHEMA_VERSION,
-        meta: stamper.next(),
-        worker_id: WorkerId::new(ECHO_WORKER).unwrap_or_else(|_| WorkerId::generate()),
-        hive_id: HiveId::new("bench-echo-hive").unwrap_or_else(|_| HiveId::generate()),
-        model_id: ModelId::new(ECHO_MODEL).unwrap_or_else(|_| ModelId::generate()),
-        state,
-        backend: Backend::Cpu,
-        device: "cpu".to_owned(),
-        slots_total: 64,
-        slots_busy: 0,
-        ctx_per_slot: 2048,
-        tokens_per_second: 0.0,
-        memory_bytes: 0,
-        pid: std::process::id(),
-        interval_ms: 1000,
-        prefix_fingerprints: Vec::new(),
-    }
-}
-
-/// A token chunk like a worker's: `{i:05} ` as text (one token).
-pub fn chunk(stamper: &EventStamper, job_id: &JobId, worker_id: &WorkerId, i: u64) -> TokenChunk {
-    TokenChunk {
-        v: SCHEMA_VERSION,
-        meta: stamper.next(),
-        job_id: job_id.clone(),
-        worker_id: worker_id.clone(),
-        seq: i,
-        text: format!("{i:05} "),
-        tokens: 1,
-        total_tokens: u32::try_from(i + 1).unwrap_or(u32::MAX),
-    }
-}
-
-async fn stream_job(
-    bus: Bus,
-    stamper: Arc<EventStamper>,
-    job_id: JobId,
-    n: u32,
-    pace: Duration,
-    published: Stamps,
-) {
-    let worker_id = WorkerId::new(ECHO_WORKER).unwrap_or_else(|_| WorkerId::generate());
-    let model_id = ModelId::new(ECHO_MODEL).ok();
-    let status = |state: JobState| JobStatus {
-        v: SCHEMA_VERSION,
-        meta: stamper.next(),
-        job_id: job_id.clone(),
-        model_id: model_id.clone(),
-        state,
+    echo.stop().await;
+    relay.stop(Duration::from_secs(2));
+    let stamper = rbee_bus::EventStamper::new("bench-raw");
+    let sample = chunk(&stamper, &rbee_bus::JobId::generate(), &ECHO_WORKER.parse()?, 123);
+    let tp = TokenPath {
+        raw: Summary::of(&raw),
+        relay: Summary::of(&relayed),
+        queen: Summary::of(&queen),
+        payload_bytes: serde_json::to_vec(&sample)?.len(),
+        pace_ms: plan.pace.as_secs_f64() * 1e3,
+        chunks: plan.chunks,
+        rounds: plan.rounds,
+        foreign_cores: stats::median(&foreign),
     };
-    let status_subject = subject::job_status(&job_id);
-    let accepted = status(JobState::Accepted { worker_id: worker_id.clone(), prompt_tokens: 1 });
-    let _ = bus.publish(status_subject.clone(), &accepted).await;
-    // The queen answers the HTTP request once the job is accepted: give the client time to open its
-    // stream, so no chunk is measured while it is still connecting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = bus
-        .publish(status_subject.clone(), &status(JobState::Running { worker_id: worker_id.clone() }))
-        .await;
-    *lock(&published) = vec![None; n as usize];
-    let tokens_subject = subject::job_tokens(&job_id);
-    let mut tick = tokio::time::interval(pace);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    for i in 0..u64::from(n) {
-        tick.tick().await;
-        let payload =
-            Bytes::from(serde_json::to_vec(&chunk(&stamper, &job_id, &worker_id, i)).unwrap_or_default());
-        let at = Instant::now();
-        if let Some(slot) = lock(&published).get_mut(i as usize) {
-            *slot = Some(at);
-        }
-        let _ = bus.client().publish(tokens_subject.clone(), payload).await;
+    let figures = [
+        Fig::new("token_path.queen_sse.p50_us", "queen SSE (OpenAI stream), p50")
+            .value(tp.queen.p50, "µs")
+            .vs("raw NATS pub→sub p50", tp.raw.p50)
+            .bar(Target::AtMost(1.5)),
+        Fig::new("token_path.queen_sse.p99_us", "queen SSE (OpenAI stream), p99")
+            .value(tp.queen.p99, "µs")
+            .vs("raw NATS pub→sub p99", tp.raw.p99)
+            .bar(Target::AtMost(1.5)),
+        Fig::new("token_path.relay_floor.p50_us", "two-hop floor: NATS → relay process → NATS, p50")
+            .value(tp.relay.p50, "µs")
+            .vs("raw NATS p50", tp.raw.p50),
+        Fig::new("token_path.relay_floor.p99_us", "two-hop floor: NATS → relay process → NATS, p99")
+            .value(tp.relay.p99, "µs")
+            .vs("raw NATS p99", tp.raw.p99),
+        Fig::new("token_path.queen_vs_relay.p50_us", "queen SSE p50 against the two-hop floor")
+            .value(tp.queen.p50, "µs")
+            .vs("relay p50", tp.relay.p50),
+    ];
+    for fig in figures {
+        report.figure(SECTION, fig);
     }
-    tokio::time::sleep(pace).await;
-    let usage = Usage { prompt_tokens: 1, completion_tokens: n, ..Usage::default() };
-    let finished = status(JobState::Finished {
-        finish_reason: FinishReason::Length,
-        usage,
-        error: None,
-        worker_id: Some(worker_id),
-    });
-    let _ = bus.publish(status_subject, &finished).await;
+    report.detail(
+        "token_path",
+        json!({
+            "chunks_per_run": plan.chunks, "runs": plan.rounds, "pace_ms": plan.pace.as_secs_f64() * 1e3,
+            "payload_bytes": tp.payload_bytes, "foreign_cores": tp.foreign_cores, "raw_us": tp.raw, "relay_us": tp.relay, "queen_sse_us": tp.queen,
+        }),
+    );
+    Ok(tp)
+}
+
+impl TokenPath {
+    /// Records the real worker's queen hop: per chunk of the single-stream end-to-end runs, the SSE
+    /// read less a direct NATS subscriber's read (`hops`, µs), against raw NATS.
+    pub fn real_worker_hop(&self, report: &mut Report, hops: &[f64]) {
+        let hops = Summary::of(hops);
+        let label = "real worker: SSE read − direct NATS subscriber read";
+        let figures = [
+            Fig::new("token_path.real_worker_queen_hop.p50_us", format!("{label}, p50"))
+                .value(hops.p50, "µs")
+                .vs("raw NATS p50", self.raw.p50),
+            Fig::new("token_path.real_worker_queen_hop.p99_us", format!("{label}, p99"))
+                .value(hops.p99, "µs")
+                .vs("raw NATS p99", self.raw.p99),
+        ];
+        for fig in figures {
+            report.figure(SECTION, fig);
+        }
+        report.detail("token_path_real_worker_hop_us", json!(hops));
+    }
+}
+
+/// `rbee-bench relay`: republishes every message from one subject on another (the two-hop floor).
+pub async fn relay(nats: &str, from: &str, to: &str) -> anyhow::Result<()> {
+    let bus = connect(nats).await?;
+    let mut sub = bus.client().subscribe(from.to_owned()).await?;
+    bus.round_trip().await?;
+    println!("ready");
+    let to = async_nats::Subject::from(to);
+    while let Some(msg) = sub.next().await {
+        bus.client().publish(to.clone(), msg.payload).await?;
+    }
+    Ok(())
 }
 
 /// Latencies (µs) of `n` chunks published at `pace` on `publish_to` by `publisher` and read on
@@ -249,14 +240,7 @@ pub async fn queen_run(api: &Api, echo: &EchoWorker, n: u32) -> anyhow::Result<V
         "stream": true,
         "max_tokens": n,
     });
-    let resp = api
-        .http
-        .post(format!("{}/v1/chat/completions", api.base))
-        .json(&body)
-        .timeout(Duration::from_secs(120))
-        .send()
-        .await
-        .context("POST /v1/chat/completions")?;
+    let resp = api.stream_chat(&body, Duration::from_secs(120)).await?;
     let mut received = vec![None; n as usize];
     sse::read(resp, |ev| {
         let Ok(v) = serde_json::from_str::<Value>(&ev.data) else { return };
@@ -278,7 +262,7 @@ fn pair(published: &[Option<Instant>], received: &[Option<Instant>]) -> anyhow::
     let latencies: Vec<f64> = published
         .iter()
         .zip(received)
-        .filter_map(|(p, r)| Some(crate::stats::us(r.as_ref()?.saturating_duration_since(*p.as_ref()?))))
+        .filter_map(|(p, r)| Some(stats::us(r.as_ref()?.saturating_duration_since(*p.as_ref()?))))
         .collect();
     if latencies.len() < published.len() {
         bail!("{} of {} chunks arrived", latencies.len(), published.len());

@@ -81,25 +81,12 @@ impl Cluster {
     }
 }
 
-/// Reads an SSE body into its `data:` payloads (and event names).
+/// Reads an SSE body into its `data:` payloads (and event names), with the CLI's parser.
 async fn sse_events(resp: reqwest::Response) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let mut buf = String::new();
-    let mut body = resp.bytes_stream();
-    let mut event = String::from("message");
-    while let Some(chunk) = body.next().await {
-        buf.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
-        while let Some(pos) = buf.find('\n') {
-            let line = buf[..pos].trim_end_matches('\r').to_owned();
-            buf.drain(..=pos);
-            if let Some(name) = line.strip_prefix("event:") {
-                event = name.trim().to_owned();
-            } else if let Some(data) = line.strip_prefix("data:") {
-                out.push((event.clone(), data.trim().to_owned()));
-            } else if line.is_empty() {
-                event = "message".into();
-            }
-        }
+    let mut reader = rbee_cli::sse::SseReader::new(resp);
+    while let Some(event) = reader.next().await.expect("chunk") {
+        out.push((event.event, event.data));
     }
     out
 }

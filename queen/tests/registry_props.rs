@@ -1,31 +1,22 @@
 //! The registry folded from heartbeats: thresholds with injected time, and properties over random
 //! sequences of heartbeats, restarts, reordering, fences, reservations and time steps.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use common::{hive_id, model_id, worker_id};
 use proptest::prelude::*;
 use rbee_bus::{
-    Backend, CpuInfo, DeviceInfo, DeviceKind, EventMeta, HiveHeartbeat, HiveId, HiveState, MemoryInfo,
-    ModelId, ModelSummary, WorkerHeartbeat, WorkerId, WorkerState,
+    Backend, CpuInfo, DeviceInfo, DeviceKind, EventMeta, HiveHeartbeat, HiveState, MemoryInfo, ModelSummary,
+    WorkerHeartbeat, WorkerId, WorkerState,
 };
 use rbee_queen::membership::{
     least_loaded_first, Change, Liveness, Registry, RegistryConfig, RemovalReason, UnfenceReason, WorkerView,
 };
 
 // ----- builders -----
-
-fn hive_id(n: usize) -> HiveId {
-    HiveId::new(format!("hive-{n}")).expect("valid id")
-}
-
-fn worker_id(n: usize) -> WorkerId {
-    WorkerId::new(format!("wrk-{n}")).expect("valid id")
-}
-
-fn model_id(n: usize) -> ModelId {
-    ModelId::new(format!("model-{n}")).expect("valid id")
-}
 
 fn meta(publisher: &str, epoch: &str, seq: u64) -> EventMeta {
     // sent_at_ms is deliberately nonsense: liveness must not read it.

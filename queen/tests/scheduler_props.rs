@@ -1,12 +1,15 @@
 //! The scheduler over registry snapshots: readable reasons in plain cases, and properties over random
 //! clusters (hives with devices and catalogs, workers in every state, fences, reservations).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{hive_id, model_id, worker_id};
 use proptest::prelude::*;
 use rbee_bus::{
     Backend, CpuInfo, DeviceInfo, DeviceKind, EventMeta, HiveHeartbeat, HiveId, HiveState, HiveWorkerStatus,
-    HiveWorkerSummary, MemoryInfo, ModelId, ModelSummary, WorkerHeartbeat, WorkerId, WorkerState,
+    HiveWorkerSummary, MemoryInfo, ModelSummary, WorkerHeartbeat, WorkerId, WorkerState,
 };
 use rbee_queen::membership::{Liveness, Registry, RegistryConfig, RegistrySnapshot, WorkerView};
 use rbee_queen::placement::place;
@@ -14,18 +17,6 @@ use rbee_queen::scheduler::{estimate_spawn_bytes, schedule, Placement, Placement
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-
-fn hive_id(n: usize) -> HiveId {
-    HiveId::new(format!("hive-{n}")).expect("valid id")
-}
-
-fn worker_id(n: usize) -> WorkerId {
-    WorkerId::new(format!("wrk-{n}")).expect("valid id")
-}
-
-fn model_id(n: usize) -> ModelId {
-    ModelId::new(format!("model-{n}")).expect("valid id")
-}
 
 fn meta(publisher: &str) -> EventMeta {
     EventMeta { publisher: publisher.into(), epoch: "e1".into(), seq: 1, sent_at_ms: 0 }
