@@ -175,11 +175,11 @@ fn tokens_and_statuses_of_the_current_epoch_keep_a_busy_worker_alive() {
         assert_eq!(liveness(&registry, ms + 400), Some(Liveness::Online));
     }
     let after = registry.get_worker(&worker_id(0), at(base, 6_000)).expect("listed");
-    assert_eq!(after.age_ms, 0, "the age counts from the last sign of life");
+    assert_eq!(after.presence.age_ms, 0, "the age counts from the last sign of life");
     // Liveness only: the figures, sequence and reservations are the heartbeat's.
     assert_eq!(
-        (after.state, after.slots_busy, after.slots_reserved, after.seq, &after.epoch),
-        (before.state, before.slots_busy, before.slots_reserved, before.seq, &before.epoch)
+        (after.state, after.slots_busy, after.slots_reserved, after.presence.seq, &after.presence.epoch),
+        (before.state, before.slots_busy, before.slots_reserved, before.presence.seq, &before.presence.epoch)
     );
     assert_eq!(registry.stats(base).heartbeats_applied, applied, "a token is not a heartbeat");
 
@@ -216,7 +216,7 @@ fn messages_of_another_epoch_or_an_unknown_worker_prove_nothing() {
         assert_eq!(registry.apply_worker_activity(&worker_id(0), epoch, at(base, 2_500)), Vec::new());
     }
     let view = registry.get_worker(&worker_id(0), at(base, 3_100)).expect("listed");
-    assert_eq!((view.liveness, view.age_ms), (Liveness::Offline, 3_100));
+    assert_eq!((view.liveness, view.presence.age_ms), (Liveness::Offline, 3_100));
     // Nor does one of another worker.
     registry.apply_worker(&worker_beat(1, "e1", 1, &WorkerFigures::default()), base);
     registry.apply_worker_activity(&worker_id(0), "e1", at(base, 3_000));
@@ -360,7 +360,10 @@ fn sequence_gaps_and_stale_heartbeats_are_counted() {
     }
     let stats = registry.stats(at(base, 60));
     assert_eq!((stats.seq_gaps, stats.stale_ignored, stats.heartbeats_applied), (3, 2, 4));
-    assert_eq!(registry.get_worker(&worker_id(0), at(base, 60)).map(|w| (w.seq, w.seq_gaps)), Some((16, 3)));
+    assert_eq!(
+        registry.get_worker(&worker_id(0), at(base, 60)).map(|w| (w.presence.seq, w.presence.seq_gaps)),
+        Some((16, 3))
+    );
     assert_eq!(stats.last_heartbeat_age_ms, Some(10));
 }
 
@@ -546,18 +549,24 @@ fn check_views(
 ) -> Result<(), TestCaseError> {
     let workers = registry.list_workers(now);
     for view in &workers {
-        prop_assert_eq!(view.liveness, expected_liveness(view.age_ms, view.interval_ms, config));
+        prop_assert_eq!(
+            view.liveness,
+            expected_liveness(view.presence.age_ms, view.presence.interval_ms, config)
+        );
         prop_assert_eq!(view.assignable, assignable_by_fields(view), "assignable flag of {:?}", view);
         let leaving = registry.get_hive(&view.hive_id, now).is_some_and(|hive| hive.leaving);
         prop_assert_eq!(view.hive_leaving, leaving);
         if let Some((epoch, fenced_at)) = fences.get(&view.worker_id) {
-            let in_force =
-                *epoch == view.epoch && now.saturating_duration_since(*fenced_at) < config.fence_timeout;
+            let in_force = *epoch == view.presence.epoch
+                && now.saturating_duration_since(*fenced_at) < config.fence_timeout;
             prop_assert_eq!(view.fenced, in_force, "fence of {:?}", view.worker_id);
         }
     }
     for hive in registry.list_hives(now) {
-        prop_assert_eq!(hive.liveness, expected_liveness(hive.age_ms, hive.interval_ms, config));
+        prop_assert_eq!(
+            hive.liveness,
+            expected_liveness(hive.presence.age_ms, hive.presence.interval_ms, config)
+        );
     }
     for model in 0..2 {
         let best = registry.find_best_worker_for_model(&model_id(model), now);
@@ -615,20 +624,21 @@ fn run_history(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let before = registry.get_hive(&hive_id(hive), now);
                 let workers_before: Vec<WorkerView> = registry.workers_on_hive(&hive_id(hive), now);
                 if let Some(view) = &before {
-                    if view.epoch == epoch && seq > view.seq + 1 {
-                        expected_gaps += seq - view.seq - 1;
+                    if view.presence.epoch == epoch && seq > view.presence.seq + 1 {
+                        expected_gaps += seq - view.presence.seq - 1;
                     }
                 }
                 let changes = registry.apply_hive(&hive_beat(hive, &epoch, seq, interval_ms, state), now);
                 let after = registry.get_hive(&hive_id(hive), now);
-                let restarted = matches!((&before, &after), (Some(b), Some(a)) if b.epoch != a.epoch);
+                let restarted =
+                    matches!((&before, &after), (Some(b), Some(a)) if b.presence.epoch != a.presence.epoch);
                 if restarted {
                     prop_assert!(
                         registry.workers_on_hive(&hive_id(hive), now).is_empty(),
                         "old-epoch workers left"
                     );
                     for worker in workers_before {
-                        buried.push((worker.worker_id, worker.epoch, now));
+                        buried.push((worker.worker_id, worker.presence.epoch, now));
                     }
                 }
                 changes
@@ -636,8 +646,8 @@ fn run_history(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Worker { worker, epoch_choice, seq_step, figures } => {
                 let (epoch, seq) = worker_streams[worker].next("w", epoch_choice, seq_step);
                 if let Some(view) = registry.get_worker(&worker_id(worker), now) {
-                    if view.epoch == epoch && seq > view.seq + 1 {
-                        expected_gaps += seq - view.seq - 1;
+                    if view.presence.epoch == epoch && seq > view.presence.seq + 1 {
+                        expected_gaps += seq - view.presence.seq - 1;
                     }
                 }
                 let stale_before = registry.stats(now).stale_ignored;
@@ -671,33 +681,34 @@ fn run_history(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let workers = registry.list_workers(now);
                 let changes = registry.expire(now);
                 for hive in hives {
-                    let removal_ms = config.removal_age(config.interval(hive.interval_ms)).as_millis() as u64;
+                    let removal_ms =
+                        config.removal_age(config.interval(hive.presence.interval_ms)).as_millis() as u64;
                     let kept = registry.get_hive(&hive.hive_id, now).is_some();
                     prop_assert_eq!(
                         kept,
-                        hive.age_ms <= removal_ms,
+                        hive.presence.age_ms <= removal_ms,
                         "hive {} aged {} ms",
                         hive.hive_id,
-                        hive.age_ms
+                        hive.presence.age_ms
                     );
                 }
                 for worker in workers {
                     let removal_ms =
-                        config.removal_age(config.interval(worker.interval_ms)).as_millis() as u64;
+                        config.removal_age(config.interval(worker.presence.interval_ms)).as_millis() as u64;
                     let kept = registry.get_worker(&worker.worker_id, now).is_some();
                     prop_assert_eq!(
                         kept,
-                        worker.age_ms <= removal_ms,
+                        worker.presence.age_ms <= removal_ms,
                         "worker {} aged {} ms",
                         worker.worker_id,
-                        worker.age_ms
+                        worker.presence.age_ms
                     );
                 }
                 changes
             }
             Op::Fence(worker) => {
                 if let Some(view) = registry.get_worker(&worker_id(worker), now) {
-                    fences.insert(worker_id(worker), (view.epoch, now));
+                    fences.insert(worker_id(worker), (view.presence.epoch, now));
                 }
                 registry.fence_worker(&worker_id(worker), "refused", now)
             }
@@ -714,7 +725,7 @@ fn run_history(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Activity { worker, current_epoch } => {
                 let before = registry.get_worker(&worker_id(worker), now);
                 let epoch = match (&before, current_epoch) {
-                    (Some(view), true) => view.epoch.clone(),
+                    (Some(view), true) => view.presence.epoch.clone(),
                     _ => "w-other".to_owned(),
                 };
                 let changes = registry.apply_worker_activity(&worker_id(worker), &epoch, now);
@@ -724,13 +735,27 @@ fn run_history(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     (Some(b), Some(a)) => {
                         // Liveness only: the heartbeat's figures and the queen's marks stay.
                         prop_assert_eq!(
-                            (a.state, a.slots_busy, a.slots_reserved, a.seq, &a.epoch, a.fenced),
-                            (b.state, b.slots_busy, b.slots_reserved, b.seq, &b.epoch, b.fenced)
+                            (
+                                a.state,
+                                a.slots_busy,
+                                a.slots_reserved,
+                                a.presence.seq,
+                                &a.presence.epoch,
+                                a.fenced
+                            ),
+                            (
+                                b.state,
+                                b.slots_busy,
+                                b.slots_reserved,
+                                b.presence.seq,
+                                &b.presence.epoch,
+                                b.fenced
+                            )
                         );
-                        if b.epoch == epoch {
-                            prop_assert_eq!((a.age_ms, a.liveness), (0, Liveness::Online));
+                        if b.presence.epoch == epoch {
+                            prop_assert_eq!((a.presence.age_ms, a.liveness), (0, Liveness::Online));
                         } else {
-                            prop_assert_eq!(a.age_ms, b.age_ms);
+                            prop_assert_eq!(a.presence.age_ms, b.presence.age_ms);
                             prop_assert!(changes.is_empty());
                         }
                     }
@@ -747,7 +772,7 @@ fn run_history(ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(registry.stats(now).seq_gaps, expected_gaps);
         for (worker, epoch, at) in &buried {
             if now.saturating_duration_since(*at) < config.tombstone_ttl {
-                let back = registry.get_worker(worker, now).is_some_and(|view| &view.epoch == epoch);
+                let back = registry.get_worker(worker, now).is_some_and(|view| &view.presence.epoch == epoch);
                 prop_assert!(!back, "{} came back with buried epoch {}", worker, epoch);
             }
         }

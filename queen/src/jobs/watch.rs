@@ -73,7 +73,7 @@ pub async fn watch_worker(
             // queen's own. Removed (its hive saw it exit, it stopped, or it was silent past the removal
             // age): gone.
             if let Some(w) = &worker {
-                let interval = queen.registry().config().interval(w.interval_ms);
+                let interval = queen.registry().config().interval(w.presence.interval_ms);
                 if !confirm_silent(queen, worker_id, interval).await {
                     continue;
                 }

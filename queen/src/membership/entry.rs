@@ -7,7 +7,7 @@ use rbee_bus::{HiveHeartbeat, HiveState, WorkerHeartbeat, WorkerState};
 
 use super::config::RegistryConfig;
 use super::liveness::{Heard, Liveness};
-use super::view::{HiveView, WorkerTotals, WorkerView};
+use super::view::{HiveView, Presence, WorkerTotals, WorkerView};
 use crate::sequence::Sequence;
 
 /// Milliseconds in a duration, saturating.
@@ -55,12 +55,8 @@ impl HiveEntry {
             version: heartbeat.version.clone(),
             state: heartbeat.state,
             leaving: self.leaving(),
-            interval_ms: heartbeat.interval_ms,
-            epoch: self.sequence.epoch.clone(),
-            seq: self.sequence.last_seq,
-            seq_gaps: self.sequence.gaps,
             liveness: self.heard.liveness(now, config),
-            age_ms: millis(self.heard.age(now)),
+            presence: presence(&self.sequence, &self.heard, heartbeat.interval_ms, now),
             schedulable: self.schedulable(now, config),
             cpu: heartbeat.cpu.clone(),
             ram: heartbeat.ram.clone(),
@@ -175,12 +171,8 @@ impl WorkerEntry {
             tokens_per_second: heartbeat.tokens_per_second,
             memory_bytes: heartbeat.memory_bytes,
             pid: heartbeat.pid,
-            interval_ms: heartbeat.interval_ms,
-            epoch: self.sequence.epoch.clone(),
-            seq: self.sequence.last_seq,
-            seq_gaps: self.sequence.gaps,
             liveness: self.heard.liveness(now, config),
-            age_ms: millis(self.heard.age(now)),
+            presence: presence(&self.sequence, &self.heard, heartbeat.interval_ms, now),
             fenced: fence.is_some(),
             fence_reason: fence.map(|fence| fence.reason.clone()),
             hive_leaving,
@@ -197,4 +189,15 @@ pub(crate) struct Tombstone {
     pub epoch: String,
     /// When it was removed.
     pub at: Instant,
+}
+
+/// What the queen heard of a publisher, for its view.
+fn presence(sequence: &Sequence, heard: &Heard, interval_ms: u64, now: Instant) -> Presence {
+    Presence {
+        interval_ms,
+        epoch: sequence.epoch.clone(),
+        seq: sequence.last_seq,
+        seq_gaps: sequence.gaps,
+        age_ms: millis(heard.age(now)),
+    }
 }

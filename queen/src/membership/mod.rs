@@ -106,7 +106,7 @@ pub use change::{Change, RemovalReason, UnfenceReason};
 pub use config::RegistryConfig;
 pub use liveness::Liveness;
 pub use view::{
-    least_loaded_first, HiveView, LivenessCounts, RegistrySnapshot, RegistryStats, Resources,
+    least_loaded_first, HiveView, LivenessCounts, Presence, RegistrySnapshot, RegistryStats, Resources,
     WorkerStateCounts, WorkerTotals, WorkerView,
 };
 

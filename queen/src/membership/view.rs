@@ -11,6 +11,21 @@ use serde::{Deserialize, Serialize};
 
 use super::liveness::Liveness;
 
+/// How the queen hears from a hive or a worker (flattened into its view on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Heartbeat interval it announced, in milliseconds.
+    pub interval_ms: u64,
+    /// Its process epoch.
+    pub epoch: String,
+    /// Sequence number of its last accepted heartbeat.
+    pub seq: u64,
+    /// Heartbeats lost (sequence numbers skipped).
+    pub seq_gaps: u64,
+    /// Milliseconds since its last heartbeat was received.
+    pub age_ms: u64,
+}
+
 /// A worker as the queen knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerView {
@@ -42,18 +57,11 @@ pub struct WorkerView {
     pub memory_bytes: u64,
     /// Process id on its hive's machine.
     pub pid: u32,
-    /// Heartbeat interval it announced, in milliseconds.
-    pub interval_ms: u64,
-    /// Its process epoch.
-    pub epoch: String,
-    /// Sequence number of its last accepted heartbeat.
-    pub seq: u64,
-    /// Heartbeats of this worker lost (sequence numbers skipped).
-    pub seq_gaps: u64,
     /// Liveness by the age of its last heartbeat.
     pub liveness: Liveness,
-    /// Milliseconds since its last heartbeat was received.
-    pub age_ms: u64,
+    /// Its heartbeats: interval, epoch, sequence, age.
+    #[serde(flatten)]
+    pub presence: Presence,
     /// True while the queen keeps it out of scheduling.
     pub fenced: bool,
     /// Why it was fenced, while fenced.
@@ -139,18 +147,11 @@ pub struct HiveView {
     pub state: HiveState,
     /// True when it announced it is leaving.
     pub leaving: bool,
-    /// Heartbeat interval it announced, in milliseconds.
-    pub interval_ms: u64,
-    /// Its process epoch.
-    pub epoch: String,
-    /// Sequence number of its last accepted heartbeat.
-    pub seq: u64,
-    /// Heartbeats of this hive lost (sequence numbers skipped).
-    pub seq_gaps: u64,
     /// Liveness by the age of its last heartbeat.
     pub liveness: Liveness,
-    /// Milliseconds since its last heartbeat was received.
-    pub age_ms: u64,
+    /// Its heartbeats: interval, epoch, sequence, age.
+    #[serde(flatten)]
+    pub presence: Presence,
     /// True when workers may be spawned there: online and not leaving.
     pub schedulable: bool,
     /// The CPU.
