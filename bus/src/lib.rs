@@ -9,8 +9,8 @@ pub mod ids;
 pub mod messages;
 pub mod prefix;
 pub mod rpc;
-pub mod runtime;
 pub mod security;
+pub mod sizing;
 pub mod subject;
 
 pub use connect::{connect, NatsConfig};
@@ -33,3 +33,4 @@ pub use messages::models::{
 };
 pub use messages::{now_ms, EventMeta, EventStamper, SCHEMA_VERSION};
 pub use rpc::{Bus, BusError};
+pub use sizing::{worker_memory_bytes, DEFAULT_CTX_PER_SLOT, DEFAULT_SLOTS};

@@ -34,7 +34,7 @@ use crate::config::Config;
 /// one-line message on stderr and a non-zero exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    rbee_bus::runtime::init("warn");
+    rbee_daemon::logging::init("warn");
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

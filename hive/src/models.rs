@@ -267,7 +267,7 @@ pub fn remove(hive: &Hive, req: ModelRemoveRequest) -> Result<ModelRemoveReply, 
         )
     })?;
     let users: Vec<String> = hive
-        .registry
+        .workers
         .list()
         .into_iter()
         .filter(|w| w.is_running() && w.model_id == req.model_id)
