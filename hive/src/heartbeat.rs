@@ -24,7 +24,7 @@ pub async fn send(hive: &Hive, state: HiveState) {
         ram: snap.ram,
         devices: snap.devices,
         workers: hive.workers.list().iter().map(|w| w.summary()).collect(),
-        models: crate::control::models(hive),
+        models: crate::handlers::models::summaries(hive),
     };
     if let Err(e) = hive.bus.publish(subject::hive_heartbeat(&hive.config.hive_id), &heartbeat).await {
         tracing::warn!(error = %e, "cannot publish hive heartbeat");

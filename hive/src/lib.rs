@@ -1,14 +1,15 @@
 //! rbee hive: one per machine. It knows the machine ([`inventory`]), keeps what is installed there
 //! ([`catalog`]: worker binaries and GGUF models on disk), starts and watches worker processes
-//! ([`supervisor`], [`registry`]), answers spawn/stop/listing requests ([`control`]) and tells the
-//! cluster about all of it ([`heartbeat`]). [`run`] is the whole hive; `main.rs` only parses flags.
+//! ([`supervisor`], [`running`]), answers requests about workers, models and devices ([`handlers`],
+//! one task per endpoint) and tells the cluster about all of it ([`heartbeat`]). The daemon plumbing
+//! (service registration, hello, heartbeat loop, task draining) is `rbee_daemon`'s. [`run`] is the
+//! whole hive; `main.rs` only parses flags.
 
 pub mod catalog;
 pub mod config;
-pub mod control;
+pub mod handlers;
 pub mod heartbeat;
 pub mod inventory;
-pub mod models;
 pub mod running;
 pub mod supervisor;
 
@@ -46,6 +47,8 @@ pub struct Hive {
     pub workers: RunningWorkers,
     /// Starts and stops them.
     pub supervisor: Supervisor,
+    /// Background tasks (heartbeat, listeners, model downloads), cancelled and drained on shutdown.
+    pub background: Tasks,
     inventory: Mutex<Inventory>,
     shutting_down: AtomicBool,
     beat_now: Arc<Notify>,
@@ -132,6 +135,7 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
         models,
         workers,
         supervisor,
+        background: Tasks::new(),
     });
 
     let metadata = [("hive_id".to_owned(), hive.config.hive_id.to_string())].into();
@@ -147,19 +151,7 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
     };
     let description = format!("rbee hive {}", hive.config.hive_id);
     let service = rbee_daemon::service::register(&bus, "rbee-hive", description, metadata, stats).await?;
-    let id = &hive.config.hive_id;
-    let endpoint =
-        |name: &'static str, subject: String| rbee_daemon::service::endpoint(&service, name, subject);
-    let mut spawns = endpoint("spawn", subject::hive_spawn(id)).await?;
-    let mut stops = endpoint("stop", subject::hive_stop(id)).await?;
-    let mut worker_lists = endpoint("workers", subject::hive_workers(id)).await?;
-    let mut model_lists = endpoint("models", subject::hive_models(id)).await?;
-    let mut device_lists = endpoint("devices", subject::hive_devices(id)).await?;
-    let mut imports = endpoint("models-import", subject::hive_models_import(id)).await?;
-    let mut pulls = endpoint("models-pull", subject::hive_models_pull(id)).await?;
-    let mut removals = endpoint("models-remove", subject::hive_models_remove(id)).await?;
-
-    let tasks = Tasks::new();
+    let tasks = hive.background.clone();
     let background_stop = tasks.token();
     let hello = rbee_daemon::heartbeat::subscribe_hello(&bus).await?;
     let worker_beats = bus
@@ -167,6 +159,8 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
         .subscribe(subject::WORKER_HEARTBEAT_ALL)
         .await
         .context("subscribe to worker heartbeats")?;
+    let requests = Tasks::new();
+    handlers::serve(&hive, &service, &requests, &shutdown).await?;
     bus.round_trip().await.context("nats round trip after subscribing")?;
     tasks.spawn("heartbeat", heartbeat::run(hive.clone(), beat_now.clone(), background_stop.clone()));
     tasks.spawn(
@@ -179,78 +173,7 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
     );
     tracing::info!(hive_id = %hive.config.hive_id, models = hive.models.list().len(), "hive ready");
 
-    let requests = Tasks::new();
-    loop {
-        let hive = hive.clone();
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(req) = spawns.next() => {
-                requests.spawn("request", async move {
-                    let result = match decode_request(&hive, &req) {
-                        Ok(spawn) => control::spawn(&hive, spawn).await,
-                        Err(e) => Err(e),
-                    };
-                    log_refusal("spawn", &result);
-                    rbee_bus::rpc::respond(&req, &result).await;
-                    hive.heartbeat_soon();
-                });
-            }
-            Some(req) = stops.next() => {
-                requests.spawn("request", async move {
-                    let result = match decode_request(&hive, &req) {
-                        Ok(stop) => control::stop(&hive, stop).await,
-                        Err(e) => Err(e),
-                    };
-                    rbee_bus::rpc::respond(&req, &result).await;
-                    hive.heartbeat_soon();
-                });
-            }
-            Some(req) = imports.next() => {
-                requests.spawn("request", async move {
-                    let result = match decode_request(&hive, &req) {
-                        Ok(import) => models::import(&hive, import).await,
-                        Err(e) => Err(e),
-                    };
-                    log_refusal("model import", &result);
-                    rbee_bus::rpc::respond(&req, &result).await;
-                    hive.heartbeat_soon();
-                });
-            }
-            Some(req) = pulls.next() => {
-                // Checked (and an hf: reference resolved) off the loop; the download runs on as a
-                // background task that shutdown cancels.
-                let stop = background_stop.clone();
-                let downloads = tasks.clone();
-                requests.spawn("request", async move {
-                    let result = match decode_request(&hive, &req) {
-                        Ok(pull) => models::pull(&hive, pull, &stop).await,
-                        Err(e) => Err(e),
-                    };
-                    let result = result.map(|(accepted, download)| {
-                        downloads.spawn("model pull", download);
-                        accepted
-                    });
-                    log_refusal("model pull", &result);
-                    rbee_bus::rpc::respond(&req, &result).await;
-                });
-            }
-            Some(req) = removals.next() => {
-                let result = decode_request(&hive, &req).and_then(|remove| models::remove(&hive, remove));
-                log_refusal("model removal", &result);
-                rbee_bus::rpc::respond(&req, &result).await;
-                hive.heartbeat_soon();
-            }
-            Some(req) = worker_lists.next() => rbee_bus::rpc::respond(&req, &Ok(control::workers(&hive))).await,
-            Some(req) = model_lists.next() => rbee_bus::rpc::respond(&req, &Ok(control::model_list(&hive))).await,
-            Some(req) = device_lists.next() => {
-                let list = tokio::task::spawn_blocking(move || control::devices(&hive)).await;
-                match list {
-                    Ok(list) => rbee_bus::rpc::respond(&req, &Ok(list)).await,
-                    Err(e) => rbee_bus::rpc::respond::<()>(&req, &Err(rbee_bus::WireError::new(rbee_bus::ErrorCode::Internal, e.to_string()))).await,
-                }
-            }
-        }
-    }
+    shutdown.cancelled().await;
 
     tracing::info!(workers = hive.supervisor.running_count(), "hive shutting down");
     hive.shutting_down.store(true, Ordering::Release);
@@ -263,24 +186,6 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
     rbee_daemon::shutdown::flush(&bus).await;
     tracing::info!(hive_id = %hive.config.hive_id, "hive stopped");
     Ok(())
-}
-
-/// The request's message, or (counted and logged as a rejection) the `bad_request` to answer with.
-fn decode_request<T: serde::de::DeserializeOwned>(
-    hive: &Hive,
-    req: &async_nats::service::Request,
-) -> Result<T, rbee_bus::WireError> {
-    rbee_bus::rpc::decode(&req.message.subject, &req.message.payload).map_err(|e| {
-        hive.reject(&req.message.subject, &e);
-        rbee_bus::WireError::new(rbee_bus::ErrorCode::BadRequest, e.to_string())
-    })
-}
-
-/// Logs why a request was refused, if it was.
-fn log_refusal<T>(what: &str, result: &Result<T, rbee_bus::WireError>) {
-    if let Err(e) = result {
-        tracing::info!(code = e.code().as_str(), reason = %e.error.message, "{what} refused");
-    }
 }
 
 async fn import_model(models: &ModelCatalog, import: &ModelImport) {

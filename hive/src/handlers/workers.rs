@@ -1,13 +1,12 @@
-//! The hive's request/reply handlers: `spawn`, `stop` and the listings of workers, models and devices,
-//! served through the NATS service API (`rbee-hive`), so `$SRV.PING/INFO/STATS` list every hive.
+//! Requests about worker processes: `spawn` (checks the model, the fit and the binary, then starts one
+//! through the [`crate::supervisor`]), `stop`, and the listing of the workers running here.
 
 use std::time::Duration;
 
 use rbee_bus::sizing::KvShape;
 use rbee_bus::{
-    DeviceInfo, DeviceKind, DeviceList, ErrorCode, ModelList, ModelSummary, SpawnReply, SpawnRequest,
-    StopReply, StopRequest, WireError, WorkerId, WorkerKind, WorkerList, DEFAULT_CTX_PER_SLOT, DEFAULT_SLOTS,
-    SCHEMA_VERSION,
+    DeviceInfo, DeviceKind, ErrorCode, SpawnReply, SpawnRequest, StopReply, StopRequest, WireError, WorkerId,
+    WorkerKind, WorkerList, DEFAULT_CTX_PER_SLOT, DEFAULT_SLOTS, SCHEMA_VERSION,
 };
 
 use crate::catalog::gguf::read_gguf_info;
@@ -27,23 +26,6 @@ pub fn estimate_worker_bytes(model: &ModelEntry, slots: u32, ctx_per_slot: u32) 
         embedding: info.as_ref().and_then(|i| i.embedding_length).unwrap_or(KvShape::LARGE.embedding),
     };
     rbee_bus::worker_memory_bytes(model.size, shape.bytes_per_token(), slots, ctx_per_slot)
-}
-
-/// A catalog entry as listed on the bus.
-pub fn model_summary(m: &ModelEntry) -> ModelSummary {
-    ModelSummary {
-        model_id: m.id.clone(),
-        size_bytes: m.size,
-        architecture: m.architecture.clone(),
-        parameter_count: m.parameter_count,
-        quantization: m.quantization.clone(),
-        context_length: m.context_length,
-    }
-}
-
-/// Every model in the catalog, as listed on the bus.
-pub fn models(hive: &Hive) -> Vec<ModelSummary> {
-    hive.models.list().iter().map(model_summary).collect()
 }
 
 /// Starts a worker, or says why not.
@@ -209,17 +191,6 @@ pub async fn stop(hive: &Hive, req: StopRequest) -> Result<StopReply, WireError>
 }
 
 /// The worker listing.
-pub fn workers(hive: &Hive) -> WorkerList {
+pub fn list(hive: &Hive) -> WorkerList {
     WorkerList { v: SCHEMA_VERSION, workers: hive.workers.list().iter().map(|w| w.summary()).collect() }
-}
-
-/// The model listing.
-pub fn model_list(hive: &Hive) -> ModelList {
-    ModelList { v: SCHEMA_VERSION, models: models(hive) }
-}
-
-/// The device listing.
-pub fn devices(hive: &Hive) -> DeviceList {
-    let snap = hive.inventory_snapshot();
-    DeviceList { v: SCHEMA_VERSION, cpu: snap.cpu, ram: snap.ram, devices: snap.devices }
 }
