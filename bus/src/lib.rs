@@ -1,7 +1,9 @@
 //! The rbee bus contract. This crate is the only place where NATS subjects and the messages that travel
 //! on them are defined: typed ids ([`ids`]), subject builders and wildcards ([`subject`]), one Rust type
 //! per message ([`messages`]), and typed publish/request helpers with errors by kind ([`rpc`],
-//! [`connect`]). Third parties read the same contract as JSON Schemas in `schemas/`.
+//! [`connect`]), plus the facts every process shares about them: how big a worker is ([`sizing`])
+//! and who may use which subject ([`security`]). Third parties read the same contract as JSON
+//! Schemas in `schemas/`.
 
 pub mod connect;
 pub mod contract;

@@ -1,6 +1,8 @@
 //! rbee worker: one process serving one loaded model. It generates tokens with llama.cpp ([`engine`]),
 //! takes jobs and streams tokens over NATS ([`jobs`]), and heartbeats its state ([`heartbeat`]). It
-//! speaks nothing but NATS. [`run`] is the whole worker; `main.rs` only parses flags.
+//! speaks nothing but NATS; the daemon plumbing (service registration, hello, heartbeat loop, task
+//! draining, the shutdown step) is `rbee_daemon`'s. [`run`] is the whole worker; `main.rs` only
+//! parses flags.
 
 pub mod config;
 pub mod engine;
