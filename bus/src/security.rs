@@ -50,6 +50,8 @@ use crate::subject;
 
 /// Prefix of every identity's reply inbox: `_INBOX_<user>`.
 pub const INBOX_PREFIX: &str = "_INBOX_";
+/// Every job subject (the queen's token relay subscribes to it; a permission, not a contract subject).
+pub const JOB_ALL: &str = "rbee.job.>";
 
 /// What a process is in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -435,7 +437,7 @@ impl SecurityConfig {
                     subject::WORKER_HEARTBEAT_ALL,
                     subject::WORKER_LIFECYCLE_ALL,
                     subject::HIVE_PULLS_ALL,
-                    subject::JOB_ALL,
+                    JOB_ALL,
                     subject::QUEEN_JOBS_SUBMIT,
                 ]);
                 subscribe.extend(service_api("rbee-queen"));

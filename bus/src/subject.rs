@@ -44,8 +44,6 @@ pub const JOB_CANCEL_ALL: &str = "rbee.job.*.cancel";
 pub const QUEEN_JOBS_SUBMIT: &str = "rbee.queen.jobs.submit";
 /// The queen's start announcement: every hive and worker heartbeats at once.
 pub const QUEEN_HELLO: &str = "rbee.queen.hello";
-/// Every job subject (the queen's token relay subscribes to it).
-pub const JOB_ALL: &str = "rbee.job.>";
 /// The JetStream stream the queen keeps job history in (it holds [`JOB_STATUS_ALL`]).
 pub const JOBS_STREAM: &str = "RBEE_JOBS";
 

@@ -272,7 +272,7 @@ async fn an_observer_reads_tokens_and_heartbeats_but_publishes_nothing() {
 }
 
 fn security_job_all() -> &'static str {
-    rbee_bus::subject::JOB_ALL
+    rbee_bus::security::JOB_ALL
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
