@@ -80,16 +80,8 @@ const fn request(
     subscribers: &'static [&'static str],
     description: &'static str,
 ) -> SubjectEntry {
-    SubjectEntry {
-        subject,
-        kind: Kind::Request,
-        schema,
-        reply: Some(reply),
-        error_reply: Some("WireError"),
-        publishers,
-        subscribers,
-        description,
-    }
+    let entry = event(subject, schema, publishers, subscribers, description);
+    SubjectEntry { kind: Kind::Request, reply: Some(reply), error_reply: Some("WireError"), ..entry }
 }
 
 /// Every subject of the contract.

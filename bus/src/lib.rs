@@ -1,7 +1,9 @@
 //! The rbee bus contract. This crate is the only place where NATS subjects and the messages that travel
 //! on them are defined: typed ids ([`ids`]), subject builders and wildcards ([`subject`]), one Rust type
 //! per message ([`messages`]), and typed publish/request helpers with errors by kind ([`rpc`],
-//! [`connect`]). Third parties read the same contract as JSON Schemas in `schemas/`.
+//! [`connect`]), plus the facts every process shares about them: how big a worker is ([`sizing`])
+//! and who may use which subject ([`security`]). Third parties read the same contract as JSON
+//! Schemas in `schemas/`.
 
 pub mod connect;
 pub mod contract;
@@ -9,8 +11,8 @@ pub mod ids;
 pub mod messages;
 pub mod prefix;
 pub mod rpc;
-pub mod runtime;
 pub mod security;
+pub mod sizing;
 pub mod subject;
 
 pub use connect::{connect, NatsConfig};
@@ -33,3 +35,4 @@ pub use messages::models::{
 };
 pub use messages::{now_ms, EventMeta, EventStamper, SCHEMA_VERSION};
 pub use rpc::{Bus, BusError};
+pub use sizing::{worker_memory_bytes, DEFAULT_CTX_PER_SLOT, DEFAULT_SLOTS};

@@ -1,13 +1,13 @@
 //! Secure mode: every process connects to NATS with its own identity (user and password), and the
 //! nats-server configuration that lists those identities limits what each may publish and subscribe.
-//! The configuration is generated here from a list of identities, never edited by hand, and checked
-//! with `nats-server -t`.
+//! This module holds the identities, their roles and what each role may do ([`Permissions`]); the
+//! CLI renders them into the nats-server configuration (`rbee_cli::secure::server_config`).
 //!
 //! What each role may do (subjects from [`crate::subject`]):
 //!
 //! | role | publishes | subscribes |
 //! |---|---|---|
-//! | queen | spawn, stop, listings and model import/pull/remove of every hive; assignments of every worker; job status and cancel; hello; the JetStream API of stream `RBEE_JOBS` | every heartbeat, lifecycle and pull progress event, `rbee.job.>`, job submission |
+//! | queen | spawn, stop, listings and model import/pull/remove of every hive; assignments of every worker; job status and cancel; hello; the JetStream API of stream [`subject::JOBS_STREAM`] (`RBEE_JOBS`) | every heartbeat, lifecycle and pull progress event, `rbee.job.>`, job submission |
 //! | hive | its own heartbeat and pull progress; lifecycle events of its own worker pool | its own spawn/stop/listing/model subjects, worker heartbeats, hello |
 //! | worker | its own heartbeat; job tokens and status | its own assignment subject, job cancels, hello |
 //! | observer | nothing | token streams, job status, heartbeats, lifecycle events |
@@ -40,8 +40,6 @@
 //! subscribe to `rbee.>` (that would include assignments, which carry prompts): `rbee watch` subscribes
 //! to the readable wildcards instead.
 
-use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -52,9 +50,7 @@ use crate::subject;
 
 /// Prefix of every identity's reply inbox: `_INBOX_<user>`.
 pub const INBOX_PREFIX: &str = "_INBOX_";
-/// The JetStream stream the queen keeps job history in.
-pub const JOBS_STREAM: &str = "RBEE_JOBS";
-/// Every job subject (the queen's token relay subscribes to it).
+/// Every job subject (the queen's token relay subscribes to it; a permission, not a contract subject).
 pub const JOB_ALL: &str = "rbee.job.>";
 
 /// What a process is in the cluster.
@@ -92,7 +88,8 @@ impl Role {
         }
     }
 
-    fn describe(&self) -> String {
+    /// A short description (`worker w1 of hive h1`), for comments in generated files.
+    pub fn describe(&self) -> String {
         match self {
             Role::Queen => "queen".to_owned(),
             Role::Hive { hive_id } => format!("hive {hive_id}"),
@@ -103,7 +100,7 @@ impl Role {
     }
 }
 
-/// Why a secure configuration could not be made, written or checked.
+/// Why a secure configuration could not be made or written.
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
     /// A user name or id holds characters the generator does not put in a configuration file.
@@ -132,22 +129,6 @@ pub enum SecurityError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
-    },
-    /// The nats-server binary could not be run.
-    #[error("cannot run {bin}: {source}")]
-    Run {
-        /// The binary.
-        bin: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// `nats-server -t` refused the configuration.
-    #[error("nats-server refused {path}: {output}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What it said (passwords redacted).
-        output: String,
     },
 }
 
@@ -296,7 +277,7 @@ fn service_api(service: &str) -> Vec<String> {
 /// The JetStream API subjects the queen uses for its job history: stream info/create/update, direct
 /// and message gets, and its own (ordered) consumers. Not delete or purge.
 fn jobs_stream_api() -> Vec<String> {
-    let s = JOBS_STREAM;
+    let s = subject::JOBS_STREAM;
     vec![
         "$JS.API.INFO".to_owned(),
         format!("$JS.API.STREAM.INFO.{s}"),
@@ -322,27 +303,6 @@ fn strings(items: &[&str]) -> Vec<String> {
 #[derive(Debug, Clone, Default)]
 pub struct SecurityConfig {
     identities: Vec<Identity>,
-}
-
-/// Server settings written next to the identities. Leave them unset when the server's command line
-/// sets them (tests start nats-server with `-a -p -js -sd`).
-#[derive(Debug, Clone, Default)]
-pub struct ServerOptions {
-    /// `listen: host:port`.
-    pub listen: Option<String>,
-    /// Enables JetStream with this store directory.
-    pub jetstream_store: Option<PathBuf>,
-    /// Serves TLS only, with this certificate and key (PEM files).
-    pub tls: Option<TlsFiles>,
-}
-
-/// The server's certificate and key.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    /// Certificate chain, PEM.
-    pub cert: PathBuf,
-    /// Private key, PEM.
-    pub key: PathBuf,
 }
 
 /// One worker identity of a hive's pool, as the hive reads it from its pool file (JSON, mode 0600): the
@@ -543,62 +503,6 @@ impl SecurityConfig {
         }
     }
 
-    /// The nats-server configuration: every identity with its permissions; nobody else may connect.
-    pub fn render(&self, options: &ServerOptions) -> Result<String, SecurityError> {
-        let mut seen = BTreeSet::new();
-        for identity in &self.identities {
-            if !seen.insert(identity.user.as_str()) {
-                return Err(SecurityError::DuplicateUser(identity.user.clone()));
-            }
-        }
-        let list = |items: &[String]| {
-            let quoted: Vec<String> = items.iter().map(|s| format!("\"{s}\"")).collect();
-            format!("[{}]", quoted.join(", "))
-        };
-        let mut out = String::new();
-        out.push_str("# rbee secure mode: generated by rbee_bus::security. Do not edit; regenerate.\n");
-        out.push_str("# Every process connects with its own user; unauthenticated clients are refused.\n");
-        if let Some(listen) = &options.listen {
-            let _ = writeln!(out, "listen: \"{listen}\"");
-        }
-        if let Some(tls) = &options.tls {
-            let _ = writeln!(
-                out,
-                "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 2\n}}",
-                tls.cert.display(),
-                tls.key.display()
-            );
-        }
-        if let Some(store) = &options.jetstream_store {
-            let _ = writeln!(out, "jetstream {{\n  store_dir: \"{}\"\n}}", store.display());
-        }
-        out.push_str("authorization {\n  timeout: 2\n  users: [\n");
-        for identity in &self.identities {
-            let p = self.permissions(identity);
-            let _ = writeln!(out, "    # {}", identity.role.describe());
-            out.push_str("    {\n");
-            let _ = writeln!(out, "      user: \"{}\"", identity.user);
-            let _ = writeln!(out, "      password: \"{}\"", identity.password);
-            out.push_str("      permissions: {\n");
-            if p.publish.is_empty() {
-                out.push_str("        publish: { deny: [\">\"] }\n");
-            } else {
-                let _ = writeln!(out, "        publish: {{ allow: {} }}", list(&p.publish));
-            }
-            if p.subscribe.is_empty() {
-                out.push_str("        subscribe: { deny: [\">\"] }\n");
-            } else {
-                let _ = writeln!(out, "        subscribe: {{ allow: {} }}", list(&p.subscribe));
-            }
-            if p.allow_responses {
-                out.push_str("        allow_responses: true\n");
-            }
-            out.push_str("      }\n    }\n");
-        }
-        out.push_str("  ]\n}\n");
-        Ok(out)
-    }
-
     /// The worker identities of `hive_id`'s pool, as its pool file lists them.
     pub fn pool_identities(&self, hive_id: &HiveId) -> Vec<PoolIdentity> {
         self.worker_pool(hive_id)
@@ -618,13 +522,6 @@ impl SecurityConfig {
     /// Writes `hive_id`'s pool file to `path` (mode 0600).
     pub fn write_pool(&self, hive_id: &HiveId, path: &Path) -> Result<(), SecurityError> {
         let text = serde_json::to_string_pretty(&self.pool_identities(hive_id)).unwrap_or_default();
-        write_private(path, text.as_bytes())
-            .map_err(|source| SecurityError::Write { path: path.to_path_buf(), source })
-    }
-
-    /// Writes the configuration to `path` (mode 0600: it holds passwords).
-    pub fn write(&self, path: &Path, options: &ServerOptions) -> Result<(), SecurityError> {
-        let text = self.render(options)?;
         write_private(path, text.as_bytes())
             .map_err(|source| SecurityError::Write { path: path.to_path_buf(), source })
     }
@@ -648,35 +545,6 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     file.write_all(bytes)?;
     file.sync_all()
-}
-
-/// Runs `nats-server -t -c <config>`: Ok when the server accepts the file. Passwords found in the file
-/// are redacted from the error.
-pub fn check_config(nats_server: &Path, config: &Path) -> Result<(), SecurityError> {
-    let output = std::process::Command::new(nats_server)
-        .arg("-t")
-        .arg("-c")
-        .arg(config)
-        .output()
-        .map_err(|source| SecurityError::Run { bin: nats_server.to_path_buf(), source })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut text =
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    for secret in passwords_in(config) {
-        text = text.replace(&secret, "<redacted>");
-    }
-    Err(SecurityError::Invalid { path: config.to_path_buf(), output: text.trim().to_owned() })
-}
-
-fn passwords_in(config: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(config).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("password:"))
-        .map(|v| v.trim().trim_matches('"').to_owned())
-        .filter(|v| !v.is_empty())
-        .collect()
 }
 
 #[cfg(test)]
@@ -751,11 +619,8 @@ mod tests {
     }
 
     #[test]
-    fn config_holds_no_surprises_and_debug_hides_passwords() {
+    fn debug_hides_passwords_and_names_are_checked() {
         let (c, _, _) = cluster();
-        let text = c.render(&ServerOptions::default()).expect("render");
-        assert!(text.contains("user: \"queen\""));
-        assert!(!text.contains("no_auth_user"));
         for identity in c.identities() {
             assert_eq!(identity.password().len(), 64);
             assert!(!format!("{identity:?}").contains(identity.password()));

@@ -44,6 +44,8 @@ pub const JOB_CANCEL_ALL: &str = "rbee.job.*.cancel";
 pub const QUEEN_JOBS_SUBMIT: &str = "rbee.queen.jobs.submit";
 /// The queen's start announcement: every hive and worker heartbeats at once.
 pub const QUEEN_HELLO: &str = "rbee.queen.hello";
+/// The JetStream stream the queen keeps job history in (it holds [`JOB_STATUS_ALL`]).
+pub const JOBS_STREAM: &str = "RBEE_JOBS";
 
 /// `rbee.hive.<hive_id>.heartbeat`
 pub fn hive_heartbeat(hive: &HiveId) -> String {

@@ -5,7 +5,8 @@
 //!
 //! Talks HTTP to the queen ([`client`]) and NATS to hives and observers ([`watch`], [`models`]). One
 //! module per command; [`args`] holds the flags, [`config`] the layered configuration, [`render`] the
-//! terminal output helpers.
+//! terminal output helpers, [`secure`] the files of secure mode (with the nats-server configuration,
+//! [`secure::server_config`]). Process signals for `rbee up`'s children are `rbee_daemon::signal`'s.
 
 #[macro_use]
 pub mod render;
@@ -34,7 +35,7 @@ use crate::config::Config;
 /// one-line message on stderr and a non-zero exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    rbee_bus::runtime::init("warn");
+    rbee_daemon::logging::init("warn");
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use rbee_bus::{HiveId, ModelId};
 
+use crate::catalog::CatalogPaths;
 use crate::supervisor::RestartPolicy;
 
 /// A model file to import into the catalog at start, unless its id is already there.
@@ -58,12 +59,13 @@ pub struct HiveConfig {
     pub hf_endpoint: crate::catalog::hf::HfEndpoint,
 }
 
-impl HiveConfig {
-    /// Defaults for everything but the id and the catalog root.
-    pub fn new(hive_id: HiveId, catalog_root: PathBuf) -> Self {
+impl Default for HiveConfig {
+    /// The defaults of `rbee-hive`'s flags: the id is the host name (made a valid subject token), the
+    /// catalogs are under the platform's cache directory (e.g. `~/.cache/rbee`).
+    fn default() -> Self {
         Self {
-            hive_id,
-            catalog_root,
+            hive_id: default_hive_id(),
+            catalog_root: CatalogPaths::default_root(),
             worker_binary: None,
             import_models: Vec::new(),
             heartbeat_interval: Duration::from_secs(1),
@@ -74,4 +76,23 @@ impl HiveConfig {
             hf_endpoint: crate::catalog::hf::HfEndpoint::from_env(|_| None),
         }
     }
+}
+
+impl HiveConfig {
+    /// Defaults for everything but the id and the catalog root. Kept for the callers outside this
+    /// crate that still use it; `HiveConfig { hive_id, catalog_root, ..HiveConfig::default() }` is the
+    /// same.
+    pub fn new(hive_id: HiveId, catalog_root: PathBuf) -> Self {
+        Self { hive_id, catalog_root, ..Self::default() }
+    }
+}
+
+/// The host name, made a valid subject token (`hive` when there is none).
+pub fn default_hive_id() -> HiveId {
+    let host = sysinfo::System::host_name().unwrap_or_default();
+    let id: String = host
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    HiveId::new(id).unwrap_or_else(|_| HiveId::new("hive").unwrap_or_else(|_| HiveId::generate()))
 }

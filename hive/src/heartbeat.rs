@@ -23,8 +23,8 @@ pub async fn send(hive: &Hive, state: HiveState) {
         cpu: snap.cpu,
         ram: snap.ram,
         devices: snap.devices,
-        workers: hive.registry.list().iter().map(|w| w.summary()).collect(),
-        models: crate::control::models(hive),
+        workers: hive.workers.list().iter().map(|w| w.summary()).collect(),
+        models: crate::handlers::models::summaries(hive),
     };
     if let Err(e) = hive.bus.publish(subject::hive_heartbeat(&hive.config.hive_id), &heartbeat).await {
         tracing::warn!(error = %e, "cannot publish hive heartbeat");
@@ -33,14 +33,6 @@ pub async fn send(hive: &Hive, state: HiveState) {
 
 /// Heartbeats every interval and whenever `now` is notified, until `stop`.
 pub async fn run(hive: Arc<Hive>, now: Arc<Notify>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(hive.config.heartbeat_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = now.notified() => {}
-        }
-        send(&hive, HiveState::Online).await;
-    }
+    let interval = hive.config.heartbeat_interval;
+    rbee_daemon::heartbeat::run(interval, now, stop, || send(&hive, HiveState::Online)).await;
 }

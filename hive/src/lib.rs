@@ -1,15 +1,16 @@
 //! rbee hive: one per machine. It knows the machine ([`inventory`]), keeps what is installed there
 //! ([`catalog`]: worker binaries and GGUF models on disk), starts and watches worker processes
-//! ([`supervisor`], [`registry`]), answers spawn/stop/listing requests ([`control`]) and tells the
-//! cluster about all of it ([`heartbeat`]). [`run`] is the whole hive; `main.rs` only parses flags.
+//! ([`supervisor`], [`running`]), answers requests about workers, models and devices ([`handlers`],
+//! one task per endpoint) and tells the cluster about all of it ([`heartbeat`]). The daemon plumbing
+//! (service registration, hello, heartbeat loop, task draining) is `rbee_daemon`'s. [`run`] is the
+//! whole hive; `main.rs` only parses flags.
 
 pub mod catalog;
 pub mod config;
-pub mod control;
+pub mod handlers;
 pub mod heartbeat;
 pub mod inventory;
-pub mod models;
-pub mod registry;
+pub mod running;
 pub mod supervisor;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,15 +19,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use anyhow::Context;
 use futures::StreamExt;
 use rbee_bus::{subject, Bus, EventStamper, HiveState, WorkerHeartbeat, WorkerState};
+use rbee_daemon::Tasks;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use catalog::{CatalogPaths, ModelCatalog, WorkerCatalog, WorkerType};
 pub use config::{HiveConfig, ModelImport};
 use inventory::{Inventory, Snapshot};
-use registry::{WorkerRegistry, WorkerStatus};
-use supervisor::Supervisor;
+use running::{RunningWorkers, WorkerStatus};
+use supervisor::{Supervisor, SupervisorConfig};
 
 /// The hive's state, shared by its tasks and handlers.
 pub struct Hive {
@@ -43,9 +44,11 @@ pub struct Hive {
     /// Models.
     pub models: ModelCatalog,
     /// Spawned workers.
-    pub registry: WorkerRegistry,
+    pub workers: RunningWorkers,
     /// Starts and stops them.
     pub supervisor: Supervisor,
+    /// Background tasks (heartbeat, listeners, model downloads), cancelled and drained on shutdown.
+    pub background: Tasks,
     inventory: Mutex<Inventory>,
     shutting_down: AtomicBool,
     beat_now: Arc<Notify>,
@@ -88,17 +91,17 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
         WorkerCatalog::new(paths.workers_dir()).context("cannot open the worker catalog")?;
     let models = ModelCatalog::new(paths.models_dir()).context("cannot open the model catalog")?;
     let stamper = Arc::new(EventStamper::new(config.hive_id.as_str()));
-    let registry = WorkerRegistry::new();
-    let supervisor = Supervisor::new(
-        config.hive_id.clone(),
-        bus.clone(),
-        stamper.clone(),
-        registry.clone(),
-        config.catalog_root.join("run").join(config.hive_id.as_str()),
-        config.worker_nats_args.clone(),
-        config.heartbeat_interval.as_millis() as u64,
-        config.restart,
-    );
+    let workers = RunningWorkers::new();
+    let supervisor = Supervisor::new(SupervisorConfig {
+        hive_id: config.hive_id.clone(),
+        bus: bus.clone(),
+        stamper: stamper.clone(),
+        workers: workers.clone(),
+        run_dir: config.catalog_root.join("run").join(config.hive_id.as_str()),
+        worker_nats_args: config.worker_nats_args.clone(),
+        heartbeat_ms: config.heartbeat_interval.as_millis() as u64,
+        restart: config.restart,
+    });
     let orphans = supervisor.kill_orphans();
     if orphans > 0 {
         tracing::warn!(orphans, "killed worker processes left by a previous hive");
@@ -130,175 +133,59 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
         stamper,
         workers_catalog,
         models,
-        registry,
+        workers,
         supervisor,
+        background: Tasks::new(),
     });
 
-    let service = {
-        use async_nats::service::ServiceExt;
-        bus.client()
-            .service_builder()
-            .description(format!("rbee hive {}", hive.config.hive_id))
-            .metadata([("hive_id".to_owned(), hive.config.hive_id.to_string())].into())
-            .stats_handler({
-                let hive = hive.clone();
-                move |_endpoint, _stats| {
-                    serde_json::json!({
-                        "workers_running": hive.supervisor.running_count(),
-                        "models": hive.models.list().len(),
-                        "rejected_messages": hive.rejected_count(),
-                    })
-                }
+    let metadata = [("hive_id".to_owned(), hive.config.hive_id.to_string())].into();
+    let stats = {
+        let hive = hive.clone();
+        move || {
+            serde_json::json!({
+                "workers_running": hive.supervisor.running_count(),
+                "models": hive.models.list().len(),
+                "rejected_messages": hive.rejected_count(),
             })
-            .start("rbee-hive", env!("CARGO_PKG_VERSION"))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot register with the nats service api: {e}"))?
-    };
-    let id = &hive.config.hive_id;
-    let endpoint = |name: &'static str, subject: String| {
-        let service = &service;
-        async move {
-            service
-                .endpoint_builder()
-                .name(name)
-                .add(subject.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot subscribe to {subject}: {e}"))
         }
     };
-    let mut spawns = endpoint("spawn", subject::hive_spawn(id)).await?;
-    let mut stops = endpoint("stop", subject::hive_stop(id)).await?;
-    let mut worker_lists = endpoint("workers", subject::hive_workers(id)).await?;
-    let mut model_lists = endpoint("models", subject::hive_models(id)).await?;
-    let mut device_lists = endpoint("devices", subject::hive_devices(id)).await?;
-    let mut imports = endpoint("models-import", subject::hive_models_import(id)).await?;
-    let mut pulls = endpoint("models-pull", subject::hive_models_pull(id)).await?;
-    let mut removals = endpoint("models-remove", subject::hive_models_remove(id)).await?;
-
-    let tasks = TaskTracker::new();
-    let background_stop = CancellationToken::new();
-    let hello = bus.client().subscribe(subject::QUEEN_HELLO).await.context("subscribe to queen hello")?;
+    let description = format!("rbee hive {}", hive.config.hive_id);
+    let service = rbee_daemon::service::register(&bus, "rbee-hive", description, metadata, stats).await?;
+    let tasks = hive.background.clone();
+    let background_stop = tasks.token();
+    let hello = rbee_daemon::heartbeat::subscribe_hello(&bus).await?;
     let worker_beats = bus
         .client()
         .subscribe(subject::WORKER_HEARTBEAT_ALL)
         .await
         .context("subscribe to worker heartbeats")?;
+    let requests = Tasks::new();
+    handlers::serve(&hive, &service, &requests, &shutdown).await?;
     bus.round_trip().await.context("nats round trip after subscribing")?;
-    tasks.spawn(heartbeat::run(hive.clone(), beat_now.clone(), background_stop.clone()));
-    tasks.spawn(hello_listener(hello, beat_now.clone(), background_stop.clone()));
-    tasks.spawn(track_worker_states(hive.clone(), worker_beats, beat_now.clone(), background_stop.clone()));
+    tasks.spawn("heartbeat", heartbeat::run(hive.clone(), beat_now.clone(), background_stop.clone()));
+    tasks.spawn(
+        "hello",
+        rbee_daemon::heartbeat::listen_for_hello(hello, beat_now.clone(), background_stop.clone()),
+    );
+    tasks.spawn(
+        "worker states",
+        track_worker_states(hive.clone(), worker_beats, beat_now.clone(), background_stop.clone()),
+    );
     tracing::info!(hive_id = %hive.config.hive_id, models = hive.models.list().len(), "hive ready");
 
-    let requests = TaskTracker::new();
-    loop {
-        let hive = hive.clone();
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(req) = spawns.next() => {
-                requests.spawn(async move {
-                    let result = match decode_request(&hive, &req) {
-                        Ok(spawn) => control::spawn(&hive, spawn).await,
-                        Err(e) => Err(e),
-                    };
-                    log_refusal("spawn", &result);
-                    rbee_bus::rpc::respond(&req, &result).await;
-                    hive.heartbeat_soon();
-                });
-            }
-            Some(req) = stops.next() => {
-                requests.spawn(async move {
-                    let result = match decode_request(&hive, &req) {
-                        Ok(stop) => control::stop(&hive, stop).await,
-                        Err(e) => Err(e),
-                    };
-                    rbee_bus::rpc::respond(&req, &result).await;
-                    hive.heartbeat_soon();
-                });
-            }
-            Some(req) = imports.next() => {
-                requests.spawn(async move {
-                    let result = match decode_request(&hive, &req) {
-                        Ok(import) => models::import(&hive, import).await,
-                        Err(e) => Err(e),
-                    };
-                    log_refusal("model import", &result);
-                    rbee_bus::rpc::respond(&req, &result).await;
-                    hive.heartbeat_soon();
-                });
-            }
-            Some(req) = pulls.next() => {
-                // Checked (and an hf: reference resolved) off the loop; the download runs on as a
-                // background task that shutdown cancels.
-                let stop = background_stop.clone();
-                let downloads = tasks.clone();
-                requests.spawn(async move {
-                    let result = match decode_request(&hive, &req) {
-                        Ok(pull) => models::pull(&hive, pull, &stop).await,
-                        Err(e) => Err(e),
-                    };
-                    let result = result.map(|(accepted, download)| {
-                        downloads.spawn(download);
-                        accepted
-                    });
-                    log_refusal("model pull", &result);
-                    rbee_bus::rpc::respond(&req, &result).await;
-                });
-            }
-            Some(req) = removals.next() => {
-                let result = decode_request(&hive, &req).and_then(|remove| models::remove(&hive, remove));
-                log_refusal("model removal", &result);
-                rbee_bus::rpc::respond(&req, &result).await;
-                hive.heartbeat_soon();
-            }
-            Some(req) = worker_lists.next() => rbee_bus::rpc::respond(&req, &Ok(control::workers(&hive))).await,
-            Some(req) = model_lists.next() => rbee_bus::rpc::respond(&req, &Ok(control::model_list(&hive))).await,
-            Some(req) = device_lists.next() => {
-                let list = tokio::task::spawn_blocking(move || control::devices(&hive)).await;
-                match list {
-                    Ok(list) => rbee_bus::rpc::respond(&req, &Ok(list)).await,
-                    Err(e) => rbee_bus::rpc::respond::<()>(&req, &Err(rbee_bus::WireError::new(rbee_bus::ErrorCode::Internal, e.to_string()))).await,
-                }
-            }
-        }
-    }
+    shutdown.cancelled().await;
 
     tracing::info!(workers = hive.supervisor.running_count(), "hive shutting down");
     hive.shutting_down.store(true, Ordering::Release);
     hive.supervisor.stop_all(hive.config.stop_deadline).await;
-    requests.close();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), requests.wait()).await;
-    background_stop.cancel();
-    tasks.close();
+    requests.drain(std::time::Duration::from_secs(5)).await;
     // Every step that talks to NATS is bounded: with the server gone, the hive still exits.
-    let bounded = std::time::Duration::from_secs(2);
-    if tokio::time::timeout(bounded * 2, tasks.wait()).await.is_err() {
-        tracing::warn!("background tasks did not end in time (is nats gone?)");
-    }
-    let _ = tokio::time::timeout(bounded, heartbeat::send(&hive, HiveState::Leaving)).await;
-    let _ = tokio::time::timeout(bounded, service.stop()).await;
-    if tokio::time::timeout(bounded, bus.client().flush()).await.is_err() {
-        tracing::warn!("could not flush the last messages to nats");
-    }
+    tasks.cancel_and_drain(rbee_daemon::shutdown::STEP * 2).await;
+    rbee_daemon::shutdown::bounded("leaving heartbeat", heartbeat::send(&hive, HiveState::Leaving)).await;
+    rbee_daemon::shutdown::bounded("service stop", service.stop()).await;
+    rbee_daemon::shutdown::flush(&bus).await;
     tracing::info!(hive_id = %hive.config.hive_id, "hive stopped");
     Ok(())
-}
-
-/// The request's message, or (counted and logged as a rejection) the `bad_request` to answer with.
-fn decode_request<T: serde::de::DeserializeOwned>(
-    hive: &Hive,
-    req: &async_nats::service::Request,
-) -> Result<T, rbee_bus::WireError> {
-    rbee_bus::rpc::decode(&req.message.subject, &req.message.payload).map_err(|e| {
-        hive.reject(&req.message.subject, &e);
-        rbee_bus::WireError::new(rbee_bus::ErrorCode::BadRequest, e.to_string())
-    })
-}
-
-/// Logs why a request was refused, if it was.
-fn log_refusal<T>(what: &str, result: &Result<T, rbee_bus::WireError>) {
-    if let Err(e) = result {
-        tracing::info!(code = e.code().as_str(), reason = %e.error.message, "{what} refused");
-    }
 }
 
 async fn import_model(models: &ModelCatalog, import: &ModelImport) {
@@ -325,17 +212,7 @@ async fn import_model(models: &ModelCatalog, import: &ModelImport) {
     }
 }
 
-async fn hello_listener(mut sub: async_nats::Subscriber, now: Arc<Notify>, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            msg = sub.next() => if msg.is_none() { return },
-        }
-        now.notify_one();
-    }
-}
-
-/// Follows the heartbeats of this hive's workers to keep their status in the registry current.
+/// Follows the heartbeats of this hive's workers to keep their status current.
 async fn track_worker_states(
     hive: Arc<Hive>,
     mut sub: async_nats::Subscriber,
@@ -357,7 +234,7 @@ async fn track_worker_states(
         if hb.hive_id != hive.config.hive_id {
             continue;
         }
-        let Ok(entry) = hive.registry.get(&hb.worker_id) else { continue };
+        let Ok(entry) = hive.workers.get(&hb.worker_id) else { continue };
         if !entry.is_running() {
             continue;
         }
@@ -368,7 +245,7 @@ async fn track_worker_states(
             WorkerState::Stopped => continue,
         };
         if entry.status != status {
-            let _ = hive.registry.update_status(&hb.worker_id, status);
+            let _ = hive.workers.update_status(&hb.worker_id, status);
             now.notify_one();
         }
     }

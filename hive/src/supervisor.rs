@@ -13,10 +13,11 @@ use rbee_bus::{
     subject, Bus, EventStamper, HiveId, LifecycleEvent, ModelId, StopReply, WorkerId, WorkerLifecycle,
     SCHEMA_VERSION,
 };
+use rbee_daemon::signal::{die_with_parent, send_to_pid};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
-use crate::registry::{WorkerEntry, WorkerRegistry, WorkerStatus};
+use crate::running::{RunningWorkers, WorkerEntry, WorkerStatus};
 
 /// Lines of a worker's stderr kept for the failure report.
 const STDERR_TAIL: usize = 20;
@@ -83,55 +84,46 @@ pub struct Supervisor {
     inner: Arc<Inner>,
 }
 
+/// What a supervisor is started with.
+pub struct SupervisorConfig {
+    /// The hive's id, given to every worker.
+    pub hive_id: HiveId,
+    /// Where lifecycle events are published.
+    pub bus: Bus,
+    /// Stamps them.
+    pub stamper: Arc<EventStamper>,
+    /// Where spawned workers are registered.
+    pub workers: RunningWorkers,
+    /// Where pid files are written.
+    pub run_dir: PathBuf,
+    /// Passed to every worker: its NATS URLs and credentials options.
+    pub worker_nats_args: Vec<String>,
+    /// The workers' heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Whether crashed workers are started again.
+    pub restart: RestartPolicy,
+}
+
 struct Inner {
-    hive_id: HiveId,
-    bus: Bus,
-    stamper: Arc<EventStamper>,
-    registry: WorkerRegistry,
-    run_dir: PathBuf,
-    worker_nats_args: Vec<String>,
-    heartbeat_ms: u64,
-    restart: RestartPolicy,
+    config: SupervisorConfig,
     running: Mutex<HashMap<WorkerId, Running>>,
 }
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervisor").field("hive_id", &self.inner.hive_id).finish()
+        f.debug_struct("Supervisor").field("hive_id", &self.inner.config.hive_id).finish()
     }
 }
 
 impl Supervisor {
-    /// A supervisor writing pid files under `run_dir`. `worker_nats_args` are passed to every worker
-    /// (its NATS URLs and credentials options).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        hive_id: HiveId,
-        bus: Bus,
-        stamper: Arc<EventStamper>,
-        registry: WorkerRegistry,
-        run_dir: PathBuf,
-        worker_nats_args: Vec<String>,
-        heartbeat_ms: u64,
-        restart: RestartPolicy,
-    ) -> Self {
-        let inner = Inner {
-            hive_id,
-            bus,
-            stamper,
-            registry,
-            run_dir,
-            worker_nats_args,
-            heartbeat_ms,
-            restart,
-            running: Mutex::new(HashMap::new()),
-        };
-        Self { inner: Arc::new(inner) }
+    /// A supervisor writing pid files under `config.run_dir`.
+    pub fn new(config: SupervisorConfig) -> Self {
+        Self { inner: Arc::new(Inner { config, running: Mutex::new(HashMap::new()) }) }
     }
 
     /// Kills worker processes left by a previous life of this hive (found by their pid files).
     pub fn kill_orphans(&self) -> usize {
-        let Ok(entries) = std::fs::read_dir(&self.inner.run_dir) else { return 0 };
+        let Ok(entries) = std::fs::read_dir(&self.inner.config.run_dir) else { return 0 };
         let mut killed = 0;
         for entry in entries.flatten() {
             let path = entry.path();
@@ -144,7 +136,7 @@ impl Supervisor {
                 tracing::debug!(pid, cmdline = %cmdline, "pid file of a previous worker");
                 if cmdline.contains("rbee-worker") {
                     tracing::warn!(pid, file = %path.display(), "killing orphan worker from a previous hive");
-                    signal(pid, Signal::Kill);
+                    send_to_pid(pid, Signal::Kill);
                     killed += 1;
                 }
             }
@@ -173,7 +165,7 @@ impl Supervisor {
         cmd.arg("--worker-id")
             .arg(plan.worker_id.as_str())
             .arg("--hive-id")
-            .arg(inner.hive_id.as_str())
+            .arg(inner.config.hive_id.as_str())
             .arg("--model-id")
             .arg(plan.model_id.as_str())
             .arg("--model-path")
@@ -185,8 +177,8 @@ impl Supervisor {
             .arg("--ctx-per-slot")
             .arg(plan.ctx_per_slot.to_string())
             .arg("--heartbeat-ms")
-            .arg(inner.heartbeat_ms.to_string())
-            .args(&inner.worker_nats_args)
+            .arg(inner.config.heartbeat_ms.to_string())
+            .args(&inner.config.worker_nats_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -225,13 +217,13 @@ impl Supervisor {
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn()?;
         let pid = child.id().unwrap_or_default();
-        let _ = std::fs::create_dir_all(&inner.run_dir);
-        let pid_file = inner.run_dir.join(format!("{}.pid", plan.worker_id));
+        let _ = std::fs::create_dir_all(&inner.config.run_dir);
+        let pid_file = inner.config.run_dir.join(format!("{}.pid", plan.worker_id));
         let _ = std::fs::write(&pid_file, pid.to_string());
 
         let entry = WorkerEntry::new(plan.worker_id.clone(), plan.model_id.clone(), plan.device.clone(), pid);
-        let _ = inner.registry.remove(&plan.worker_id);
-        let _ = inner.registry.register(entry);
+        let _ = inner.config.workers.remove(&plan.worker_id);
+        let _ = inner.config.workers.register(entry);
         let (exit_tx, exit_rx) = watch::channel(None);
         let stop_requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
         inner.running.lock().unwrap_or_else(PoisonError::into_inner).insert(
@@ -288,19 +280,19 @@ impl Supervisor {
         let inner = &self.inner;
         if requested {
             tracing::info!(worker_id = %plan.worker_id, exit = %status, "worker stopped");
-            let _ = inner.registry.update_status(&plan.worker_id, WorkerStatus::Stopped);
+            let _ = inner.config.workers.update_status(&plan.worker_id, WorkerStatus::Stopped);
             self.lifecycle(&plan, LifecycleEvent::Exited { exit: status.clone() }).await;
         } else {
             let last = stderr_tail.iter().rev().take(3).rev().cloned().collect::<Vec<_>>().join(" | ");
             let error = if last.is_empty() { status.clone() } else { format!("{status}; stderr: {last}") };
             tracing::error!(worker_id = %plan.worker_id, exit = %status, "worker failed");
-            let _ = inner.registry.update_status(&plan.worker_id, WorkerStatus::Failed { error });
+            let _ = inner.config.workers.update_status(&plan.worker_id, WorkerStatus::Failed { error });
             self.lifecycle(&plan, LifecycleEvent::Failed { exit: status.clone(), stderr_tail }).await;
         }
         inner.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&plan.worker_id);
         let _ = exit_tx.send(Some(ExitInfo { status, requested }));
 
-        let policy = inner.restart;
+        let policy = inner.config.restart;
         if !requested && restarts < policy.max_restarts {
             let backoff =
                 (policy.initial_backoff * 2u32.saturating_pow(restarts)).min(Duration::from_secs(30));
@@ -319,13 +311,13 @@ impl Supervisor {
         let inner = &self.inner;
         let message = WorkerLifecycle {
             v: SCHEMA_VERSION,
-            meta: inner.stamper.next(),
-            hive_id: inner.hive_id.clone(),
+            meta: inner.config.stamper.next(),
+            hive_id: inner.config.hive_id.clone(),
             worker_id: plan.worker_id.clone(),
             model_id: plan.model_id.clone(),
             event,
         };
-        if let Err(e) = inner.bus.publish(subject::worker_lifecycle(&plan.worker_id), &message).await {
+        if let Err(e) = inner.config.bus.publish(subject::worker_lifecycle(&plan.worker_id), &message).await {
             tracing::warn!(worker_id = %plan.worker_id, error = %e, "cannot publish lifecycle event");
         }
     }
@@ -339,11 +331,11 @@ impl Supervisor {
         };
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(%worker_id, pid, "stopping worker");
-        signal(pid, Signal::Term);
+        send_to_pid(pid, Signal::Term);
         let graceful = tokio::time::timeout(deadline, exited.wait_for(Option::is_some)).await.is_ok();
         if !graceful {
             tracing::warn!(%worker_id, pid, "worker did not stop in time, killing it");
-            signal(pid, Signal::Kill);
+            send_to_pid(pid, Signal::Kill);
             let _ = tokio::time::timeout(Duration::from_secs(5), exited.wait_for(Option::is_some)).await;
         }
         let exit = exited.borrow().as_ref().map(|e| e.status.clone()).unwrap_or_else(|| "unknown".to_owned());
@@ -365,7 +357,7 @@ impl Supervisor {
 
     /// The directory holding pid files.
     pub fn run_dir(&self) -> &Path {
-        &self.inner.run_dir
+        &self.inner.config.run_dir
     }
 }
 
@@ -410,44 +402,10 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// Signals the supervisor sends.
-#[derive(Debug, Clone, Copy)]
-pub enum Signal {
-    /// SIGTERM: drain and exit.
-    Term,
-    /// SIGKILL.
-    Kill,
-}
+pub use rbee_daemon::signal::Signal;
 
-/// Sends a signal to a process.
-#[allow(unsafe_code)]
+/// Sends a signal to one worker process. Kept for the callers outside the hive that still use it (the
+/// queen's tests); [`rbee_daemon::signal::send_to_pid`] is the same.
 pub fn signal(pid: u32, sig: Signal) {
-    let sig = match sig {
-        Signal::Term => libc::SIGTERM,
-        Signal::Kill => libc::SIGKILL,
-    };
-    let Ok(pid) = i32::try_from(pid) else { return };
-    if pid <= 0 {
-        return;
-    }
-    // SAFETY: kill(2) with a positive pid has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
-/// On Linux, the worker gets SIGTERM when the hive dies, so a killed hive leaves no orphan.
-#[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut tokio::process::Command) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2), which is
-    // async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = cmd;
+    send_to_pid(pid, sig);
 }

@@ -163,7 +163,7 @@ async fn hive_spawns_supervises_and_stops_workers() {
     assert_eq!(entry.status, HiveWorkerStatus::Ready);
 
     // kill -9: Failed with the exit status, and a lifecycle event.
-    rbee_hive::supervisor::signal(first.pid, rbee_hive::supervisor::Signal::Kill);
+    rbee_daemon::signal::send_to_pid(first.pid, rbee_daemon::signal::Signal::Kill);
     let failed: WorkerLifecycle = next_matching(&mut lifecycle, t, |l: &WorkerLifecycle| {
         l.worker_id == first.worker_id && matches!(l.event, LifecycleEvent::Failed { .. })
     })

@@ -1,11 +1,10 @@
 //! `rbee-queen`: parses flags, sets up logging and signals, and calls [`rbee_queen::run`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use rbee_bus::NatsConfig;
+use rbee_daemon::NatsArgs;
 use rbee_queen::QueenConfig;
 
 /// The rbee queen: scheduler, job tracking and the HTTP API.
@@ -27,37 +26,15 @@ struct Args {
     /// Do not keep job history in JetStream.
     #[arg(long)]
     no_durable_jobs: bool,
-    /// NATS server URL(s), comma separated.
-    #[arg(long, env = "RBEE_NATS_URL", default_value = "nats://127.0.0.1:4222", value_delimiter = ',')]
-    nats_url: Vec<String>,
-    /// NATS credentials file.
-    #[arg(long, env = "RBEE_NATS_CREDS")]
-    nats_creds: Option<PathBuf>,
-    /// NATS user (password from RBEE_NATS_PASSWORD).
-    #[arg(long, env = "RBEE_NATS_USER")]
-    nats_user: Option<String>,
-    /// CA certificate for TLS to NATS.
-    #[arg(long, env = "RBEE_NATS_CA")]
-    nats_ca: Option<PathBuf>,
-    /// Prefix of this process's NATS reply inboxes (secure mode: `_INBOX_<user>`).
-    #[arg(long, env = "RBEE_NATS_INBOX_PREFIX")]
-    nats_inbox_prefix: Option<String>,
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    rbee_bus::runtime::init("rbee_queen=info,rbee_bus=info");
+    rbee_daemon::logging::init("rbee_queen=info,rbee_bus=info");
     let args = Args::parse();
-    let nats = NatsConfig {
-        urls: args.nats_url.clone(),
-        user: args.nats_user.clone(),
-        password: std::env::var("RBEE_NATS_PASSWORD").ok(),
-        creds_file: args.nats_creds.clone(),
-        tls_ca: args.nats_ca.clone(),
-        inbox_prefix: args.nats_inbox_prefix.clone(),
-        name: Some("rbee-queen".to_owned()),
-        ..NatsConfig::default()
-    };
+    let nats = args.nats.config("rbee-queen");
     let config = QueenConfig {
         http_addr: args.http_addr,
         api_key: args.api_key.filter(|k| !k.is_empty()),
@@ -66,19 +43,5 @@ async fn main() -> std::process::ExitCode {
         durable_jobs: !args.no_durable_jobs,
         ..QueenConfig::default()
     };
-    let bus = match rbee_bus::connect(&nats).await {
-        Ok(bus) => bus,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot connect to nats");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let shutdown = rbee_bus::runtime::shutdown_on_signals();
-    match rbee_queen::run(config, bus, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "queen failed");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    rbee_daemon::main("queen", &nats, |bus, shutdown| rbee_queen::run(config, bus, shutdown)).await
 }

@@ -38,17 +38,18 @@ pub struct WorkerConfig {
     pub coalesce_window: Duration,
 }
 
-impl WorkerConfig {
-    /// A config with defaults for everything but the identity and the model.
-    pub fn new(worker_id: WorkerId, hive_id: HiveId, model_id: ModelId, model_path: PathBuf) -> Self {
+impl Default for WorkerConfig {
+    /// The defaults of `rbee-worker`'s flags. Callers set the identity and the model: by default the id
+    /// is a fresh random one, the hive `local`, and the model path empty (a load fails).
+    fn default() -> Self {
         Self {
-            worker_id,
-            hive_id,
-            model_id,
-            model_path,
+            worker_id: WorkerId::generate(),
+            hive_id: HiveId::new("local").unwrap_or_else(|_| HiveId::generate()),
+            model_id: ModelId::generate(),
+            model_path: PathBuf::new(),
             device: "cpu".to_owned(),
-            slots: 4,
-            ctx_per_slot: 2048,
+            slots: rbee_bus::DEFAULT_SLOTS as usize,
+            ctx_per_slot: rbee_bus::DEFAULT_CTX_PER_SLOT,
             threads: None,
             gpu_layers: 999,
             prefix_reuse: true,

@@ -47,16 +47,8 @@ pub async fn send(shared: &WorkerShared) {
 
 /// Heartbeats every interval, and whenever `now` is notified, until `stop`.
 pub async fn run(shared: Arc<WorkerShared>, now: Arc<Notify>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = now.notified() => {}
-        }
-        send(&shared).await;
-    }
+    let interval = shared.config.heartbeat_interval;
+    rbee_daemon::heartbeat::run(interval, now, stop, || send(&shared)).await;
 }
 
 /// The backend this binary was built for.

@@ -14,9 +14,9 @@ use rbee_bus::{
     subject, ErrorCode, FinishReason, JobAccepted, JobAssignment, JobCancel, JobId, JobState, JobStatus,
     TokenChunk, Usage, WireError, SCHEMA_VERSION,
 };
+use rbee_daemon::Tasks;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::engine::{Engine, GenEvent, GenerationRequest, SubmitError};
 use crate::WorkerShared;
@@ -86,7 +86,7 @@ impl ActiveJobs {
 pub fn handle_assignment(
     shared: &Arc<WorkerShared>,
     engine: &Engine,
-    tracker: &TaskTracker,
+    tasks: &Tasks,
     payload: &[u8],
 ) -> Result<JobAccepted, WireError> {
     let counters = &shared.counters;
@@ -139,7 +139,7 @@ pub fn handle_assignment(
         model_id: assignment.model_id,
         prompt_tokens: generation.prompt_tokens,
     };
-    tracker.spawn(stream.run(generation.events));
+    tasks.spawn("job", stream.run(generation.events));
     Ok(accepted)
 }
 

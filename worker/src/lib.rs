@@ -1,6 +1,8 @@
 //! rbee worker: one process serving one loaded model. It generates tokens with llama.cpp ([`engine`]),
 //! takes jobs and streams tokens over NATS ([`jobs`]), and heartbeats its state ([`heartbeat`]). It
-//! speaks nothing but NATS. [`run`] is the whole worker; `main.rs` only parses flags.
+//! speaks nothing but NATS; the daemon plumbing (service registration, hello, heartbeat loop, task
+//! draining, the shutdown step) is `rbee_daemon`'s. [`run`] is the whole worker; `main.rs` only
+//! parses flags.
 
 pub mod config;
 pub mod engine;
@@ -14,9 +16,10 @@ use std::sync::{Arc, OnceLock};
 use anyhow::Context;
 use futures::StreamExt;
 use rbee_bus::{subject, Bus, EventStamper, WorkerState};
+use rbee_daemon::shutdown::{self, bounded};
+use rbee_daemon::Tasks;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::WorkerConfig;
 use engine::{Engine, EngineConfig};
@@ -86,11 +89,15 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
         state: AtomicU8::new(0),
         config,
     });
-    let tasks = TaskTracker::new();
-    let background_stop = CancellationToken::new();
+    let tasks = Tasks::new();
+    let background_stop = tasks.token();
     let beat_now = shared.beat_now.clone();
-    tasks.spawn(heartbeat::run(shared.clone(), beat_now.clone(), background_stop.clone()));
-    tasks.spawn(hello_listener(shared.clone(), beat_now.clone(), background_stop.clone()));
+    let hello = rbee_daemon::heartbeat::subscribe_hello(&bus).await?;
+    tasks.spawn("heartbeat", heartbeat::run(shared.clone(), beat_now.clone(), background_stop.clone()));
+    tasks.spawn(
+        "hello",
+        rbee_daemon::heartbeat::listen_for_hello(hello, beat_now.clone(), background_stop.clone()),
+    );
 
     let engine_config = EngineConfig {
         model_path: shared.config.model_path.clone(),
@@ -105,7 +112,7 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
     let load = tokio::task::spawn_blocking(move || Engine::load(engine_config));
     let engine = tokio::select! {
         _ = shutdown.cancelled() => {
-            finish(&shared, &tasks, &background_stop).await;
+            finish(&shared, &tasks).await;
             return Ok(());
         }
         loaded = load => loaded.context("model load task failed")?.context("cannot load the model")?,
@@ -114,22 +121,17 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
     let _ = shared.engine.set(engine.clone());
 
     let service = register_service(&shared).await?;
-    let mut jobs = service
-        .endpoint_builder()
-        .name("jobs")
-        .add(jobs_subject.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot subscribe to {jobs_subject}: {e}"))?;
+    let mut jobs = rbee_daemon::service::endpoint(&service, "jobs", jobs_subject.clone()).await?;
     let cancels =
         bus.client().subscribe(subject::JOB_CANCEL_ALL).await.context("cannot subscribe to cancels")?;
-    tasks.spawn(jobs::cancel_listener(shared.clone(), cancels, background_stop.clone()));
+    tasks.spawn("cancels", jobs::cancel_listener(shared.clone(), cancels, background_stop.clone()));
     // Ready means a job sent now is accepted: confirm the subscriptions with a server round trip first.
     bus.round_trip().await.context("nats round trip after subscribing")?;
     shared.set_state(WorkerState::Idle);
     heartbeat::send(&shared).await;
     tracing::info!(worker_id = %shared.config.worker_id, subject = %jobs_subject, "worker ready");
 
-    let job_tasks = TaskTracker::new();
+    let job_tasks = Tasks::new();
     loop {
         let request = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -147,41 +149,26 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
     shared.set_state(WorkerState::Draining);
     bounded("draining heartbeat", heartbeat::send(&shared)).await;
     tracing::info!(in_flight = shared.active.len(), "worker draining");
-    job_tasks.close();
-    if tokio::time::timeout(shared.config.drain_deadline, job_tasks.wait()).await.is_err() {
+    if !job_tasks.drain(shared.config.drain_deadline).await {
         tracing::warn!(in_flight = shared.active.len(), "drain deadline passed, cancelling jobs");
         shared.active.cancel_all();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), job_tasks.wait()).await;
+        job_tasks.drain(std::time::Duration::from_secs(5)).await;
     }
     bounded("service stop", service.stop()).await;
     engine.shutdown();
-    finish(&shared, &tasks, &background_stop).await;
+    finish(&shared, &tasks).await;
     Ok(())
 }
 
-/// Each NATS step of a shutdown gets this long: with NATS unreachable (a publish waits for the
-/// reconnect once the client's buffer is full, a flush until it is back), a worker must still exit on
-/// the one SIGTERM its dying hive sends it.
-const SHUTDOWN_STEP: std::time::Duration = std::time::Duration::from_secs(2);
-
-async fn bounded<F: std::future::Future>(step: &str, future: F) {
-    if tokio::time::timeout(SHUTDOWN_STEP, future).await.is_err() {
-        tracing::warn!(step, "nats unreachable during shutdown, not waiting for it");
-    }
-}
-
-async fn finish(shared: &WorkerShared, tasks: &TaskTracker, background_stop: &CancellationToken) {
-    background_stop.cancel();
-    tasks.close();
-    bounded("background tasks", tasks.wait()).await;
+async fn finish(shared: &WorkerShared, tasks: &Tasks) {
+    tasks.cancel_and_drain(shutdown::STEP).await;
     shared.set_state(WorkerState::Stopped);
     bounded("stopped heartbeat", heartbeat::send(shared)).await;
-    bounded("flush", shared.bus.client().flush()).await;
+    shutdown::flush(&shared.bus).await;
     tracing::info!(worker_id = %shared.config.worker_id, "worker stopped");
 }
 
 async fn register_service(shared: &WorkerShared) -> anyhow::Result<async_nats::service::Service> {
-    use async_nats::service::ServiceExt;
     let c = &shared.config;
     let metadata = HashMap::from([
         ("worker_id".to_owned(), c.worker_id.to_string()),
@@ -191,37 +178,15 @@ async fn register_service(shared: &WorkerShared) -> anyhow::Result<async_nats::s
     ]);
     let active = shared.active.clone();
     let counters = shared.counters.clone();
-    let service = shared
-        .bus
-        .client()
-        .service_builder()
-        .description(format!("rbee worker {} serving {}", c.worker_id, c.model_id))
-        .metadata(metadata)
-        .stats_handler(move |_endpoint, _stats| {
-            serde_json::json!({
-                "active_jobs": active.len(),
-                "accepted": counters.accepted.load(Ordering::Relaxed),
-                "refused": counters.refused.load(Ordering::Relaxed),
-                "malformed": counters.malformed.load(Ordering::Relaxed),
-                "finished": counters.finished.load(Ordering::Relaxed),
-            })
+    let stats = move || {
+        serde_json::json!({
+            "active_jobs": active.len(),
+            "accepted": counters.accepted.load(Ordering::Relaxed),
+            "refused": counters.refused.load(Ordering::Relaxed),
+            "malformed": counters.malformed.load(Ordering::Relaxed),
+            "finished": counters.finished.load(Ordering::Relaxed),
         })
-        .start("rbee-worker", env!("CARGO_PKG_VERSION"))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot register with the nats service api: {e}"))?;
-    Ok(service)
-}
-
-async fn hello_listener(shared: Arc<WorkerShared>, now: Arc<Notify>, stop: CancellationToken) {
-    let Ok(mut sub) = shared.bus.client().subscribe(subject::QUEEN_HELLO).await else {
-        tracing::warn!("cannot subscribe to queen hello");
-        return;
     };
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            msg = sub.next() => if msg.is_none() { return },
-        }
-        now.notify_one();
-    }
+    let description = format!("rbee worker {} serving {}", c.worker_id, c.model_id);
+    rbee_daemon::service::register(&shared.bus, "rbee-worker", description, metadata, stats).await
 }

@@ -5,9 +5,10 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use rbee_daemon::signal::{self, Signal};
 use serde_json::Value;
 
-use super::procs::{self, Child, KillList};
+use super::procs::{Child, KillList};
 use super::{HIVE_ID, TAIL_LINES};
 use crate::client::Queen;
 use crate::render::{self, Style};
@@ -70,8 +71,8 @@ impl Cluster {
             }
         }
         for pid in &self.worker_pids {
-            if procs::alive(*pid) {
-                procs::signal(*pid, libc::SIGKILL);
+            if signal::alive(*pid) {
+                signal::send(*pid, Signal::Kill);
                 errln!("{}", style.dim(format!("worker pid {pid} was still running: killed")));
             }
         }

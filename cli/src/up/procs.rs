@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use rbee_daemon::signal::{self, Signal};
 
 /// Process ids to SIGKILL on a forced exit (second ctrl-c): process groups (negative) and single pids.
 #[derive(Debug, Clone, Default)]
@@ -27,7 +28,7 @@ impl KillList {
     pub fn kill_all(&self) {
         let targets = self.0.lock().map(|list| list.clone()).unwrap_or_default();
         for target in targets {
-            signal(target, libc::SIGKILL);
+            signal::send(target, Signal::Kill);
         }
     }
 }
@@ -75,7 +76,8 @@ impl Child {
             .stderr(file)
             .process_group(0)
             .kill_on_drop(false);
-        die_with_parent(&mut command);
+        // The CLI runs on a single-threaded runtime: the forking thread lives as long as `rbee`.
+        signal::die_with_parent(&mut command);
         let child = command.spawn().with_context(|| format!("cannot start {}", program.display()))?;
         let pid = child.id().and_then(|id| i32::try_from(id).ok()).unwrap_or(0);
         kill_list.add(-pid);
@@ -101,20 +103,20 @@ impl Child {
         let outcome = if let Some(status) = self.exited() {
             format!("had already exited ({status})")
         } else {
-            signal(self.pid, libc::SIGTERM);
+            signal::send(self.pid, Signal::Term);
             match tokio::time::timeout(grace, self.child.wait()).await {
                 Ok(Ok(status)) => {
                     self.status = Some(status);
                     "stopped".to_owned()
                 }
                 _ => {
-                    signal(-self.pid, libc::SIGKILL);
+                    signal::send(-self.pid, Signal::Kill);
                     self.status = self.child.wait().await.ok();
                     format!("killed after {} s", grace.as_secs_f32())
                 }
             }
         };
-        signal(-self.pid, libc::SIGKILL);
+        signal::send(-self.pid, Signal::Kill);
         outcome
     }
 
@@ -132,37 +134,4 @@ impl Child {
             .collect::<Vec<_>>()
             .join("\n")
     }
-}
-
-/// True when a process exists (`kill(pid, 0)`).
-pub fn alive(pid: i32) -> bool {
-    signal(pid, 0)
-}
-
-/// Sends `sig` to `target` (a pid, or `-pgid` for a group). Returns whether it was delivered.
-#[allow(unsafe_code)]
-pub fn signal(target: i32, sig: libc::c_int) -> bool {
-    if target == 0 || target == -1 {
-        // 0 and -1 would address our own group or every process: never.
-        return false;
-    }
-    // SAFETY: kill(2) takes plain integers and has no memory-safety preconditions.
-    unsafe { libc::kill(target, sig) == 0 }
-}
-
-/// On Linux the child gets SIGTERM if `rbee` dies without stopping it (even by SIGKILL).
-#[allow(unsafe_code)]
-fn die_with_parent(command: &mut tokio::process::Command) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
-    // async-signal-safe. The CLI runs on a single-threaded runtime, so the forking thread (whose exit
-    // would fire the signal) lives as long as `rbee`.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = command;
 }

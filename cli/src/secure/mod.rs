@@ -1,6 +1,7 @@
 //! Secure mode files: a CA for a home lab and a server certificate signed by it (rcgen), one NATS
 //! identity per process with the permissions of its role (`rbee_bus::security`), the nats-server
-//! configuration that enforces them (checked with `nats-server -t`), and the HTTP API key.
+//! configuration that enforces them ([`server_config`], checked with `nats-server -t`), and the HTTP
+//! API key.
 //! `rbee secure init` writes them for a multi-machine cluster; `rbee up --secure` writes them under its
 //! data directory and starts every process with its own identity.
 //!
@@ -16,14 +17,17 @@
 //! The CA and the API key are kept when the directory already has them (clients that trust the CA
 //! or know the key keep working); identities and the server certificate are made anew each time.
 
+pub mod server_config;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
 use crate::config::{Config, NatsIdentity, Setting, Source};
-use rbee_bus::security::{self, Role, SecurityConfig, ServerOptions, TlsFiles};
+use rbee_bus::security::{self, Role, SecurityConfig};
 use rbee_bus::HiveId;
+use server_config::{ServerOptions, TlsFiles};
 
 /// Workers per hive in secure mode: a hive can run at most this many at once.
 pub const DEFAULT_POOL: usize = 8;
@@ -185,8 +189,8 @@ pub fn init(options: &InitOptions, nats_server: &Path) -> anyhow::Result<Bundle>
         jetstream_store: Some(options.jetstream_store.clone()),
         tls: Some(tls),
     };
-    config.write(&nats_conf, &server)?;
-    security::check_config(nats_server, &nats_conf)?;
+    server_config::write(&config, &nats_conf, &server)?;
+    server_config::check(nats_server, &nats_conf)?;
     Ok(Bundle { dir, nats_conf, ca: ca_file, api_key_file })
 }
 

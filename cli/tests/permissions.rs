@@ -1,4 +1,5 @@
-//! Secure mode against a real nats-server running the configuration `rbee_bus::security` generates:
+//! Secure mode against a real nats-server running the configuration `rbee_cli::secure::server_config`
+//! renders from `rbee_bus::security`'s identities:
 //! every denial the design promises is made by the server, surfaced by our connection (recorded in
 //! `Bus::denials()` and logged as `nats permission denied`), and the forged message reaches no one;
 //! the legitimate flows (spawn request/reply, heartbeats, assignments, the service API, JetStream job
@@ -8,8 +9,9 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use rbee_bus::security::{check_config, Identity, Permissions, Role, SecurityConfig, ServerOptions};
+use rbee_bus::security::{Identity, Permissions, Role, SecurityConfig};
 use rbee_bus::{connect, subject, Bus, BusError, HiveId, NatsConfig, SpawnReply, SpawnRequest, WorkerId};
+use rbee_cli::secure::server_config::{self, ServerOptions};
 use rbee_testkit::NatsServer;
 
 // ----- log capture: the denial must be in our logs, not only in a counter -----------------------------
@@ -45,8 +47,9 @@ impl Secure {
         config.add(Role::Observer).expect("observer");
         config.add(Role::Cli).expect("cli");
         let path = dir.path().join("nats-secure.conf");
-        config.write(&path, &ServerOptions::default()).expect("write config");
-        check_config(&rbee_testkit::paths::nats_server_bin(), &path).expect("nats-server -t accepts it");
+        server_config::write(&config, &path, &ServerOptions::default()).expect("write config");
+        server_config::check(&rbee_testkit::paths::nats_server_bin(), &path)
+            .expect("nats-server -t accepts it");
         let server = NatsServer::start_with_config(&path);
         Self { server, config, hive, pool, _dir: dir }
     }
@@ -115,9 +118,9 @@ fn generated_config_passes_nats_server_t_and_a_broken_one_does_not() {
         tls: None,
     };
     let path = dir.path().join("ok.conf");
-    config.write(&path, &options).expect("write");
+    server_config::write(&config, &path, &options).expect("write");
     let bin = rbee_testkit::paths::nats_server_bin();
-    check_config(&bin, &path).expect("valid config");
+    server_config::check(&bin, &path).expect("valid config");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -130,7 +133,7 @@ fn generated_config_passes_nats_server_t_and_a_broken_one_does_not() {
     let broken = dir.path().join("broken.conf");
     std::fs::write(&broken, format!("authorization {{ users = [ {{ user: \"q\"\n password: \"{secret}\"\n permissions: {{ publish: [ }} ]"))
         .expect("write");
-    let err = check_config(&bin, &broken).expect_err("refused");
+    let err = server_config::check(&bin, &broken).expect_err("refused");
     assert!(!err.to_string().contains(&secret), "password leaked in: {err}");
 }
 
@@ -400,14 +403,14 @@ async fn legitimate_flows_work_with_no_denial() {
     let js = jetstream::new(queen.client().clone());
     let mut history = js
         .create_stream(stream::Config {
-            name: rbee_bus::security::JOBS_STREAM.into(),
+            name: rbee_bus::subject::JOBS_STREAM.into(),
             subjects: vec![subject::JOB_STATUS_ALL.into()],
             ..Default::default()
         })
         .await
         .expect("the queen creates its stream");
     js.update_stream(stream::Config {
-        name: rbee_bus::security::JOBS_STREAM.into(),
+        name: rbee_bus::subject::JOBS_STREAM.into(),
         subjects: vec![subject::JOB_STATUS_ALL.into()],
         max_messages: 1000,
         ..Default::default()
@@ -423,7 +426,7 @@ async fn legitimate_flows_work_with_no_denial() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ordered = js
-        .get_stream(rbee_bus::security::JOBS_STREAM)
+        .get_stream(rbee_bus::subject::JOBS_STREAM)
         .await
         .expect("get stream")
         .create_consumer(consumer::pull::OrderedConfig {
@@ -444,9 +447,9 @@ async fn legitimate_flows_work_with_no_denial() {
     let since = Instant::now();
     let wjs = jetstream::new(w0.client().clone());
     let denied =
-        tokio::time::timeout(Duration::from_secs(3), wjs.get_stream(rbee_bus::security::JOBS_STREAM)).await;
+        tokio::time::timeout(Duration::from_secs(3), wjs.get_stream(rbee_bus::subject::JOBS_STREAM)).await;
     assert!(!matches!(denied, Ok(Ok(_))), "a worker read the job stream");
-    let js_info = format!("$JS.API.STREAM.INFO.{}", rbee_bus::security::JOBS_STREAM);
+    let js_info = format!("$JS.API.STREAM.INFO.{}", rbee_bus::subject::JOBS_STREAM);
     assert!(wait_denied(&w0, &js_info, since).await);
 
     for (name, bus) in [("queen", &queen), ("hive", &hive), ("cli", &cli)] {

@@ -1,4 +1,4 @@
-//! The model catalog over the bus: import a file on this machine, pull one from a URL with progress
+//! Requests about models: list the catalog, import a file on this machine, pull one from a URL with progress
 //! events on `rbee.hive.<hive_id>.pulls.<pull_id>` (or by name from a Hugging Face style hub,
 //! `hf:ORG/REPO:QUANT`, see [`crate::catalog::hf`]), and remove one no running worker uses. The catalog
 //! itself (files, manifests, checksums, resumable downloads) is [`crate::catalog`]; this module turns
@@ -9,16 +9,38 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rbee_bus::{
-    subject, ErrorCode, ModelId, ModelImportRequest, ModelPullAccepted, ModelPullEvent, ModelPullRequest,
-    ModelRemoveReply, ModelRemoveRequest, ModelReply, PullProgress, WireError, SCHEMA_VERSION,
+    subject, ErrorCode, ModelId, ModelImportRequest, ModelList, ModelPullAccepted, ModelPullEvent,
+    ModelPullRequest, ModelRemoveReply, ModelRemoveRequest, ModelReply, ModelSummary, PullProgress,
+    WireError, SCHEMA_VERSION,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::artifact::validate_entry_id;
 use crate::catalog::download::DownloadProgress;
-use crate::catalog::{hf, CatalogError, ModelCatalog, ModelCatalogError};
-use crate::control::model_summary;
+use crate::catalog::{hf, CatalogError, ModelCatalog, ModelCatalogError, ModelEntry};
 use crate::Hive;
+
+/// A catalog entry as listed on the bus.
+pub fn summary(m: &ModelEntry) -> ModelSummary {
+    ModelSummary {
+        model_id: m.id.clone(),
+        size_bytes: m.size,
+        architecture: m.architecture.clone(),
+        parameter_count: m.parameter_count,
+        quantization: m.quantization.clone(),
+        context_length: m.context_length,
+    }
+}
+
+/// Every model in the catalog, as listed on the bus.
+pub fn summaries(hive: &Hive) -> Vec<ModelSummary> {
+    hive.models.list().iter().map(summary).collect()
+}
+
+/// The model listing.
+pub fn list(hive: &Hive) -> ModelList {
+    ModelList { v: SCHEMA_VERSION, models: summaries(hive) }
+}
 
 /// How often a running pull publishes its progress, at most.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -64,7 +86,7 @@ pub async fn import(hive: &Hive, req: ModelImportRequest) -> Result<ModelReply, 
     Ok(ModelReply {
         v: SCHEMA_VERSION,
         sha256: entry.sha256.clone().unwrap_or_default(),
-        model: model_summary(&entry),
+        model: summary(&entry),
     })
 }
 
@@ -235,7 +257,7 @@ impl PullTask {
                 })
                 .await;
                 tracing::info!(pull_id = %self.req.pull_id, model_id = %id, size = entry.size, "model pull done");
-                self.publish(PullProgress::Done { model: model_summary(&entry) }).await;
+                self.publish(PullProgress::Done { model: summary(&entry) }).await;
             }
             Some(Err(e)) => {
                 let error = catalog_error(e).error;
@@ -267,7 +289,7 @@ pub fn remove(hive: &Hive, req: ModelRemoveRequest) -> Result<ModelRemoveReply, 
         )
     })?;
     let users: Vec<String> = hive
-        .registry
+        .workers
         .list()
         .into_iter()
         .filter(|w| w.is_running() && w.model_id == req.model_id)

@@ -1,6 +1,5 @@
-//! The hive's registry of the worker processes it spawned: id, model, device, pid, status and start
-//! time. Safe under concurrent use; a poisoned lock is recovered, never a panic.
-
+//! The worker processes this hive spawned and their state ([`RunningWorkers`]): id, model, device,
+//! pid, status and start time. Safe under concurrent use; a poisoned lock is recovered, never a panic.
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -55,9 +54,9 @@ impl WorkerEntry {
     }
 }
 
-/// Why a registry operation failed.
+/// Why an operation on the running workers failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RegistryError {
+pub enum RunningWorkersError {
     /// The id is taken.
     #[error("worker {0} already exists")]
     AlreadyExists(WorkerId),
@@ -66,14 +65,14 @@ pub enum RegistryError {
     NotFound(WorkerId),
 }
 
-/// The registry; clones share it.
+/// The spawned workers, by id; clones share them.
 #[derive(Debug, Clone, Default)]
-pub struct WorkerRegistry {
+pub struct RunningWorkers {
     workers: Arc<RwLock<HashMap<WorkerId, WorkerEntry>>>,
 }
 
-impl WorkerRegistry {
-    /// An empty registry.
+impl RunningWorkers {
+    /// None yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -87,23 +86,23 @@ impl WorkerRegistry {
     }
 
     /// Adds a worker; its id must be new.
-    pub fn register(&self, worker: WorkerEntry) -> Result<(), RegistryError> {
+    pub fn register(&self, worker: WorkerEntry) -> Result<(), RunningWorkersError> {
         let mut workers = self.write();
         if workers.contains_key(&worker.id) {
-            return Err(RegistryError::AlreadyExists(worker.id));
+            return Err(RunningWorkersError::AlreadyExists(worker.id));
         }
         workers.insert(worker.id.clone(), worker);
         Ok(())
     }
 
     /// One worker.
-    pub fn get(&self, id: &WorkerId) -> Result<WorkerEntry, RegistryError> {
-        self.read().get(id).cloned().ok_or_else(|| RegistryError::NotFound(id.clone()))
+    pub fn get(&self, id: &WorkerId) -> Result<WorkerEntry, RunningWorkersError> {
+        self.read().get(id).cloned().ok_or_else(|| RunningWorkersError::NotFound(id.clone()))
     }
 
     /// Removes a worker and returns it.
-    pub fn remove(&self, id: &WorkerId) -> Result<WorkerEntry, RegistryError> {
-        self.write().remove(id).ok_or_else(|| RegistryError::NotFound(id.clone()))
+    pub fn remove(&self, id: &WorkerId) -> Result<WorkerEntry, RunningWorkersError> {
+        self.write().remove(id).ok_or_else(|| RunningWorkersError::NotFound(id.clone()))
     }
 
     /// Every worker, oldest first.
@@ -119,9 +118,9 @@ impl WorkerRegistry {
     }
 
     /// Sets a worker's status.
-    pub fn update_status(&self, id: &WorkerId, status: WorkerStatus) -> Result<(), RegistryError> {
+    pub fn update_status(&self, id: &WorkerId, status: WorkerStatus) -> Result<(), RunningWorkersError> {
         let mut workers = self.write();
-        let worker = workers.get_mut(id).ok_or_else(|| RegistryError::NotFound(id.clone()))?;
+        let worker = workers.get_mut(id).ok_or_else(|| RunningWorkersError::NotFound(id.clone()))?;
         worker.status = status;
         Ok(())
     }
@@ -152,9 +151,12 @@ mod tests {
 
     #[test]
     fn crud_and_status() {
-        let reg = WorkerRegistry::new();
+        let reg = RunningWorkers::new();
         reg.register(entry("w1")).expect("register");
-        assert_eq!(reg.register(entry("w1")), Err(RegistryError::AlreadyExists("w1".parse().expect("id"))));
+        assert_eq!(
+            reg.register(entry("w1")),
+            Err(RunningWorkersError::AlreadyExists("w1".parse().expect("id")))
+        );
         reg.register(entry("w2")).expect("register");
         let w1: WorkerId = "w1".parse().expect("id");
         reg.update_status(&w1, WorkerStatus::Ready).expect("update");
@@ -169,7 +171,7 @@ mod tests {
 
     #[test]
     fn survives_a_panic_while_locked_and_concurrent_use() {
-        let reg = WorkerRegistry::new();
+        let reg = RunningWorkers::new();
         let poisoner = reg.clone();
         let _ = std::thread::spawn(move || {
             let _guard = poisoner.workers.write();

@@ -1,11 +1,12 @@
-//! The hive's request/reply handlers: `spawn`, `stop` and the listings of workers, models and devices,
-//! served through the NATS service API (`rbee-hive`), so `$SRV.PING/INFO/STATS` list every hive.
+//! Requests about worker processes: `spawn` (checks the model, the fit and the binary, then starts one
+//! through the [`crate::supervisor`]), `stop`, and the listing of the workers running here.
 
 use std::time::Duration;
 
+use rbee_bus::sizing::KvShape;
 use rbee_bus::{
-    DeviceInfo, DeviceKind, DeviceList, ErrorCode, ModelList, ModelSummary, SpawnReply, SpawnRequest,
-    StopReply, StopRequest, WireError, WorkerId, WorkerKind, WorkerList, SCHEMA_VERSION,
+    DeviceInfo, DeviceKind, ErrorCode, SpawnReply, SpawnRequest, StopReply, StopRequest, WireError, WorkerId,
+    WorkerKind, WorkerList, DEFAULT_CTX_PER_SLOT, DEFAULT_SLOTS, SCHEMA_VERSION,
 };
 
 use crate::catalog::gguf::read_gguf_info;
@@ -13,40 +14,18 @@ use crate::catalog::{ModelEntry, Platform, WorkerType};
 use crate::supervisor::LaunchPlan;
 use crate::Hive;
 
-/// Default slots of a spawned worker.
-pub const DEFAULT_SLOTS: u32 = 4;
-/// Default context per slot.
-pub const DEFAULT_CTX_PER_SLOT: u32 = 2048;
 /// Default grace period of a stop.
 pub const DEFAULT_STOP_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Bytes of memory a worker of `model` with `slots * ctx_per_slot` context needs: the file (weights are
-/// mapped or loaded whole), the KV cache (f16 K and V for every layer; without grouped-query attention
-/// taken into account, so an upper bound), and 10% overhead for compute buffers.
+/// Bytes of memory a worker of `model` with `slots * ctx_per_slot` context needs
+/// ([`rbee_bus::worker_memory_bytes`] with the GGUF's own shape, [`KvShape::LARGE`] where unreadable).
 pub fn estimate_worker_bytes(model: &ModelEntry, slots: u32, ctx_per_slot: u32) -> u64 {
     let info = read_gguf_info(&model.path).ok();
-    let layers = info.as_ref().and_then(|i| i.block_count).unwrap_or(32);
-    let embd = info.as_ref().and_then(|i| i.embedding_length).unwrap_or(4096);
-    let tokens = u64::from(slots) * u64::from(ctx_per_slot);
-    let kv = 2 * layers * embd * tokens * 2;
-    (model.size + kv) * 11 / 10
-}
-
-/// A catalog entry as listed on the bus.
-pub fn model_summary(m: &ModelEntry) -> ModelSummary {
-    ModelSummary {
-        model_id: m.id.clone(),
-        size_bytes: m.size,
-        architecture: m.architecture.clone(),
-        parameter_count: m.parameter_count,
-        quantization: m.quantization.clone(),
-        context_length: m.context_length,
-    }
-}
-
-/// Every model in the catalog, as listed on the bus.
-pub fn models(hive: &Hive) -> Vec<ModelSummary> {
-    hive.models.list().iter().map(model_summary).collect()
+    let shape = KvShape {
+        layers: info.as_ref().and_then(|i| i.block_count).unwrap_or(KvShape::LARGE.layers),
+        embedding: info.as_ref().and_then(|i| i.embedding_length).unwrap_or(KvShape::LARGE.embedding),
+    };
+    rbee_bus::worker_memory_bytes(model.size, shape.bytes_per_token(), slots, ctx_per_slot)
 }
 
 /// Starts a worker, or says why not.
@@ -111,7 +90,7 @@ pub async fn spawn(hive: &Hive, req: SpawnRequest) -> Result<SpawnReply, WireErr
             )
         })?;
     let (worker_id, identity) = worker_identity(hive, req.worker_id)?;
-    if hive.registry.get(&worker_id).map(|w| w.is_running()).unwrap_or(false) {
+    if hive.workers.get(&worker_id).map(|w| w.is_running()).unwrap_or(false) {
         return Err(WireError::invalid_field("worker_id", format!("worker {worker_id} is already running")));
     }
     let plan = LaunchPlan {
@@ -142,7 +121,7 @@ fn worker_identity(
     if pool.is_empty() {
         return Ok((wanted.unwrap_or_else(WorkerId::generate), None));
     }
-    let busy = |id: &WorkerId| hive.registry.get(id).map(|w| w.is_running()).unwrap_or(false);
+    let busy = |id: &WorkerId| hive.workers.get(id).map(|w| w.is_running()).unwrap_or(false);
     let found = match &wanted {
         Some(id) => pool.iter().find(|p| &p.worker_id == id).ok_or_else(|| {
             WireError::invalid_field(
@@ -212,17 +191,6 @@ pub async fn stop(hive: &Hive, req: StopRequest) -> Result<StopReply, WireError>
 }
 
 /// The worker listing.
-pub fn workers(hive: &Hive) -> WorkerList {
-    WorkerList { v: SCHEMA_VERSION, workers: hive.registry.list().iter().map(|w| w.summary()).collect() }
-}
-
-/// The model listing.
-pub fn model_list(hive: &Hive) -> ModelList {
-    ModelList { v: SCHEMA_VERSION, models: models(hive) }
-}
-
-/// The device listing.
-pub fn devices(hive: &Hive) -> DeviceList {
-    let snap = hive.inventory_snapshot();
-    DeviceList { v: SCHEMA_VERSION, cpu: snap.cpu, ram: snap.ram, devices: snap.devices }
+pub fn list(hive: &Hive) -> WorkerList {
+    WorkerList { v: SCHEMA_VERSION, workers: hive.workers.list().iter().map(|w| w.summary()).collect() }
 }

@@ -1,0 +1,25 @@
+//! Structured logging for every rbee process: `tracing` to stderr, plain or JSON.
+
+/// Sets up `tracing` to stderr. `RUST_LOG` overrides `default_filter`; `RBEE_LOG_FORMAT=json` gives one
+/// JSON object per line.
+pub fn init(default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // A write error (stderr a pipe to a hive that died) is dropped: with the default, tracing reports
+    // it with `eprintln!`, which panics on the same broken pipe and takes down the task that logged
+    // (a worker then never handled its SIGTERM).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colors only on a terminal: log files (`rbee up` writes one per process) stay plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none(),
+        )
+        .log_internal_errors(false);
+    let result = if std::env::var("RBEE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    let _ = result;
+}
