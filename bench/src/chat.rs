@@ -19,9 +19,9 @@ use crate::api::Api;
 use crate::sse;
 
 /// Slots of the in-process engine (the worker's default).
-pub const SLOTS: usize = 4;
-/// Context per slot of the in-process engine.
-pub const CTX_PER_SLOT: u32 = 2048;
+pub const SLOTS: usize = rbee_bus::sizing::DEFAULT_SLOTS as usize;
+/// Context per slot of the in-process engine (the worker's default).
+pub const CTX_PER_SLOT: u32 = rbee_bus::sizing::DEFAULT_CTX_PER_SLOT;
 
 /// Loads the worker's engine in this process: `threads`, [`SLOTS`] slots of [`CTX_PER_SLOT`], prefix
 /// reuse on or off (`--no-prefix-cache`).

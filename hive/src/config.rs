@@ -78,14 +78,7 @@ impl Default for HiveConfig {
     }
 }
 
-impl HiveConfig {
-    /// Defaults for everything but the id and the catalog root. Kept for the callers outside this
-    /// crate that still use it; `HiveConfig { hive_id, catalog_root, ..HiveConfig::default() }` is the
-    /// same.
-    pub fn new(hive_id: HiveId, catalog_root: PathBuf) -> Self {
-        Self { hive_id, catalog_root, ..Self::default() }
-    }
-}
+impl HiveConfig {}
 
 /// The host name, made a valid subject token (`hive` when there is none).
 pub fn default_hive_id() -> HiveId {

@@ -403,9 +403,3 @@ fn strip_ansi(line: &str) -> String {
 }
 
 pub use rbee_daemon::signal::Signal;
-
-/// Sends a signal to one worker process. Kept for the callers outside the hive that still use it (the
-/// queen's tests); [`rbee_daemon::signal::send_to_pid`] is the same.
-pub fn signal(pid: u32, sig: Signal) {
-    send_to_pid(pid, sig);
-}

@@ -13,18 +13,19 @@ use tokio_util::sync::CancellationToken;
 const MODEL: &str = "smollm2";
 
 fn config(server: &NatsServer, hive: &str, root: &Path, with_worker: bool) -> HiveConfig {
-    let mut c = HiveConfig::new(hive.parse().expect("id"), root.to_path_buf());
-    if with_worker {
-        c.worker_binary = Some(rbee_testkit::paths::cargo_bin("rbee-worker"));
+    HiveConfig {
+        hive_id: hive.parse().expect("id"),
+        catalog_root: root.to_path_buf(),
+        worker_binary: with_worker.then(|| rbee_testkit::paths::cargo_bin("rbee-worker")),
+        import_models: vec![ModelImport {
+            path: rbee_testkit::paths::require_default_model(),
+            id: Some(MODEL.parse().expect("id")),
+        }],
+        heartbeat_interval: Duration::from_millis(200),
+        stop_deadline: Duration::from_secs(5),
+        worker_nats_args: vec!["--nats-url".into(), server.url()],
+        ..HiveConfig::default()
     }
-    c.import_models = vec![ModelImport {
-        path: rbee_testkit::paths::require_default_model(),
-        id: Some(MODEL.parse().expect("id")),
-    }];
-    c.heartbeat_interval = Duration::from_millis(200);
-    c.stop_deadline = Duration::from_secs(5);
-    c.worker_nats_args = vec!["--nats-url".into(), server.url()];
-    c
 }
 
 fn spawn_req(slots: u32, ctx: u32) -> SpawnRequest {

@@ -7,23 +7,23 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rbee_bus::{subject, HiveHeartbeat, QueenHello, WorkerHeartbeat, WorkerLifecycle, SCHEMA_VERSION};
+use rbee_daemon::Tasks;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::membership::Change;
 use crate::Queen;
 
 /// Subscribes to every heartbeat; returns once the subscriptions are confirmed by the server, so the
 /// hello that follows cannot be answered before the queen listens.
-pub async fn start(queen: Arc<Queen>, tasks: &TaskTracker, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn start(queen: Arc<Queen>, tasks: &Tasks, stop: CancellationToken) -> anyhow::Result<()> {
     let client = queen.bus.client();
     let hives = client.subscribe(subject::HIVE_HEARTBEAT_ALL).await?;
     let workers = client.subscribe(subject::WORKER_HEARTBEAT_ALL).await?;
     let lifecycle = client.subscribe(subject::WORKER_LIFECYCLE_ALL).await?;
     queen.bus.round_trip().await?;
     let merged = futures::stream::select(futures::stream::select(hives, workers), lifecycle);
-    tasks.spawn(fold(queen.clone(), merged, stop.clone()));
-    tasks.spawn(expire_tick(queen.clone(), stop));
+    tasks.spawn("heartbeat fold", fold(queen.clone(), merged, stop.clone()));
+    tasks.spawn("liveness tick", expire_tick(queen.clone(), stop));
     let hello = QueenHello { v: SCHEMA_VERSION, meta: queen.stamper.next() };
     queen.bus.publish(subject::QUEEN_HELLO.to_owned(), &hello).await?;
     Ok(())

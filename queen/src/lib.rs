@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rbee_bus::{Bus, EventStamper, ModelId, QueenId};
+use rbee_daemon::Tasks;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::QueenConfig;
 use jobs::spawns::SpawnsInFlight;
@@ -49,12 +49,11 @@ pub struct Queen {
     pub metrics: metrics::Metrics,
     /// Notified whenever the membership view changes (jobs waiting in the queue re-check).
     pub registry_changed: Notify,
-    /// The work of jobs (placement loops, spawn requests): drained at shutdown.
-    pub tasks: TaskTracker,
+    /// The work of jobs (placement loops, spawn requests): drained at shutdown; their token is
+    /// cancelled at the drain deadline, when placement loops stop following their jobs.
+    pub tasks: Tasks,
     /// Cancelled when the queen starts draining: nothing new is waited for (spawn markers end).
     pub draining: CancellationToken,
-    /// Cancelled at the drain deadline: placement loops stop following their jobs.
-    pub abandon_jobs: CancellationToken,
     registry: Mutex<Registry>,
     jobs: Mutex<JobTable>,
     spawns: Mutex<SpawnsInFlight>,
@@ -71,9 +70,8 @@ impl Queen {
             stamper: EventStamper::new(QueenId::new("queen").map(|q| q.to_string()).unwrap_or_default()),
             metrics: metrics::Metrics::default(),
             registry_changed: Notify::new(),
-            tasks: TaskTracker::new(),
+            tasks: Tasks::new(),
             draining: CancellationToken::new(),
-            abandon_jobs: CancellationToken::new(),
             registry: Mutex::new(Registry::new(RegistryConfig::default())),
             jobs: Mutex::new(JobTable::new(retention)),
             spawns: Mutex::new(SpawnsInFlight::default()),
@@ -127,8 +125,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let durable = config.durable_jobs;
     let queen = Arc::new(Queen::new(config, bus));
-    let services = TaskTracker::new();
-    let stop_services = CancellationToken::new();
+    let services = Tasks::new();
+    let stop_services = services.token();
     let stop_submit = CancellationToken::new();
     jobs::relay::start(queen.clone(), &services, stop_services.clone())
         .await
@@ -152,38 +150,28 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
     stop_submit.cancel();
     drain_jobs(&queen).await;
-    stop_services.cancel();
-    services.close();
-    if tokio::time::timeout(SERVICES_STOP, services.wait()).await.is_err() {
-        tracing::warn!("services did not stop in time");
-    }
+    services.cancel_and_drain(SERVICES_STOP).await;
     // Bounded: with the server gone, the queen still exits.
-    if tokio::time::timeout(SERVICES_STOP, queen.bus.client().flush()).await.is_err() {
-        tracing::warn!("could not flush the last messages to nats");
-    }
+    rbee_daemon::shutdown::flush(&queen.bus).await;
     tracing::info!("queen stopped");
     Ok(())
 }
 
-/// Waits for the jobs this queen placed, up to the drain deadline; then fails those still queued and
-/// stops following the rest (their workers go on, and the job history keeps their end).
+/// Waits for the jobs this queen placed, up to the drain deadline; then stops following them (their
+/// workers go on, and the job history keeps their end) and fails those still queued.
 async fn drain_jobs(queen: &Arc<Queen>) {
     queen.draining.cancel();
-    queen.tasks.close();
     let deadline = queen.config.drain_deadline;
     let active = queen.tasks.len();
     if active > 0 {
         tracing::info!(jobs = active, ?deadline, "draining jobs");
     }
-    if tokio::time::timeout(deadline, queen.tasks.wait()).await.is_ok() {
+    if queen.tasks.drain(deadline).await {
         return;
     }
+    queen.tasks.cancel_and_drain(SERVICES_STOP).await;
     let waiting = queen.jobs().waiting();
-    tracing::warn!(
-        left = queen.tasks.len(),
-        queued = waiting.len(),
-        "jobs still running at the drain deadline"
-    );
+    tracing::warn!(queued = waiting.len(), "jobs still queued at the drain deadline fail");
     for job in waiting {
         let model_id = job.record().model_id;
         let message = "the queen stopped while the job was queued".to_owned();

@@ -43,11 +43,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::membership::{least_loaded_first, Liveness, RegistrySnapshot, WorkerView};
 
-/// KV cache assumed for a spawn when the request gives no estimate: default slots (4) × default
-/// context (2048) × 32 KiB per token, a middle figure between small GQA models (~23 KiB per token)
-/// and 8B ones (~128 KiB). The hive checks the real fit and refuses with `model_does_not_fit`.
-pub const DEFAULT_KV_ESTIMATE_BYTES: u64 = 256 * MIB;
-
 /// Bytes in a mebibyte.
 const MIB: u64 = 1024 * 1024;
 
@@ -128,9 +123,16 @@ pub enum Placement {
     },
 }
 
-/// Memory a new worker of this model needs: weights × 1.2 plus [`DEFAULT_KV_ESTIMATE_BYTES`].
+/// Memory a new worker of this model needs, by the one estimate ([`rbee_bus::sizing`]): the file
+/// plus the KV cache of the default slots and context at a typical size per token. The queen has no
+/// model's shape (the hive does, and checks the real fit, refusing with `model_does_not_fit`).
 pub fn estimate_spawn_bytes(model: &ModelSummary) -> u64 {
-    model.size_bytes.saturating_add(model.size_bytes / 5).saturating_add(DEFAULT_KV_ESTIMATE_BYTES)
+    rbee_bus::sizing::worker_memory_bytes(
+        model.size_bytes,
+        rbee_bus::sizing::TYPICAL_KV_BYTES_PER_TOKEN,
+        rbee_bus::sizing::DEFAULT_SLOTS,
+        rbee_bus::sizing::DEFAULT_CTX_PER_SLOT,
+    )
 }
 
 /// Decides where a job goes. Pure; see the module documentation for the rules.

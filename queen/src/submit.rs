@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use rbee_bus::{subject, ErrorCode, SubmitJob, SubmitJobReply, WireError, SCHEMA_VERSION};
+use rbee_daemon::Tasks;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::jobs::admit::{self, JobRequest};
 use crate::Queen;
 
 /// Serves submissions on `tasks` until `stop`.
-pub async fn serve(queen: Arc<Queen>, tasks: &TaskTracker, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(queen: Arc<Queen>, tasks: &Tasks, stop: CancellationToken) -> anyhow::Result<()> {
     use async_nats::service::ServiceExt;
     let service = queen
         .bus
@@ -30,14 +30,14 @@ pub async fn serve(queen: Arc<Queen>, tasks: &TaskTracker, stop: CancellationTok
         .await
         .map_err(|e| anyhow::anyhow!("cannot subscribe to {}: {e}", subject::QUEEN_JOBS_SUBMIT))?;
     let handlers = tasks.clone();
-    tasks.spawn(async move {
+    tasks.spawn("submit endpoint", async move {
         loop {
             let request = tokio::select! {
                 _ = stop.cancelled() => break,
                 r = endpoint.next() => match r { Some(r) => r, None => break },
             };
             let queen = queen.clone();
-            handlers.spawn(async move {
+            handlers.spawn("submit", async move {
                 let result = handle(&queen, &request.message.payload).await;
                 rbee_bus::rpc::respond(&request, &result).await;
             });

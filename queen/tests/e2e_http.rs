@@ -39,14 +39,18 @@ async fn start_queen(
 async fn start() -> Cluster {
     let server = NatsServer::start();
     let dir = tempfile::tempdir().expect("tmp");
-    let mut hive = HiveConfig::new("hive-e2e".parse().expect("id"), dir.path().to_path_buf());
-    hive.worker_binary = Some(rbee_testkit::paths::cargo_bin("rbee-worker"));
-    hive.import_models = vec![ModelImport {
-        path: rbee_testkit::paths::require_default_model(),
-        id: Some(MODEL.parse().expect("id")),
-    }];
-    hive.heartbeat_interval = Duration::from_millis(250);
-    hive.worker_nats_args = vec!["--nats-url".into(), server.url()];
+    let hive = HiveConfig {
+        hive_id: "hive-e2e".parse().expect("id"),
+        catalog_root: dir.path().to_path_buf(),
+        worker_binary: Some(rbee_testkit::paths::cargo_bin("rbee-worker")),
+        import_models: vec![ModelImport {
+            path: rbee_testkit::paths::require_default_model(),
+            id: Some(MODEL.parse().expect("id")),
+        }],
+        heartbeat_interval: Duration::from_millis(250),
+        worker_nats_args: vec!["--nats-url".into(), server.url()],
+        ..HiveConfig::default()
+    };
     let hive_bus = connect(&NatsConfig::url(server.url())).await.expect("hive connects");
     let hive_stop = CancellationToken::new();
     tokio::spawn(rbee_hive::run(hive, hive_bus, hive_stop.clone()));
@@ -304,7 +308,7 @@ async fn openai_endpoints_jobs_and_failures() {
         assert!(Instant::now() < deadline, "never ran: {record}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    rbee_hive::supervisor::signal(pid, rbee_hive::supervisor::Signal::Kill);
+    rbee_daemon::signal::send_to_pid(pid, rbee_daemon::signal::Signal::Kill);
     let deadline = Instant::now() + Duration::from_secs(90);
     let record = loop {
         let (_, record) = c.get(&format!("/v1/jobs/{job_id}")).await;

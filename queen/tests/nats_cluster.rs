@@ -28,15 +28,21 @@ async fn a_three_node_cluster_survives_losing_a_node() {
         NatsConfig { urls: u, ..NatsConfig::default() }
     };
     let dir = tempfile::tempdir().expect("tmp");
-    let mut hive = HiveConfig::new("hive-c".parse().expect("id"), dir.path().to_path_buf());
-    hive.worker_binary = Some(rbee_testkit::paths::cargo_bin("rbee-worker"));
-    hive.import_models = vec![ModelImport {
-        path: rbee_testkit::paths::require_default_model(),
-        id: Some("smollm2".parse().expect("id")),
-    }];
-    hive.heartbeat_interval = Duration::from_millis(250);
-    hive.worker_nats_args =
-        vec!["--nats-url".into(), urls[2..].iter().chain(&urls[..2]).cloned().collect::<Vec<_>>().join(",")];
+    let hive = HiveConfig {
+        hive_id: "hive-c".parse().expect("id"),
+        catalog_root: dir.path().to_path_buf(),
+        worker_binary: Some(rbee_testkit::paths::cargo_bin("rbee-worker")),
+        import_models: vec![ModelImport {
+            path: rbee_testkit::paths::require_default_model(),
+            id: Some("smollm2".parse().expect("id")),
+        }],
+        heartbeat_interval: Duration::from_millis(250),
+        worker_nats_args: vec![
+            "--nats-url".into(),
+            urls[2..].iter().chain(&urls[..2]).cloned().collect::<Vec<_>>().join(","),
+        ],
+        ..HiveConfig::default()
+    };
     let stop = CancellationToken::new();
     // Routes take a moment to form; connecting retries are the client's.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -198,7 +198,7 @@ fn spawn_prefers_an_accelerator_then_the_most_free_memory() {
         schedule(&registry.snapshot(now), &big),
         Placement::Spawn { hive_id: hive_id(0), device: "cpu".into() }
     );
-    assert_eq!(estimate_spawn_bytes(&small), GIB + GIB / 5 + 256 * MIB);
+    assert_eq!(estimate_spawn_bytes(&small), (GIB + 256 * MIB) * 11 / 10);
     // Busy workers of the model do not block a spawn when a hive has room.
     registry.apply_worker(&worker_beat(0, 1, 0, WorkerState::Busy, 1, 1, 10.0), now);
     assert!(matches!(schedule(&registry.snapshot(now), &request(0)), Placement::Spawn { .. }));

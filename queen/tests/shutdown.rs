@@ -14,14 +14,18 @@ use tokio_util::sync::CancellationToken;
 const MODEL: &str = "smollm2";
 
 async fn start_hive(server: &NatsServer, dir: &std::path::Path) -> CancellationToken {
-    let mut hive = HiveConfig::new("hive-drain".parse().expect("id"), dir.to_path_buf());
-    hive.worker_binary = Some(rbee_testkit::paths::cargo_bin("rbee-worker"));
-    hive.import_models = vec![ModelImport {
-        path: rbee_testkit::paths::require_default_model(),
-        id: Some(MODEL.parse().expect("id")),
-    }];
-    hive.heartbeat_interval = Duration::from_millis(250);
-    hive.worker_nats_args = vec!["--nats-url".into(), server.url()];
+    let hive = HiveConfig {
+        hive_id: "hive-drain".parse().expect("id"),
+        catalog_root: dir.to_path_buf(),
+        worker_binary: Some(rbee_testkit::paths::cargo_bin("rbee-worker")),
+        import_models: vec![ModelImport {
+            path: rbee_testkit::paths::require_default_model(),
+            id: Some(MODEL.parse().expect("id")),
+        }],
+        heartbeat_interval: Duration::from_millis(250),
+        worker_nats_args: vec!["--nats-url".into(), server.url()],
+        ..HiveConfig::default()
+    };
     let bus = connect(&NatsConfig::url(server.url())).await.expect("hive connects");
     let stop = CancellationToken::new();
     tokio::spawn(rbee_hive::run(hive, bus, stop.clone()));

@@ -83,7 +83,9 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
     }
     queen.metrics.submitted();
     let started = Instant::now();
-    queen.tasks.spawn(dispatch::drive(queen.clone(), job.clone(), request, prefix, first, started));
+    queen
+        .tasks
+        .spawn("dispatch", dispatch::drive(queen.clone(), job.clone(), request, prefix, first, started));
     Ok(job)
 }
 

@@ -81,7 +81,7 @@ pub async fn drive(
     first: Placement,
     started: Instant,
 ) {
-    let abandon = queen.abandon_jobs.clone();
+    let abandon = queen.tasks.token();
     tokio::select! {
         _ = abandon.cancelled() => tracing::info!(job_id = %job.job_id, "queen stopping: job no longer followed"),
         _ = steps(&queen, &job, &request, &prefix, first, started) => {}

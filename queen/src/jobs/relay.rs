@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rbee_bus::{subject, JobState, JobStatus, TokenChunk, WorkerId};
+use rbee_daemon::Tasks;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::job::{Job, JobEvent};
 use crate::Queen;
@@ -23,10 +23,10 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Subscribes to `rbee.job.>`; returns once the server confirmed the subscription, with the relay
 /// running on `tasks`.
-pub async fn start(queen: Arc<Queen>, tasks: &TaskTracker, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn start(queen: Arc<Queen>, tasks: &Tasks, stop: CancellationToken) -> anyhow::Result<()> {
     let sub = queen.bus.client().subscribe("rbee.job.>").await?;
     queen.bus.round_trip().await?;
-    tasks.spawn(relay(queen, sub, stop));
+    tasks.spawn("relay", relay(queen, sub, stop));
     Ok(())
 }
 

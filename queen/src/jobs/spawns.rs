@@ -70,7 +70,7 @@ pub fn request_spawn(queen: &Arc<Queen>, hive_id: &HiveId, model_id: &ModelId, d
     let request = spawn_request(model_id.clone(), Some(device.to_owned()));
     let (queen, hive_id, model_id) = (queen.clone(), hive_id.clone(), model_id.clone());
     let tasks = queen.tasks.clone();
-    tasks.spawn(async move {
+    tasks.spawn("spawn request", async move {
         let reply: Result<SpawnReply, BusError> =
             queen.bus.request(subject::hive_spawn(&hive_id), &request, SPAWN_REPLY_TIMEOUT).await;
         match reply {

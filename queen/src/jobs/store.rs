@@ -10,7 +10,7 @@ use rbee_bus::JobStatus;
 use crate::Queen;
 
 /// Name of the stream.
-pub const STREAM: &str = "RBEE_JOBS";
+pub const STREAM: &str = rbee_bus::subject::JOBS_STREAM;
 
 /// Creates (or updates) the stream and replays what it holds into the job registry. Returns the
 /// number of status events replayed.

@@ -125,12 +125,16 @@ pub fn model_import() -> ModelImport {
 }
 
 pub async fn start_in_process_hive(url: &str, hive_id: &HiveId, root: &std::path::Path) -> Proc {
-    let mut hive = HiveConfig::new(hive_id.clone(), root.to_path_buf());
-    hive.worker_binary = Some(worker_bin());
-    hive.import_models = vec![model_import()];
-    hive.heartbeat_interval = HEARTBEAT;
-    hive.stop_deadline = Duration::from_secs(3);
-    hive.worker_nats_args = vec!["--nats-url".into(), url.to_owned()];
+    let hive = HiveConfig {
+        hive_id: hive_id.clone(),
+        catalog_root: root.to_path_buf(),
+        worker_binary: Some(worker_bin()),
+        import_models: vec![model_import()],
+        heartbeat_interval: HEARTBEAT,
+        stop_deadline: Duration::from_secs(3),
+        worker_nats_args: vec!["--nats-url".into(), url.to_owned()],
+        ..HiveConfig::default()
+    };
     let bus = connect(&NatsConfig::url(url)).await.expect("hive connects");
     let stop = CancellationToken::new();
     let task = tokio::spawn(rbee_hive::run(hive, bus, stop.clone()));

@@ -39,7 +39,7 @@ async fn worker_sigkilled_mid_job() {
     for _ in 0..3 {
         tokio::time::timeout(STALL, tokens.next()).await.expect("tokens flow before the kill").expect("open");
     }
-    rbee_hive::supervisor::signal(pid, rbee_hive::supervisor::Signal::Kill);
+    rbee_daemon::signal::send_to_pid(pid, rbee_daemon::signal::Signal::Kill);
     let killed = Instant::now();
 
     // Out of the view.
