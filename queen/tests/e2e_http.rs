@@ -6,83 +6,20 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rbee_bus::*;
-use rbee_hive::{HiveConfig, ModelImport};
 use rbee_queen::QueenConfig;
-use rbee_testkit::NatsServer;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
-const MODEL: &str = "smollm2";
+mod cluster;
 
-struct Cluster {
-    server: NatsServer,
-    _dir: tempfile::TempDir,
-    hive_stop: CancellationToken,
-    queen_stop: CancellationToken,
-    queen_task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    base: String,
-    http: reqwest::Client,
-}
+use cluster::{start_queen, Cluster, MODEL};
 
-async fn start_queen(
-    server: &NatsServer,
-) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>, String) {
-    let bus = connect(&NatsConfig::url(server.url())).await.expect("queen connects");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let stop = CancellationToken::new();
-    let config = QueenConfig { queue_timeout: Duration::from_secs(30), ..QueenConfig::default() };
-    let task = tokio::spawn(rbee_queen::serve(config, bus, listener, stop.clone()));
-    (stop, task, base)
+/// The queen's settings in these tests.
+fn queen_config() -> QueenConfig {
+    QueenConfig { queue_timeout: Duration::from_secs(30), ..QueenConfig::default() }
 }
 
 async fn start() -> Cluster {
-    let server = NatsServer::start();
-    let dir = tempfile::tempdir().expect("tmp");
-    let hive = HiveConfig {
-        hive_id: "hive-e2e".parse().expect("id"),
-        catalog_root: dir.path().to_path_buf(),
-        worker_binary: Some(rbee_testkit::paths::cargo_bin("rbee-worker")),
-        import_models: vec![ModelImport {
-            path: rbee_testkit::paths::require_default_model(),
-            id: Some(MODEL.parse().expect("id")),
-        }],
-        heartbeat_interval: Duration::from_millis(250),
-        worker_nats_args: vec!["--nats-url".into(), server.url()],
-        ..HiveConfig::default()
-    };
-    let hive_bus = connect(&NatsConfig::url(server.url())).await.expect("hive connects");
-    let hive_stop = CancellationToken::new();
-    tokio::spawn(rbee_hive::run(hive, hive_bus, hive_stop.clone()));
-    let (queen_stop, queen_task, base) = start_queen(&server).await;
-    Cluster { server, _dir: dir, hive_stop, queen_stop, queen_task, base, http: reqwest::Client::new() }
-}
-
-impl Cluster {
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.expect("get");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}{path}", self.base)).json(&body).send().await.expect("post");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn wait_until(&self, what: &str, mut check: impl FnMut(&Value, &Value) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while Instant::now() < deadline {
-            let (_, hives) = self.get("/v1/hives").await;
-            let (_, workers) = self.get("/v1/workers").await;
-            if check(&hives, &workers) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("timed out waiting for {what}");
-    }
+    Cluster::start("hive-e2e", queen_config()).await
 }
 
 /// Reads an SSE body into its `data:` payloads (and event names), with the CLI's parser.
@@ -328,7 +265,7 @@ async fn openai_endpoints_jobs_and_failures() {
     let known = before["jobs"].as_array().map(|a| a.len()).unwrap_or(0);
     c.queen_stop.cancel();
     let _ = c.queen_task.await;
-    let (stop, _task, base) = start_queen(&c.server).await;
+    let (stop, _task, base) = start_queen(&c.server, queen_config()).await;
     let restarted = Instant::now();
     let http = reqwest::Client::new();
     loop {

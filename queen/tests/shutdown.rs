@@ -6,41 +6,21 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rbee_bus::*;
-use rbee_hive::{HiveConfig, ModelImport};
 use rbee_queen::QueenConfig;
 use rbee_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-const MODEL: &str = "smollm2";
+mod cluster;
 
-async fn start_hive(server: &NatsServer, dir: &std::path::Path) -> CancellationToken {
-    let hive = HiveConfig {
-        hive_id: "hive-drain".parse().expect("id"),
-        catalog_root: dir.to_path_buf(),
-        worker_binary: Some(rbee_testkit::paths::cargo_bin("rbee-worker")),
-        import_models: vec![ModelImport {
-            path: rbee_testkit::paths::require_default_model(),
-            id: Some(MODEL.parse().expect("id")),
-        }],
-        heartbeat_interval: Duration::from_millis(250),
-        worker_nats_args: vec!["--nats-url".into(), server.url()],
-        ..HiveConfig::default()
-    };
-    let bus = connect(&NatsConfig::url(server.url())).await.expect("hive connects");
-    let stop = CancellationToken::new();
-    tokio::spawn(rbee_hive::run(hive, bus, stop.clone()));
-    stop
-}
+use cluster::{start_hive, MODEL};
 
 async fn start_queen(
     server: &NatsServer,
     drain_deadline: Duration,
 ) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let bus = connect(&NatsConfig::url(server.url())).await.expect("queen connects");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let stop = CancellationToken::new();
     let config = QueenConfig { drain_deadline, durable_jobs: false, ..QueenConfig::default() };
-    (stop.clone(), tokio::spawn(rbee_queen::serve(config, bus, listener, stop)))
+    let (stop, task, _) = cluster::start_queen(server, config).await;
+    (stop, task)
 }
 
 /// Submits over NATS until the queen answers (it may still be warming up); returns the reply.
@@ -96,7 +76,7 @@ async fn a_stopping_queen_lets_its_jobs_end_and_fails_what_is_still_queued() {
 
     // No worker yet: the job waits for one to load; the queen is stopped at once with a deadline far
     // shorter than the model's load, so the job is still queued at the deadline.
-    let hive_stop = start_hive(&server, dir.path()).await;
+    let hive_stop = start_hive(&server, "hive-drain", dir.path()).await;
     let (stop, queen) = start_queen(&server, Duration::from_millis(300)).await;
     let queued = submit(&client, 8).await;
     stop.cancel();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rbee_bus::{ErrorCode, JobId, ModelId, Prompt, SamplingParams, WireError};
+use rbee_bus::{BusError, ErrorCode, JobAssignment, JobId, ModelId, Prompt, SamplingParams, WireError};
 
 use super::dispatch;
 use super::job::Job;
@@ -26,6 +26,20 @@ pub struct JobRequest {
     pub deadline_ms: Option<u64>,
     /// An id chosen by the client.
     pub job_id: Option<JobId>,
+}
+
+impl JobRequest {
+    /// The assignment a worker gets for this job.
+    pub fn assignment(&self, job_id: &JobId) -> JobAssignment {
+        let mut assignment = JobAssignment::new(
+            job_id.clone(),
+            self.model_id.clone(),
+            self.prompt.clone(),
+            self.params.clone(),
+        );
+        assignment.deadline_ms = self.deadline_ms;
+        assignment
+    }
 }
 
 /// Why a job was not admitted.
@@ -112,5 +126,14 @@ fn check(queen: &Queen, request: &JobRequest) -> Result<(), SubmitError> {
     if !queen.model_known(&request.model_id) {
         return Err(SubmitError::UnknownModel(request.model_id.clone()));
     }
-    Ok(())
+    // The text limit counts characters as they are; the assignment on the bus carries them JSON
+    // encoded (a control character becomes six bytes), and many small messages add their framing.
+    let probe = JobId::generate();
+    match rbee_bus::rpc::encode("assignment", &request.assignment(&probe)) {
+        Ok(_) => Ok(()),
+        Err(BusError::TooLarge { size, limit, .. }) => Err(SubmitError::PromptTooLarge(format!(
+            "the job encodes to {size} bytes on the bus, over its {limit} byte message limit"
+        ))),
+        Err(e) => Err(SubmitError::InvalidParams { field: "prompt".to_owned(), message: e.to_string() }),
+    }
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rbee_bus::{
-    subject, BusError, ErrorCode, JobAccepted, JobAssignment, JobCancel, JobId, JobState, ModelId, WorkerId,
-    SCHEMA_VERSION,
+    subject, BusError, ErrorCode, JobAccepted, JobCancel, JobId, JobState, ModelId, WorkerId, SCHEMA_VERSION,
 };
 
 use super::admit::JobRequest;
@@ -144,9 +143,7 @@ async fn assign(
     let (job_id, model_id) = (&job.job_id, &request.model_id);
     attempts.made += 1;
     announce(queen, job_id, model_id, JobState::Scheduled { worker_id: worker_id.clone() }).await;
-    let mut assignment =
-        JobAssignment::new(job_id.clone(), model_id.clone(), request.prompt.clone(), request.params.clone());
-    assignment.deadline_ms = request.deadline_ms;
+    let assignment = request.assignment(job_id);
     let reply: Result<JobAccepted, BusError> =
         queen.bus.request(subject::worker_jobs(&worker_id), &assignment, ASSIGN_TIMEOUT).await;
     match reply {
@@ -193,6 +190,13 @@ async fn assign(
                     attempts.exclude.push(worker_id);
                 }
             }
+        }
+        Err(e @ (BusError::TooLarge { .. } | BusError::Decode { .. })) => {
+            // The queen's own message could not go out: nothing is wrong with the worker.
+            queen.registry().release_slot(&worker_id);
+            job.set_failure(ErrorCode::PromptTooLong);
+            fail(queen, job_id, model_id, e.to_string(), None).await;
+            return Step::Done;
         }
         Err(e) => {
             queen.registry().release_slot(&worker_id);
