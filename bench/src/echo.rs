@@ -135,6 +135,7 @@ pub fn chunk(stamper: &EventStamper, job_id: &JobId, worker_id: &WorkerId, i: u6
         text: format!("{i:05} "),
         tokens: 1,
         total_tokens: u32::try_from(i + 1).unwrap_or(u32::MAX),
+        attempt: 0,
     }
 }
 
@@ -154,6 +155,7 @@ async fn stream_job(
         job_id: job_id.clone(),
         model_id: model_id.clone(),
         state,
+        attempt: 0,
     };
     let status_subject = subject::job_status(&job_id);
     let accepted = status(JobState::Accepted { worker_id: worker_id.clone(), prompt_tokens: 1 });

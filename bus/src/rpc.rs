@@ -1,11 +1,16 @@
 //! Typed publish, request and reply over NATS. A request returns the typed reply or a [`BusError`]
 //! whose kind tells no responders, timeout, permission denied, decode failure and remote errors apart.
+//! [`respond_guarded`] is how a daemon answers a request: a handler that panics is answered with an
+//! `internal` error at once, and the daemon goes on.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -282,9 +287,64 @@ pub async fn respond<T: Serialize>(request: &async_nats::service::Request, resul
     }
 }
 
+/// Runs the handler of one service-API request and answers with what it returns, which is also
+/// returned. A handler that panics is answered at once with an `internal` error naming `what` (the
+/// panic is logged as `request handler panicked`), so the requester does not wait for a timeout and
+/// the caller's loop goes on; a reply that panics while being sent is retried without headers.
+pub async fn respond_guarded<T, F>(
+    request: &async_nats::service::Request,
+    what: &str,
+    handler: F,
+) -> Result<T, WireError>
+where
+    T: Serialize,
+    F: Future<Output = Result<T, WireError>>,
+{
+    let result = match AssertUnwindSafe(handler).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let reason = panic_text(panic.as_ref());
+            tracing::error!(subject = %request.message.subject, what, panic = %reason, "request handler panicked");
+            Err(WireError::new(
+                crate::ErrorCode::Internal,
+                format!("{what} failed inside the handler: {reason}"),
+            ))
+        }
+    };
+    if AssertUnwindSafe(respond(request, &result)).catch_unwind().await.is_err() {
+        tracing::error!(subject = %request.message.subject, what, "reply panicked, sent again without headers");
+        let payload = match &result {
+            Ok(value) => serde_json::to_vec(value),
+            Err(error) => serde_json::to_vec(error),
+        };
+        let _ = request.respond(Ok(payload.unwrap_or_default().into())).await;
+    }
+    result
+}
+
+/// The message of a panic payload (`panic!` with a literal or a formatted string), else a placeholder.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic without a message".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::header_text;
+    use super::{header_text, panic_text};
+
+    #[test]
+    fn panic_text_reads_both_payload_kinds() {
+        let literal = std::panic::catch_unwind(|| panic!("plain")).expect_err("panics");
+        assert_eq!(panic_text(literal.as_ref()), "plain");
+        let n = 3;
+        let formatted = std::panic::catch_unwind(|| panic!("n = {n}")).expect_err("panics");
+        assert_eq!(panic_text(formatted.as_ref()), "n = 3");
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).expect_err("panics");
+        assert_eq!(panic_text(other.as_ref()), "panic without a message");
+    }
 
     #[test]
     fn header_text_never_holds_line_breaks_and_stays_short() {

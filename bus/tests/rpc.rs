@@ -155,3 +155,48 @@ async fn a_denied_request_says_permission_denied() {
     assert!(matches!(err, Err(BusError::PermissionDenied { .. })), "{err:?}");
     assert!(limited.denials().count() >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_gets_an_internal_error_reply_and_the_loop_goes_on() {
+    use async_nats::service::ServiceExt;
+    let server = NatsServer::start();
+    let bus = connect(&NatsConfig::url(server.url())).await.expect("connect");
+    let service = bus.client().service_builder().start("rbee-test", "0.0.1").await.expect("service");
+    let mut endpoint = service.endpoint("rbee.test.panics").await.expect("endpoint");
+    bus.round_trip().await.expect("round trip");
+    let serving = tokio::spawn(async move {
+        while let Some(request) = endpoint.next().await {
+            let payload = request.message.payload.clone();
+            let _ = rbee_bus::rpc::respond_guarded(&request, "test request", async move {
+                let text = std::str::from_utf8(&payload).unwrap_or_default().to_owned();
+                if text.contains("boom") {
+                    panic!("handler blew up on\n{text}");
+                }
+                Ok::<_, WireError>(SpawnReply {
+                    v: 1,
+                    worker_id: "w1".parse().expect("id"),
+                    pid: 1,
+                    device: text,
+                })
+            })
+            .await;
+        }
+    });
+    for round in 0..2 {
+        let started = std::time::Instant::now();
+        let raw =
+            bus.client().request("rbee.test.panics", "boom".into()).await.expect("a reply, not a timeout");
+        assert!(started.elapsed() < Duration::from_secs(2), "round {round}");
+        let err = rbee_bus::rpc::decode_reply::<SpawnReply>("x", &raw.payload).expect_err("an error reply");
+        let wire = err.remote().expect("wire error");
+        assert_eq!(wire.code(), ErrorCode::Internal);
+        assert!(
+            wire.error.message.contains("test request failed inside the handler: handler blew up"),
+            "{wire:?}"
+        );
+        let ok = bus.client().request("rbee.test.panics", "fine".into()).await.expect("reply");
+        let reply = rbee_bus::rpc::decode_reply::<SpawnReply>("x", &ok.payload).expect("served");
+        assert_eq!(reply.device, "fine");
+    }
+    assert!(!serving.is_finished(), "the serving loop ended");
+}

@@ -1,4 +1,6 @@
-//! Structured logging for every rbee process: `tracing` to stderr, plain or JSON.
+//! Structured logging for every rbee process: `tracing` to stderr, plain or JSON. A panic is logged
+//! the same way (`panic`, with its message and location), so it shows in the process's log even where
+//! a guard turns it into an error reply and the process goes on.
 
 /// Sets up `tracing` to stderr. `RUST_LOG` overrides `default_filter`; `RBEE_LOG_FORMAT=json` gives one
 /// JSON object per line.
@@ -22,4 +24,9 @@ pub fn init(default_filter: &str) {
         builder.try_init()
     };
     let _ = result;
+    std::panic::set_hook(Box::new(|info| {
+        let message = rbee_bus::rpc::panic_text(info.payload());
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(reason = %message, location = %location, "panic");
+    }));
 }

@@ -1,18 +1,25 @@
 //! The token path: takes assignments on `rbee.worker.<id>.jobs`, replies accept or refuse at once, then
 //! streams each job's tokens on `rbee.job.<id>.tokens` and its status on `rbee.job.<id>.status`.
 //!
+//! Every chunk and status of a job carries its assignment's `attempt`, so a consumer can drop the
+//! output of a placement the queen superseded. An assignment for a job cancelled shortly before
+//! ([`crate::cancels`]) is accepted and ends `cancelled` at once. A job task that panics still ends
+//! its job with an `error` status.
+//!
 //! Coalescing: the first token of a job is published at once. After that, tokens that arrive within
 //! `coalesce_window` of the previous publish are gathered into one chunk, so no token waits longer than
 //! the window, and at high rates (GPU) there are fewer, larger messages.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rbee_bus::{
-    subject, ErrorCode, FinishReason, JobAccepted, JobAssignment, JobCancel, JobId, JobState, JobStatus,
-    TokenChunk, Usage, WireError, SCHEMA_VERSION,
+    subject, ErrorCode, FinishReason, JobAccepted, JobAssignment, JobId, JobState, JobStatus, TokenChunk,
+    Usage, WireError, SCHEMA_VERSION,
 };
 use rbee_daemon::Tasks;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -112,8 +119,29 @@ pub fn handle_assignment(
             format!("this worker serves {}, not {}", shared.config.model_id, assignment.model_id),
         ));
     }
+    if shared.early_cancels.contains(&assignment.job_id, Instant::now()) {
+        counters.accepted.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(job_id = %assignment.job_id, attempt = assignment.attempt, "job cancelled before its assignment came, ending it");
+        let accepted = JobAccepted {
+            v: SCHEMA_VERSION,
+            job_id: assignment.job_id.clone(),
+            worker_id: shared.config.worker_id.clone(),
+            prompt_tokens: 0,
+        };
+        let stream = JobStream {
+            shared: shared.clone(),
+            job_id: assignment.job_id,
+            model_id: assignment.model_id,
+            prompt_tokens: 0,
+            attempt: assignment.attempt,
+        };
+        tasks.spawn("job", stream.end_cancelled());
+        return Ok(accepted);
+    }
     let cancel = CancellationToken::new();
-    let deadline = assignment.deadline_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    // A deadline too far to add to the clock is no deadline.
+    let deadline =
+        assignment.deadline_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
     let request = GenerationRequest {
         prompt: assignment.prompt.clone(),
         params: assignment.params.clone(),
@@ -132,14 +160,19 @@ pub fn handle_assignment(
         prompt_tokens: generation.prompt_tokens,
     };
     tracing::info!(job_id = %assignment.job_id, prompt_tokens = generation.prompt_tokens, "job accepted");
-    shared.active.insert(assignment.job_id.clone(), cancel);
+    shared.active.insert(assignment.job_id.clone(), cancel.clone());
+    // A cancel that came between the check above and the insert was remembered, not delivered.
+    if shared.early_cancels.contains(&assignment.job_id, Instant::now()) {
+        cancel.cancel();
+    }
     let stream = JobStream {
         shared: shared.clone(),
         job_id: assignment.job_id,
         model_id: assignment.model_id,
         prompt_tokens: generation.prompt_tokens,
+        attempt: assignment.attempt,
     };
-    tasks.spawn("job", stream.run(generation.events));
+    tasks.spawn("job", stream.run_guarded(generation.events));
     Ok(accepted)
 }
 
@@ -154,11 +187,14 @@ pub fn submit_error_to_wire(e: SubmitError) -> WireError {
     }
 }
 
+#[derive(Clone)]
 struct JobStream {
     shared: Arc<WorkerShared>,
     job_id: JobId,
     model_id: rbee_bus::ModelId,
     prompt_tokens: u32,
+    /// The assignment's attempt, copied into every chunk and status.
+    attempt: u32,
 }
 
 impl JobStream {
@@ -169,10 +205,43 @@ impl JobStream {
             job_id: self.job_id.clone(),
             model_id: Some(self.model_id.clone()),
             state,
+            attempt: self.attempt,
         };
         if let Err(e) = self.shared.bus.publish(subject::job_status(&self.job_id), &status).await {
             tracing::warn!(job_id = %self.job_id, error = %e, "cannot publish job status");
         }
+    }
+
+    /// [`JobStream::run`], ending the job with an `error` status if it panics.
+    async fn run_guarded(self, events: UnboundedReceiver<GenEvent>) {
+        let fallback = self.clone();
+        if let Err(panic) = AssertUnwindSafe(self.run(events)).catch_unwind().await {
+            let reason = rbee_bus::rpc::panic_text(panic.as_ref());
+            tracing::error!(job_id = %fallback.job_id, panic = %reason, "job task panicked, failing the job");
+            fallback.shared.active.remove(&fallback.job_id);
+            fallback.shared.counters.finished.fetch_add(1, Ordering::Relaxed);
+            let state = JobState::Finished {
+                finish_reason: FinishReason::Error,
+                usage: Usage { prompt_tokens: fallback.prompt_tokens, ..Usage::default() },
+                error: Some(format!("the worker failed while streaming: {reason}")),
+                worker_id: Some(fallback.shared.config.worker_id.clone()),
+            };
+            fallback.status(state).await;
+        }
+    }
+
+    /// A job cancelled before it was assigned: accepted, then finished `cancelled` with nothing generated.
+    async fn end_cancelled(self) {
+        let worker_id = self.shared.config.worker_id.clone();
+        self.status(JobState::Accepted { worker_id: worker_id.clone(), prompt_tokens: 0 }).await;
+        self.shared.counters.finished.fetch_add(1, Ordering::Relaxed);
+        let state = JobState::Finished {
+            finish_reason: FinishReason::Cancelled,
+            usage: Usage::default(),
+            error: None,
+            worker_id: Some(worker_id),
+        };
+        self.status(state).await;
     }
 
     async fn run(self, mut events: UnboundedReceiver<GenEvent>) {
@@ -195,7 +264,7 @@ impl JobStream {
             let mut absorb = |event: GenEvent, finished: &mut Option<_>| match event {
                 GenEvent::Token { text: piece } => {
                     text.push_str(&piece);
-                    tokens += 1;
+                    tokens = tokens.saturating_add(1);
                 }
                 GenEvent::Finished { reason, usage, error } => *finished = Some((reason, usage, error)),
             };
@@ -222,7 +291,7 @@ impl JobStream {
             if tokens == 0 {
                 continue;
             }
-            total += tokens;
+            total = total.saturating_add(tokens);
             if seq == 0 {
                 self.status(JobState::Running { worker_id: worker_id.clone() }).await;
             }
@@ -235,6 +304,7 @@ impl JobStream {
                 text,
                 tokens,
                 total_tokens: total,
+                attempt: self.attempt,
             };
             if let Err(e) = self.shared.bus.publish(tokens_subject.clone(), &chunk).await {
                 tracing::warn!(job_id = %self.job_id, error = %e, "cannot publish tokens");
@@ -261,29 +331,6 @@ impl JobStream {
             if engine.slots_busy() + 1 >= engine.slots_total() {
                 self.shared.beat_now.notify_one();
             }
-        }
-    }
-}
-
-/// Reads `rbee.job.*.cancel` and cancels the jobs that run here. Bad messages are logged and dropped.
-pub async fn cancel_listener(
-    shared: Arc<WorkerShared>,
-    mut sub: async_nats::Subscriber,
-    stop: CancellationToken,
-) {
-    use futures::StreamExt;
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => return,
-            msg = sub.next() => match msg { Some(m) => m, None => return },
-        };
-        match rbee_bus::rpc::decode::<JobCancel>(&msg.subject, &msg.payload) {
-            Ok(cancel) => {
-                if shared.active.cancel(&cancel.job_id) {
-                    tracing::info!(job_id = %cancel.job_id, reason = %cancel.reason, "job cancel requested");
-                }
-            }
-            Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "malformed cancel ignored"),
         }
     }
 }

@@ -1,9 +1,10 @@
 //! rbee worker: one process serving one loaded model. It generates tokens with llama.cpp ([`engine`]),
-//! takes jobs and streams tokens over NATS ([`jobs`]), and heartbeats its state ([`heartbeat`]). It
+//! takes jobs and streams tokens over NATS ([`jobs`]), cancels them ([`cancels`]), and heartbeats its state ([`heartbeat`]). It
 //! speaks nothing but NATS; the daemon plumbing (service registration, hello, heartbeat loop, task
 //! draining, the shutdown step) is `rbee_daemon`'s. [`run`] is the whole worker; `main.rs` only
 //! parses flags.
 
+pub mod cancels;
 pub mod config;
 pub mod engine;
 pub mod heartbeat;
@@ -38,6 +39,8 @@ pub struct WorkerShared {
     pub engine: OnceLock<Engine>,
     /// Jobs running now.
     pub active: ActiveJobs,
+    /// Recent cancels of jobs not running here (they may overtake their assignment).
+    pub early_cancels: cancels::EarlyCancels,
     /// Accepted/refused/malformed counts.
     pub counters: Arc<JobCounters>,
     /// `rbee.worker.<id>.jobs`, kept for error messages.
@@ -83,6 +86,7 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
         bus: bus.clone(),
         engine: OnceLock::new(),
         active: ActiveJobs::default(),
+        early_cancels: cancels::EarlyCancels::default(),
         counters: Arc::new(JobCounters::default()),
         jobs_subject: jobs_subject.clone(),
         beat_now: Arc::new(Notify::new()),
@@ -124,7 +128,7 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
     let mut jobs = rbee_daemon::service::endpoint(&service, "jobs", jobs_subject.clone()).await?;
     let cancels =
         bus.client().subscribe(subject::JOB_CANCEL_ALL).await.context("cannot subscribe to cancels")?;
-    tasks.spawn("cancels", jobs::cancel_listener(shared.clone(), cancels, background_stop.clone()));
+    tasks.spawn("cancels", cancels::listener(shared.clone(), cancels, background_stop.clone()));
     // Ready means a job sent now is accepted: confirm the subscriptions with a server round trip first.
     bus.round_trip().await.context("nats round trip after subscribing")?;
     shared.set_state(WorkerState::Idle);
@@ -137,10 +141,12 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
             _ = shutdown.cancelled() => break,
             request = jobs.next() => match request { Some(r) => r, None => break },
         };
-        let result = jobs::handle_assignment(&shared, &engine, &job_tasks, &request.message.payload);
-        let is_error = result.is_err();
-        rbee_bus::rpc::respond(&request, &result).await;
-        if !is_error {
+        // A panic while deciding is answered with an `internal` error; the worker and its jobs go on.
+        let result = rbee_bus::rpc::respond_guarded(&request, "job assignment", async {
+            jobs::handle_assignment(&shared, &engine, &job_tasks, &request.message.payload)
+        })
+        .await;
+        if result.is_ok() {
             beat_now.notify_one();
         }
     }

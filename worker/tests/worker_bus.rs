@@ -294,3 +294,120 @@ fn unsafe_kill(pid: i32) -> i32 {
         .map(|s| if s.success() { 0 } else { 1 })
         .unwrap_or(1)
 }
+
+fn cancel_of(job_id: &JobId) -> JobCancel {
+    JobCancel { v: 1, meta: EventStamper::new("test").next(), job_id: job_id.clone(), reason: "test".into() }
+}
+
+/// Every status of one job until the terminal one, and the chunks that came meanwhile.
+async fn statuses_until_finished(
+    status: &mut async_nats::Subscriber,
+    tokens: &mut async_nats::Subscriber,
+) -> (Vec<JobStatus>, Vec<TokenChunk>) {
+    let mut seen = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), status.next())
+            .await
+            .expect("status in time")
+            .expect("open");
+        let s: JobStatus = rpc::decode(&msg.subject, &msg.payload).expect("status decodes");
+        let done = s.state.is_terminal();
+        seen.push(s);
+        if done {
+            break;
+        }
+    }
+    let mut chunks = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), tokens.next()).await {
+        chunks.push(rpc::decode::<TokenChunk>(&msg.subject, &msg.payload).expect("chunk decodes"));
+    }
+    (seen, chunks)
+}
+
+/// Issue 15: malformed input while a job runs, the attempt number, a cancel that beats its assignment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_early_cancels_and_bad_input_while_a_job_runs() {
+    let server = NatsServer::start();
+    let bus = connect(&NatsConfig::url(server.url())).await.expect("connect");
+    let worker = spawn_worker(&server, "wrk-t3", 2);
+    wait_for_state(&bus, &worker.id, WorkerState::Idle).await;
+
+    // A long job, placed as attempt 7.
+    let mut long = job(
+        Prompt::Text { text: "Once upon a time".into() },
+        SamplingParams { temperature: 0.8, max_tokens: 120, seed: Some(3), ..Default::default() },
+    );
+    long.attempt = 7;
+    let mut tokens = bus.client().subscribe(subject::job_tokens(&long.job_id)).await.expect("sub");
+    let mut status = bus.client().subscribe(subject::job_status(&long.job_id)).await.expect("sub");
+    bus.round_trip().await.expect("rt");
+    let _: JobAccepted =
+        bus.request(subject::worker_jobs(&worker.id), &long, Duration::from_secs(5)).await.expect("accepted");
+    let first = tokio::time::timeout(Duration::from_secs(20), tokens.next()).await.expect("tokens in time");
+    let first: TokenChunk = rpc::decode("t", &first.expect("open").payload).expect("chunk decodes");
+    assert_eq!(first.attempt, 7, "the chunk carries the assignment's attempt");
+
+    // While it runs: an assignment whose invalid prompt kind holds a line break (`\n` escaped in the
+    // JSON), which serde's decode error quotes as is. It gets an error reply and nothing else happens.
+    let newline = r#"{"v":1,"job_id":"job-nl2","model_id":"smollm2","prompt":{"kind":"te\nxt","text":"hi"},
+        "params":{},"deadline_ms":null}"#;
+    let raw = tokio::time::timeout(
+        Duration::from_secs(5),
+        bus.client().request(subject::worker_jobs(&worker.id), newline.into()),
+    )
+    .await
+    .expect("a reply in time")
+    .expect("a reply");
+    let err = rpc::decode_reply::<JobAccepted>("x", &raw.payload).expect_err("refused");
+    let wire = err.remote().expect("wire error");
+    assert_eq!(wire.code(), ErrorCode::BadRequest, "{err:?}");
+    assert!(wire.error.message.contains("te\nxt"), "the error quotes the line break: {wire:?}");
+
+    // A deadline too far to add to a clock means no deadline, not a crash.
+    let mut forever =
+        job(chat("hi"), SamplingParams { max_tokens: 3, temperature: 0.0, ..Default::default() });
+    forever.deadline_ms = Some(u64::MAX);
+    let got = submit_and_collect(&bus, &worker.id, forever).await.expect("accepted");
+    assert!(matches!(got.finished, JobState::Finished { finish_reason: FinishReason::Length, .. }));
+
+    // A cancel that arrives before its assignment (the queen's DELETE while the assignment is in
+    // flight) is remembered: the assignment is accepted and ends cancelled at once, generating nothing.
+    let mut early =
+        job(chat("Tell me a long story."), SamplingParams { max_tokens: 500, ..Default::default() });
+    early.attempt = 2;
+    bus.publish(subject::job_cancel(&early.job_id), &cancel_of(&early.job_id)).await.expect("cancel");
+    bus.round_trip().await.expect("rt");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut early_tokens = bus.client().subscribe(subject::job_tokens(&early.job_id)).await.expect("sub");
+    let mut early_status = bus.client().subscribe(subject::job_status(&early.job_id)).await.expect("sub");
+    bus.round_trip().await.expect("rt");
+    let _: JobAccepted = bus
+        .request(subject::worker_jobs(&worker.id), &early, Duration::from_secs(5))
+        .await
+        .expect("accepted");
+    let (states, chunks) = statuses_until_finished(&mut early_status, &mut early_tokens).await;
+    assert!(chunks.is_empty(), "a cancelled job generated {} chunks", chunks.len());
+    match &states.last().expect("a status").state {
+        JobState::Finished { finish_reason, usage, .. } => {
+            assert_eq!(*finish_reason, FinishReason::Cancelled);
+            assert_eq!(usage.completion_tokens, 0);
+        }
+        other => panic!("not finished: {other:?}"),
+    }
+    assert!(states.iter().all(|s| s.attempt == 2), "{states:?}");
+
+    // The long job went on through all of it and ends normally; every chunk and status it published
+    // names attempt 7.
+    let (states, mut chunks) = statuses_until_finished(&mut status, &mut tokens).await;
+    chunks.insert(0, first);
+    match &states.last().expect("a status").state {
+        JobState::Finished { finish_reason, .. } => assert_ne!(*finish_reason, FinishReason::Error),
+        other => panic!("not finished: {other:?}"),
+    }
+    assert!(states.iter().all(|s| s.attempt == 7), "{states:?}");
+    assert!(chunks.iter().all(|c| c.attempt == 7 && c.worker_id == worker.id));
+    assert!(chunks.iter().enumerate().all(|(i, c)| c.seq == i as u64), "chunk sequence has gaps");
+    // And the worker still heartbeats.
+    let idle = wait_for_state(&bus, &worker.id, WorkerState::Idle).await;
+    assert_eq!(idle.slots_busy, 0);
+}

@@ -143,12 +143,17 @@ pub struct JobAssignment {
     pub params: SamplingParams,
     /// Wall-clock budget in milliseconds from acceptance; generation stops with `cancelled` after it.
     pub deadline_ms: Option<u64>,
+    /// Which placement of the job this is: 1 for the first, 2 for the retry on another worker after
+    /// the first did not answer, and so on; 0 (or absent) from a queen that does not count. The
+    /// worker copies it into every [`TokenChunk`] and [`JobStatus`] it publishes for this job.
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 impl JobAssignment {
-    /// A new assignment at the current schema version.
+    /// A new assignment at the current schema version (attempt 0: not counted).
     pub fn new(job_id: JobId, model_id: ModelId, prompt: Prompt, params: SamplingParams) -> Self {
-        Self { v: SCHEMA_VERSION, job_id, model_id, prompt, params, deadline_ms: None }
+        Self { v: SCHEMA_VERSION, job_id, model_id, prompt, params, deadline_ms: None, attempt: 0 }
     }
 }
 
@@ -166,7 +171,9 @@ pub struct JobAccepted {
 }
 
 /// Part of a job's output on `rbee.job.<job_id>.tokens`. Consecutive tokens may be coalesced into
-/// one chunk; `seq` starts at 0 and has no gaps in one attempt.
+/// one chunk; `seq` starts at 0 and has no gaps in one attempt. A job placed twice (the first worker
+/// timed out, the queen retried elsewhere) may get chunks from both workers: consumers drop every chunk
+/// whose (`worker_id`, `attempt`) is not that of the job's latest `scheduled` status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenChunk {
     /// Schema version.
@@ -185,6 +192,10 @@ pub struct TokenChunk {
     pub tokens: u32,
     /// Tokens generated so far, this chunk included.
     pub total_tokens: u32,
+    /// The attempt of the assignment this chunk answers (its `JobAssignment.attempt`); 0 (or absent)
+    /// when the queen did not count. Drop the chunk unless it is the job's latest scheduled attempt.
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// Why a job ended.
@@ -276,7 +287,9 @@ impl JobState {
     }
 }
 
-/// A job status event on `rbee.job.<job_id>.status`, published by the queen and the worker.
+/// A job status event on `rbee.job.<job_id>.status`, published by the queen and the worker. As with
+/// [`TokenChunk`], a worker's status whose (`worker_id`, `attempt`) is not the job's latest `scheduled`
+/// one comes from a superseded placement and is dropped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JobStatus {
     /// Schema version.
@@ -290,6 +303,11 @@ pub struct JobStatus {
     /// What happened.
     #[serde(flatten)]
     pub state: JobState,
+    /// The placement this status belongs to: the queen's `scheduled` status names the attempt it
+    /// assigns (`JobAssignment.attempt`), a worker copies the assignment's; 0 (or absent) when not
+    /// counted (queued, or an older publisher).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 /// A request to cancel a job, published on `rbee.job.<job_id>.cancel`.
@@ -334,4 +352,32 @@ pub struct SubmitJobReply {
     pub tokens_subject: String,
     /// Where its status events go.
     pub status_subject: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_is_optional_on_the_wire_and_kept_when_given() {
+        let old = r#"{"v":1,"job_id":"j1","model_id":"m","prompt":{"kind":"text","text":"hi"},
+            "params":{},"deadline_ms":null}"#;
+        let assignment: JobAssignment = serde_json::from_str(old).expect("an older queen's assignment");
+        assert_eq!(assignment.attempt, 0);
+        let mut retried = assignment.clone();
+        retried.attempt = 2;
+        let back: JobAssignment =
+            serde_json::from_str(&serde_json::to_string(&retried).expect("json")).expect("decodes");
+        assert_eq!(back.attempt, 2);
+        let chunk = r#"{"v":1,"meta":{"publisher":"w","epoch":"e","seq":1,"sent_at_ms":1},"job_id":"j1",
+            "worker_id":"w1","seq":0,"text":"a","tokens":1,"total_tokens":1}"#;
+        assert_eq!(serde_json::from_str::<TokenChunk>(chunk).expect("an older worker's chunk").attempt, 0);
+        let status = r#"{"v":1,"meta":{"publisher":"w","epoch":"e","seq":1,"sent_at_ms":1},"job_id":"j1",
+            "model_id":null,"state":"running","worker_id":"w1","attempt":3}"#;
+        let status: JobStatus = serde_json::from_str(status).expect("status decodes");
+        assert_eq!(
+            (status.attempt, status.state),
+            (3, JobState::Running { worker_id: "w1".parse().expect("id") })
+        );
+    }
 }

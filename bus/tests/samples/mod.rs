@@ -67,6 +67,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         job_id: id("job-1"),
         model_id: Some(id("smollm2-135m-instruct")),
         state,
+        attempt: 1,
     };
     let chat = Prompt::Chat {
         messages: vec![ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }],
@@ -254,6 +255,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 text: "The capital".into(),
                 tokens: 2,
                 total_tokens: 2,
+                attempt: 1,
             }),
         ),
         ("JobStatus", j(&status(JobState::Queued { reason: "waiting for a slot on 2 workers".into() }))),

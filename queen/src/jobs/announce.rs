@@ -17,6 +17,7 @@ pub async fn announce(queen: &Queen, job_id: &JobId, model_id: &ModelId, state: 
         job_id: job_id.clone(),
         model_id: Some(model_id.clone()),
         state,
+        attempt: 0,
     };
     relay::take(queen, JobEvent::Status(status.clone()));
     if let Err(e) = queen.bus.publish(subject::job_status(job_id), &status).await {

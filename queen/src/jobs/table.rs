@@ -251,6 +251,7 @@ mod tests {
             job_id: id(job),
             model_id: Some(id("smol")),
             state,
+            attempt: 0,
         })
     }
 

@@ -56,11 +56,11 @@ impl Output {
     pub(crate) fn on_token(&mut self, piece: &[u8], end_of_generation: bool, now: Instant) -> TokenOutcome {
         self.first_at.get_or_insert(now);
         self.last_at = Some(now);
-        self.sampled += 1;
+        self.sampled = self.sampled.saturating_add(1);
         if end_of_generation {
             return TokenOutcome { emit: self.flush(), finish: Some(FinishReason::Stop) };
         }
-        self.completion_tokens += 1;
+        self.completion_tokens = self.completion_tokens.saturating_add(1);
         let text = self.utf8.push(piece);
         let scan = self.stop.push(&text);
         if scan.stopped {
