@@ -32,6 +32,9 @@ use jobs::spawns::SpawnsInFlight;
 use jobs::table::{JobRetention, JobTable};
 use membership::{Registry, RegistryConfig};
 
+/// The publisher name on the queen's own events.
+pub const QUEEN_PUBLISHER: &str = "queen";
+
 /// How long the services (relay, heartbeats, submission) get to stop after the jobs drained.
 const SERVICES_STOP: Duration = Duration::from_secs(2);
 
@@ -67,7 +70,9 @@ impl Queen {
             max_age_ms: config.finished_job_ttl.as_millis() as u64,
         };
         Self {
-            stamper: EventStamper::new(QueenId::new("queen").map(|q| q.to_string()).unwrap_or_default()),
+            stamper: EventStamper::new(
+                QueenId::new(QUEEN_PUBLISHER).map(|q| q.to_string()).unwrap_or_default(),
+            ),
             metrics: metrics::Metrics::default(),
             registry_changed: Notify::new(),
             tasks: Tasks::new(),

@@ -86,6 +86,9 @@ pub async fn listener(shared: Arc<WorkerShared>, mut sub: async_nats::Subscriber
             msg = sub.next() => match msg { Some(m) => m, None => return },
         };
         match rbee_bus::rpc::decode::<JobCancel>(&msg.subject, &msg.payload) {
+            Ok(cancel) if cancel.worker_id.as_ref().is_some_and(|w| w != &shared.config.worker_id) => {
+                tracing::debug!(job_id = %cancel.job_id, "cancel for another worker's attempt ignored");
+            }
             Ok(cancel) => {
                 shared.early_cancels.remember(cancel.job_id.clone(), Instant::now());
                 if shared.active.cancel(&cancel.job_id) {

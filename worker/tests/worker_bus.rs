@@ -206,6 +206,7 @@ break
             meta: EventStamper::new("test").next(),
             job_id: id.clone(),
             reason: "test".into(),
+            worker_id: None,
         };
         bus.publish(subject::job_cancel(id), &cancel).await.expect("publish cancel");
     }
@@ -296,7 +297,13 @@ fn unsafe_kill(pid: i32) -> i32 {
 }
 
 fn cancel_of(job_id: &JobId) -> JobCancel {
-    JobCancel { v: 1, meta: EventStamper::new("test").next(), job_id: job_id.clone(), reason: "test".into() }
+    JobCancel {
+        v: 1,
+        meta: EventStamper::new("test").next(),
+        job_id: job_id.clone(),
+        reason: "test".into(),
+        worker_id: None,
+    }
 }
 
 /// Every status of one job until the terminal one, and the chunks that came meanwhile.

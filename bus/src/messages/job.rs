@@ -321,6 +321,10 @@ pub struct JobCancel {
     pub job_id: JobId,
     /// Why, for the log.
     pub reason: String,
+    /// Set when the cancel is for one worker's attempt only (the queen abandoning an attempt it
+    /// placed elsewhere since): other workers ignore it and do not remember it. Absent: every attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<WorkerId>,
 }
 
 /// A job submitted over NATS on `rbee.queen.jobs.submit`; the queen replies with [`SubmitJobReply`].

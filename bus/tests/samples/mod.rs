@@ -287,6 +287,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 meta: meta("queen"),
                 job_id: id("job-1"),
                 reason: "client left".into(),
+                worker_id: None,
             }),
         ),
         (

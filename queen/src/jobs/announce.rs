@@ -11,13 +11,24 @@ use crate::Queen;
 
 /// Applies and publishes a status the queen decided.
 pub async fn announce(queen: &Queen, job_id: &JobId, model_id: &ModelId, state: JobState) {
+    announce_attempt(queen, job_id, model_id, state, 0).await;
+}
+
+/// [`announce`] of a status that belongs to one placement (`scheduled`, numbered from 1).
+pub async fn announce_attempt(
+    queen: &Queen,
+    job_id: &JobId,
+    model_id: &ModelId,
+    state: JobState,
+    attempt: u32,
+) {
     let status = JobStatus {
         v: SCHEMA_VERSION,
         meta: queen.stamper.next(),
         job_id: job_id.clone(),
         model_id: Some(model_id.clone()),
         state,
-        attempt: 0,
+        attempt,
     };
     relay::take(queen, JobEvent::Status(status.clone()));
     if let Err(e) = queen.bus.publish(subject::job_status(job_id), &status).await {

@@ -13,7 +13,7 @@ use rbee_bus::{
 };
 
 use super::admit::JobRequest;
-use super::announce::{announce, cancelled, fail};
+use super::announce::{announce, announce_attempt, cancelled, fail};
 use super::job::Job;
 use super::spawns::request_spawn;
 use super::watch::{watch_worker, WorkerOutcome};
@@ -43,6 +43,8 @@ struct Attempts {
     exclude: Vec<WorkerId>,
     /// Assignments that counted.
     made: u32,
+    /// Assignments sent, each numbered (`JobAssignment.attempt`, from 1).
+    placed: u32,
     /// The queue reason last announced.
     last_reason: String,
     /// When it was submitted (the queue timeout counts from here).
@@ -96,7 +98,8 @@ async fn steps(
     started: Instant,
 ) {
     let model_id = request.model_id.clone();
-    let mut attempts = Attempts { exclude: Vec::new(), made: 0, last_reason: String::new(), started };
+    let mut attempts =
+        Attempts { exclude: Vec::new(), made: 0, placed: 0, last_reason: String::new(), started };
     let mut next = Some(first);
     loop {
         if job.is_finished() {
@@ -142,32 +145,23 @@ async fn assign(
 ) -> Step {
     let (job_id, model_id) = (&job.job_id, &request.model_id);
     attempts.made += 1;
-    announce(queen, job_id, model_id, JobState::Scheduled { worker_id: worker_id.clone() }).await;
-    let assignment = request.assignment(job_id);
+    attempts.placed += 1;
+    let attempt = attempts.placed;
+    let scheduled = JobState::Scheduled { worker_id: worker_id.clone() };
+    announce_attempt(queen, job_id, model_id, scheduled, attempt).await;
+    let mut assignment = request.assignment(job_id);
+    assignment.attempt = attempt;
     let reply: Result<JobAccepted, BusError> =
         queen.bus.request(subject::worker_jobs(&worker_id), &assignment, ASSIGN_TIMEOUT).await;
     match reply {
-        Ok(_) => match watch_worker(queen, job, &worker_id, job_id).await {
-            WorkerOutcome::Finished => return Step::Done,
-            WorkerOutcome::Lost => {
-                let message = format!(
-                    "lost the end of the job: the nats connection was interrupted and worker {worker_id} \
-                     is idle, but its final status never arrived"
-                );
-                fail(queen, job_id, model_id, message, Some(worker_id)).await;
-                return Step::Done;
+        Ok(_) => {
+            if job.cancel_requested() {
+                // The cancel may have overtaken the assignment: tell this attempt again.
+                cancel_attempt(queen, job_id, &worker_id, "cancelled while the assignment was in flight")
+                    .await;
             }
-            WorkerOutcome::Died { tokens: 0 } if attempts.made < MAX_ATTEMPTS => {
-                fence(queen, &worker_id, "died before the first token");
-                attempts.exclude.push(worker_id);
-            }
-            WorkerOutcome::Died { tokens } => {
-                fence(queen, &worker_id, "died during a job");
-                let message = format!("worker {worker_id} died mid-job after {tokens} token chunks");
-                fail(queen, job_id, model_id, message, Some(worker_id)).await;
-                return Step::Done;
-            }
-        },
+            return follow(queen, job, model_id, worker_id, attempts).await;
+        }
         Err(BusError::Remote { error, .. }) => {
             queen.registry().release_slot(&worker_id);
             match error.code() {
@@ -199,17 +193,73 @@ async fn assign(
             return Step::Done;
         }
         Err(e) => {
+            // No answer in time: the worker may still have taken the job; that attempt is abandoned.
             queen.registry().release_slot(&worker_id);
             fence(queen, &worker_id, &e.to_string());
+            cancel_attempt(queen, job_id, &worker_id, "the assignment was not answered in time").await;
             attempts.exclude.push(worker_id);
         }
     }
+    retry_or_fail(queen, job, model_id, attempts).await
+}
+
+/// Follows an accepted attempt to the job's end; a worker that died before its first token is
+/// fenced, its attempt cancelled, and the job placed again.
+async fn follow(
+    queen: &Queen,
+    job: &Job,
+    model_id: &ModelId,
+    worker_id: WorkerId,
+    attempts: &mut Attempts,
+) -> Step {
+    let job_id = &job.job_id;
+    match watch_worker(queen, job, &worker_id, job_id).await {
+        WorkerOutcome::Finished => Step::Done,
+        WorkerOutcome::Lost => {
+            let message = format!(
+                "lost the end of the job: the nats connection was interrupted and worker {worker_id} \
+                 is idle, but its final status never arrived"
+            );
+            fail(queen, job_id, model_id, message, Some(worker_id)).await;
+            Step::Done
+        }
+        WorkerOutcome::Died { tokens: 0 } if attempts.made < MAX_ATTEMPTS => {
+            fence(queen, &worker_id, "died before the first token");
+            cancel_attempt(queen, job_id, &worker_id, "the worker was taken for dead").await;
+            attempts.exclude.push(worker_id);
+            retry_or_fail(queen, job, model_id, attempts).await
+        }
+        WorkerOutcome::Died { tokens } => {
+            fence(queen, &worker_id, "died during a job");
+            let message = format!("worker {worker_id} died mid-job after {tokens} token chunks");
+            fail(queen, job_id, model_id, message, Some(worker_id)).await;
+            Step::Done
+        }
+    }
+}
+
+/// Places the job again, unless it ran out of attempts.
+async fn retry_or_fail(queen: &Queen, job: &Job, model_id: &ModelId, attempts: &Attempts) -> Step {
     if attempts.made >= MAX_ATTEMPTS {
         let message = format!("no worker accepted the job after {} attempts", attempts.made);
-        fail(queen, job_id, model_id, message, None).await;
+        fail(queen, &job.job_id, model_id, message, None).await;
         return Step::Done;
     }
     Step::Again
+}
+
+/// Tells one worker to drop its attempt at the job (a cancel naming the worker; the others ignore it).
+async fn cancel_attempt(queen: &Queen, job_id: &JobId, worker_id: &WorkerId, reason: &str) {
+    let cancel = JobCancel {
+        v: SCHEMA_VERSION,
+        meta: queen.stamper.next(),
+        job_id: job_id.clone(),
+        reason: reason.to_owned(),
+        worker_id: Some(worker_id.clone()),
+    };
+    if let Err(e) = queen.bus.publish(subject::job_cancel(job_id), &cancel).await {
+        tracing::warn!(%job_id, %worker_id, error = %e, "cannot publish the cancel of an abandoned attempt");
+    }
 }
 
 /// Keeps the job queued for `reason`, up to the queue timeout.
@@ -259,6 +309,7 @@ pub async fn cancel(queen: &Queen, job_id: &JobId, reason: &str) {
         meta: queen.stamper.next(),
         job_id: job_id.clone(),
         reason: reason.to_owned(),
+        worker_id: None,
     };
     if let Err(e) = queen.bus.publish(subject::job_cancel(job_id), &cancel).await {
         tracing::warn!(%job_id, error = %e, "cannot publish cancel");

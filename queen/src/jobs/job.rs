@@ -8,11 +8,12 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use rbee_bus::{ErrorCode, EventMeta, JobId, JobStatus, TokenChunk};
+use rbee_bus::{ErrorCode, EventMeta, JobId, JobState, JobStatus, TokenChunk, WorkerId};
 use tokio::sync::watch;
 
 use super::record::{JobPhaseKind, JobRecord};
 use crate::sequence::{Sequence, Verdict};
+use crate::QUEEN_PUBLISHER;
 
 /// Epochs a publisher had before that are still recognised as stale.
 const RETIRED_EPOCHS_KEPT: usize = 4;
@@ -65,6 +66,11 @@ struct State {
     last_token_at: Option<Instant>,
     cancel_requested: bool,
     failure: Option<ErrorCode>,
+    /// The worker and attempt number of the latest `scheduled` status: only that attempt's chunks and
+    /// statuses are taken.
+    placement: Option<(WorkerId, u32)>,
+    /// Events dropped as another attempt's (or a stranger's).
+    superseded: u64,
 }
 
 impl Job {
@@ -82,6 +88,8 @@ impl Job {
                 last_token_at: None,
                 cancel_requested: false,
                 failure: None,
+                placement: None,
+                superseded: 0,
             }),
             len: watch::channel(0).0,
         }
@@ -100,9 +108,16 @@ impl Job {
             return Applied::default();
         }
         let mut applied = Applied { taken: true, ..Applied::default() };
+        if !state.is_current_attempt(&event, self.owned) {
+            state.superseded += 1;
+            return Applied::default();
+        }
         if let JobEvent::Status(status) = &event {
             if !state.first_sight(&status.meta) {
                 return Applied::default();
+            }
+            if let JobState::Scheduled { worker_id } = &status.state {
+                state.placement = Some((worker_id.clone(), status.attempt));
             }
             state.record.apply(&status.state, now_ms);
             applied.finished = state.record.state.is_terminal();
@@ -160,6 +175,11 @@ impl Job {
         false
     }
 
+    /// Events dropped as another attempt's.
+    pub fn superseded(&self) -> u64 {
+        self.lock().superseded
+    }
+
     /// Token chunks received so far.
     pub fn token_count(&self) -> usize {
         let state = self.lock();
@@ -198,6 +218,24 @@ impl Job {
 }
 
 impl State {
+    /// True unless the event is a worker's for another attempt than the latest placement (a chunk or
+    /// status of an abandoned attempt, or of a publisher that was never assigned the job). Attempt 0
+    /// (not counted by an older queen or worker) matches any attempt of the same worker. A job this
+    /// queen owns takes no worker event before it placed the job.
+    fn is_current_attempt(&self, event: &JobEvent, owned: bool) -> bool {
+        let (publisher, attempt) = match event {
+            JobEvent::Token(chunk) => (chunk.worker_id.as_str(), chunk.attempt),
+            JobEvent::Status(status) if status.meta.publisher == QUEEN_PUBLISHER => return true,
+            JobEvent::Status(status) => (status.meta.publisher.as_str(), status.attempt),
+        };
+        match &self.placement {
+            None => !owned,
+            Some((worker_id, placed)) => {
+                worker_id.as_str() == publisher && (attempt == 0 || *placed == 0 || attempt == *placed)
+            }
+        }
+    }
+
     /// True when the event is new from its publisher (same epoch, higher sequence, or a new epoch).
     fn first_sight(&mut self, meta: &EventMeta) -> bool {
         match self.publishers.iter_mut().find(|(publisher, _)| publisher == &meta.publisher) {

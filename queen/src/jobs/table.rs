@@ -314,6 +314,54 @@ mod tests {
         assert_eq!(jobs.record(&id("j1")).map(|r| r.state), Some(JobPhase::Completed), "record kept");
     }
 
+    fn attempt(event: JobEvent, n: u32) -> JobEvent {
+        match event {
+            JobEvent::Status(mut status) => {
+                status.attempt = n;
+                JobEvent::Status(status)
+            }
+            JobEvent::Token(mut chunk) => {
+                chunk.attempt = n;
+                JobEvent::Token(chunk)
+            }
+        }
+    }
+
+    fn token(job: &str, worker: &str, n: u32) -> JobEvent {
+        JobEvent::Token(rbee_bus::TokenChunk {
+            v: 1,
+            meta: EventMeta { publisher: worker.into(), epoch: "e1".into(), seq: 1, sent_at_ms: 0 },
+            job_id: id(job),
+            worker_id: id(worker),
+            seq: 0,
+            text: "hi".into(),
+            tokens: 1,
+            total_tokens: 1,
+            attempt: n,
+        })
+    }
+
+    #[test]
+    fn only_the_latest_attempt_speaks_for_an_owned_job() {
+        let mut jobs = JobTable::new(JobRetention::default());
+        let job = jobs.create(id("j1"), id("smol"), 0).expect("new id");
+        assert!(jobs.apply(token("j1", "w1", 1), 1).is_none(), "nothing before the job is placed");
+        jobs.apply(attempt(status("j1", "queen", 1, JobState::Scheduled { worker_id: id("w1") }), 1), 1);
+        assert!(jobs.apply(token("j1", "w1", 1), 2).is_some());
+        // The assignment timed out; the job went to w2.
+        jobs.apply(attempt(status("j1", "queen", 2, JobState::Scheduled { worker_id: id("w2") }), 2), 3);
+        assert!(jobs.apply(token("j1", "w1", 1), 4).is_none(), "the abandoned attempt's chunk");
+        let stale_end = attempt(status("j1", "w1", 1, finished(FinishReason::Error, Some("boom"))), 1);
+        assert!(jobs.apply(stale_end, 5).is_none(), "the abandoned attempt cannot end the job");
+        let forged = status("j1", "w9", 1, finished(FinishReason::Stop, None));
+        assert!(jobs.apply(forged, 6).is_none(), "a worker never assigned the job");
+        assert!(jobs.apply(token("j1", "w2", 2), 7).is_some());
+        assert!(jobs
+            .apply(attempt(status("j1", "w2", 1, finished(FinishReason::Stop, None)), 2), 8)
+            .is_some());
+        assert_eq!((job.phase(), job.token_count(), job.superseded()), (JobPhaseKind::Completed, 2, 4));
+    }
+
     #[test]
     fn finish_reasons_map_to_phases() {
         let mut jobs = JobTable::new(JobRetention::default());
