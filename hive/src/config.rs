@@ -57,6 +57,9 @@ pub struct HiveConfig {
     pub worker_pool: Vec<rbee_bus::security::PoolIdentity>,
     /// The hub `hf:` pulls resolve against (`HF_ENDPOINT`, `HF_TOKEN`; the public hub by default).
     pub hf_endpoint: crate::catalog::hf::HfEndpoint,
+    /// The largest model a pull may download, in bytes (also refused: more than the free space of
+    /// the catalog's filesystem).
+    pub max_model_bytes: u64,
 }
 
 impl Default for HiveConfig {
@@ -74,6 +77,7 @@ impl Default for HiveConfig {
             worker_nats_args: Vec::new(),
             worker_pool: Vec::new(),
             hf_endpoint: crate::catalog::hf::HfEndpoint::from_env(|_| None),
+            max_model_bytes: crate::catalog::models::DEFAULT_MAX_DOWNLOAD,
         }
     }
 }

@@ -35,6 +35,10 @@ struct Args {
     /// Restart crashed workers up to this many times (with backoff); 0 disables.
     #[arg(long, default_value_t = 0)]
     max_restarts: u32,
+    /// The largest model `rbee models pull` may download, in GiB (pulls over the free disk space of
+    /// the catalog are refused too).
+    #[arg(long, env = "RBEE_MAX_MODEL_GIB", default_value_t = 256)]
+    max_model_gib: u64,
     /// Secure mode: JSON file of this hive's worker identities (written by `rbee secure init`).
     #[arg(long, env = "RBEE_WORKER_POOL")]
     worker_pool: Option<PathBuf>,
@@ -86,6 +90,7 @@ async fn main() -> std::process::ExitCode {
         worker_nats_args,
         worker_pool,
         hf_endpoint: rbee_hive::catalog::hf::HfEndpoint::from_env(|name| std::env::var(name).ok()),
+        max_model_bytes: args.max_model_gib.saturating_mul(1 << 30),
     };
     rbee_daemon::main("hive", &nats, |bus, shutdown| rbee_hive::run(config, bus, shutdown)).await
 }

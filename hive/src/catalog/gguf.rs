@@ -104,6 +104,20 @@ pub enum GgufError {
     MissingArchitecture,
 }
 
+/// Checks the first bytes of what should be a GGUF file (a download in progress): the magic, and
+/// with 8 bytes a version this reader handles. Says what is wrong without echoing the bytes.
+pub fn check_head(head: &[u8]) -> Result<(), String> {
+    if head.len() < GGUF_MAGIC.len() || head[..4] != GGUF_MAGIC {
+        return Err("not a GGUF file (no GGUF magic)".to_owned());
+    }
+    if let Some(version) = head.get(4..8).and_then(|v| <[u8; 4]>::try_from(v).ok()).map(u32::from_le_bytes) {
+        if !matches!(version, 2 | 3) {
+            return Err(format!("unsupported GGUF version {version} (supported: 2 and 3, little-endian)"));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the header of the GGUF file at `path`.
 pub fn read_gguf_info(path: &Path) -> Result<GgufInfo, GgufError> {
     let io_error = |source| GgufError::Io { path: path.to_path_buf(), source };
@@ -556,6 +570,15 @@ mod tests {
         let info = parse(&builder.build()).expect("valid v2");
         assert_eq!((info.version, info.quantization.as_str()), (2, "unknown(99)"));
         assert_eq!((info.context_length, info.has_chat_template), (None, false));
+    }
+
+    #[test]
+    fn heads_are_checked_from_the_first_bytes() {
+        assert!(check_head(b"GGUF\x03\0\0\0").is_ok());
+        assert!(check_head(b"GGUF").is_ok());
+        assert!(check_head(b"GGU").is_err());
+        assert!(check_head(b"<html>not").is_err());
+        assert!(check_head(b"GGUF\x01\0\0\0").is_err());
     }
 
     #[test]

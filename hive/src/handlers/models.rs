@@ -16,7 +16,7 @@ use rbee_bus::{
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::artifact::validate_entry_id;
-use crate::catalog::download::DownloadProgress;
+use crate::catalog::download::{DownloadError, DownloadProgress};
 use crate::catalog::{hf, CatalogError, ModelCatalog, ModelCatalogError, ModelEntry};
 use crate::Hive;
 
@@ -55,6 +55,9 @@ fn catalog_error(e: ModelCatalogError) -> WireError {
         }
         ModelCatalogError::NoDefaultId { .. } => {
             WireError::invalid_field("model_id", format!("{e}; pass a model id"))
+        }
+        ModelCatalogError::Download(DownloadError::TooLarge { .. }) => {
+            WireError::new(ErrorCode::ModelDoesNotFit, e.to_string())
         }
         ModelCatalogError::Catalog(_) | ModelCatalogError::HttpClient(_) => {
             WireError::new(ErrorCode::Internal, e.to_string())
