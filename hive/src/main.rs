@@ -26,6 +26,10 @@ struct Args {
     /// Import a GGUF at start: PATH or PATH=MODEL_ID (repeatable).
     #[arg(long = "import-model")]
     import_model: Vec<ModelImport>,
+    /// A directory `rbee models import` may read GGUF files from (repeatable; default: ~/models). The
+    /// catalog directory is always allowed; --import-model files are not confined.
+    #[arg(long = "import-dir")]
+    import_dir: Vec<PathBuf>,
     /// Heartbeat interval in milliseconds (also given to workers).
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
@@ -91,6 +95,11 @@ async fn main() -> std::process::ExitCode {
         worker_pool,
         hf_endpoint: rbee_hive::catalog::hf::HfEndpoint::from_env(|name| std::env::var(name).ok()),
         max_model_bytes: args.max_model_gib.saturating_mul(1 << 30),
+        import_dirs: if args.import_dir.is_empty() {
+            rbee_hive::config::default_import_dirs()
+        } else {
+            args.import_dir
+        },
     };
     rbee_daemon::main("hive", &nats, |bus, shutdown| rbee_hive::run(config, bus, shutdown)).await
 }

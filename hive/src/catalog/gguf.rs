@@ -67,8 +67,9 @@ pub enum GgufError {
         /// The underlying error.
         source: io::Error,
     },
-    /// The file does not start with the GGUF magic.
-    #[error("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")")]
+    /// The file does not start with the GGUF magic. The message does not echo the bytes found (an
+    /// import request must not learn the first bytes of files it cannot read otherwise).
+    #[error("not a GGUF file (no \"GGUF\" magic)")]
     NotGguf {
         /// The first bytes found.
         magic: Vec<u8>,
