@@ -1,7 +1,11 @@
 //! The worker processes this hive spawned and their state ([`RunningWorkers`]): id, model, device,
 //! pid, status and start time. Safe under concurrent use; a poisoned lock is recovered, never a panic.
-use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+//!
+//! A spawn first [`RunningWorkers::reserve`]s its worker id (in secure mode: its pool identity) and
+//! holds the [`Reservation`] until the process is registered, so two spawns at once never pick the
+//! same id: the check and the reservation happen under one lock.
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rbee_bus::{HiveWorkerStatus, HiveWorkerSummary, ModelId, WorkerId};
 
@@ -69,6 +73,29 @@ pub enum RunningWorkersError {
 #[derive(Debug, Clone, Default)]
 pub struct RunningWorkers {
     workers: Arc<RwLock<HashMap<WorkerId, WorkerEntry>>>,
+    /// Ids a spawn in progress has claimed; only changed with `workers` write-locked.
+    reserved: Arc<Mutex<HashSet<WorkerId>>>,
+}
+
+/// A worker id claimed by a spawn in progress; released when dropped (by then the worker is
+/// registered, or the spawn failed).
+#[derive(Debug)]
+pub struct Reservation {
+    reserved: Arc<Mutex<HashSet<WorkerId>>>,
+    id: WorkerId,
+}
+
+impl Reservation {
+    /// The id claimed.
+    pub fn id(&self) -> &WorkerId {
+        &self.id
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.reserved.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+    }
 }
 
 impl RunningWorkers {
@@ -83,6 +110,18 @@ impl RunningWorkers {
 
     fn write(&self) -> RwLockWriteGuard<'_, HashMap<WorkerId, WorkerEntry>> {
         self.workers.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims `id` for a spawn: `None` when a running worker has it or another spawn claimed it.
+    pub fn reserve(&self, id: &WorkerId) -> Option<Reservation> {
+        let workers = self.write();
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        if workers.get(id).is_some_and(WorkerEntry::is_running) || !reserved.insert(id.clone()) {
+            return None;
+        }
+        drop(reserved);
+        drop(workers);
+        Some(Reservation { reserved: self.reserved.clone(), id: id.clone() })
     }
 
     /// Adds a worker; its id must be new.
@@ -167,6 +206,20 @@ mod tests {
         assert_eq!(reg.remove(&w1).map(|w| w.id.to_string()), Ok("w1".into()));
         assert!(reg.get(&w1).is_err());
         assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn an_id_is_reserved_once_and_not_while_running() {
+        let reg = RunningWorkers::new();
+        let w1: WorkerId = "w1".parse().expect("id");
+        let first = reg.reserve(&w1).expect("free");
+        assert!(reg.reserve(&w1).is_none(), "reserved twice");
+        drop(first);
+        assert!(reg.reserve(&w1).is_some(), "released on drop");
+        reg.register(entry("w1")).expect("register");
+        assert!(reg.reserve(&w1).is_none(), "running");
+        reg.update_status(&w1, WorkerStatus::Stopped).expect("update");
+        assert!(reg.reserve(&w1).is_some(), "stopped: free again");
     }
 
     #[test]

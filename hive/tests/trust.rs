@@ -1,5 +1,6 @@
 //! What a hive accepts from the bus, against a real nats-server and a real hive: imports confined to
-//! the import directories with answers that do not tell paths apart.
+//! the import directories with answers that do not tell paths apart, and concurrent spawns that never
+//! share a secure-mode pool identity.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -120,5 +121,85 @@ async fn with_no_import_dir_only_the_catalog_root_is_allowed() {
     let hive = TestHive::start(tmp.path(), |_| {}).await;
     let error = refusal(hive.import(&model).await);
     assert!(error.error.message.contains("catalog"), "{error}");
+    hive.stop().await;
+}
+
+/// A stand-in worker binary: sleeps until it is stopped (spawn identity tests need a process, not a
+/// model).
+fn sleeper(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("sleeper-worker");
+    std::fs::write(&path, "#!/bin/sh\nexec sleep 60\n").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+fn pool(n: usize) -> Vec<rbee_bus::security::PoolIdentity> {
+    (0..n)
+        .map(|i| rbee_bus::security::PoolIdentity {
+            worker_id: format!("hive-trust-w{i}").parse().expect("id"),
+            user: format!("worker-{i}"),
+            password: format!("pw-{i}"),
+            inbox_prefix: format!("_INBOX_worker-{i}"),
+        })
+        .collect()
+}
+
+/// Two spawns sent at once; their results.
+async fn two_spawns(hive: &TestHive) -> Vec<Result<SpawnReply, BusError>> {
+    let req = SpawnRequest {
+        v: 1,
+        model_id: "tiny-llama".parse().expect("id"),
+        device: None,
+        slots: Some(1),
+        ctx_per_slot: Some(128),
+        worker_type: None,
+        worker_id: None,
+        threads: Some(1),
+    };
+    let subject = subject::hive_spawn(&hive.id);
+    let t = Duration::from_secs(20);
+    let (a, b) =
+        tokio::join!(hive.bus.request(subject.clone(), &req, t), hive.bus.request(subject.clone(), &req, t));
+    vec![a, b]
+}
+
+async fn stop_workers(hive: &TestHive, replies: &[Result<SpawnReply, BusError>]) {
+    for reply in replies.iter().flatten() {
+        let req = StopRequest { v: 1, worker_id: reply.worker_id.clone(), deadline_ms: Some(2000) };
+        let _: Result<StopReply, _> =
+            hive.bus.request(subject::hive_stop(&hive.id), &req, Duration::from_secs(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_spawns_never_share_a_pool_identity() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model = rbee_testkit::gguf::tiny_llama_in(tmp.path()).expect("tiny model");
+    let binary = sleeper(tmp.path());
+    let setup = |c: &mut HiveConfig, n| {
+        c.worker_binary = Some(binary.clone());
+        c.import_models = vec![rbee_hive::ModelImport { path: model.clone(), id: None }];
+        c.worker_pool = pool(n);
+    };
+    let hive = TestHive::start(&tmp.path().join("two"), |c| setup(c, 2)).await;
+    for round in 0..3 {
+        let replies = two_spawns(&hive).await;
+        let ids: Vec<String> = replies
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.worker_id.to_string()).unwrap_or_else(|e| format!("error: {e}")))
+            .collect();
+        assert!(replies.iter().all(Result::is_ok), "round {round}: {ids:?}");
+        assert_ne!(ids[0], ids[1], "round {round}: one identity for two workers");
+        stop_workers(&hive, &replies).await;
+    }
+    hive.stop().await;
+
+    let hive = TestHive::start(&tmp.path().join("one"), |c| setup(c, 1)).await;
+    let replies = two_spawns(&hive).await;
+    let refused: Vec<&BusError> = replies.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(refused.len(), 1, "{replies:?}");
+    assert_eq!(refused[0].remote().map(WireError::code), Some(ErrorCode::Conflict), "{}", refused[0]);
+    stop_workers(&hive, &replies).await;
     hive.stop().await;
 }
