@@ -19,14 +19,20 @@ use crate::Hive;
 pub const DEFAULT_STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Bytes of memory a worker of `model` with `slots * ctx_per_slot` context needs
-/// ([`rbee_bus::worker_memory_bytes`] with the GGUF's own shape, [`KvShape::LARGE`] where unreadable).
-pub fn estimate_worker_bytes(model: &ModelEntry, slots: u32, ctx_per_slot: u32) -> u64 {
-    let info = read_gguf_info(&model.path).ok();
-    let shape = KvShape {
-        layers: info.as_ref().and_then(|i| i.block_count).unwrap_or(KvShape::LARGE.layers),
-        embedding: info.as_ref().and_then(|i| i.embedding_length).unwrap_or(KvShape::LARGE.embedding),
+/// ([`rbee_bus::worker_memory_bytes`] with the GGUF's own shape, [`KvShape::LARGE`] where the header
+/// does not say). A header that cannot be read, or claims an absurd shape, refuses the spawn: its
+/// numbers are untrusted and would size memory.
+pub fn estimate_worker_bytes(model: &ModelEntry, slots: u32, ctx_per_slot: u32) -> Result<u64, WireError> {
+    let refuse = |why: String| {
+        WireError::new(ErrorCode::ModelDoesNotFit, format!("model {} cannot be sized: {why}", model.id))
     };
-    rbee_bus::worker_memory_bytes(model.size, shape.bytes_per_token(), slots, ctx_per_slot)
+    let info = read_gguf_info(&model.path).map_err(|e| refuse(e.to_string()))?;
+    let shape = KvShape::checked(
+        info.block_count.unwrap_or(KvShape::LARGE.layers),
+        info.embedding_length.unwrap_or(KvShape::LARGE.embedding),
+    )
+    .map_err(refuse)?;
+    Ok(rbee_bus::worker_memory_bytes(model.size, shape.bytes_per_token(), slots, ctx_per_slot))
 }
 
 /// Starts a worker, or says why not.
@@ -68,7 +74,7 @@ pub async fn spawn(hive: &Hive, req: SpawnRequest) -> Result<SpawnReply, WireErr
             ));
         }
     }
-    let needed = estimate_worker_bytes(&model, slots, ctx);
+    let needed = estimate_worker_bytes(&model, slots, ctx)?;
     let devices = hive.inventory_snapshot().devices;
     let device = pick_device(&devices, req.device.as_deref(), needed)?;
     let worker_type = match (req.worker_type, device.kind) {
