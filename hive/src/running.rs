@@ -1,6 +1,10 @@
 //! The worker processes this hive spawned and their state ([`RunningWorkers`]): id, model, device,
 //! pid, status and start time. Safe under concurrent use; a poisoned lock is recovered, never a panic.
 //!
+//! Ended workers (stopped or failed) stay listed for a while so their exit can be read, but only the
+//! last [`MAX_ENDED`], with a failure's text cut to [`MAX_ERROR_LEN`] bytes: the list goes into every
+//! heartbeat, which must stay under the payload limit however many workers have come and gone.
+//!
 //! A spawn first [`RunningWorkers::reserve`]s its worker id (in secure mode: its pool identity) and
 //! holds the [`Reservation`] until the process is registered, so two spawns at once never pick the
 //! same id: the check and the reservation happen under one lock.
@@ -8,6 +12,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rbee_bus::{HiveWorkerStatus, HiveWorkerSummary, ModelId, WorkerId};
+
+/// How many ended workers stay listed (the oldest go first).
+pub const MAX_ENDED: usize = 16;
+/// The longest failure text kept for a worker, in bytes.
+pub const MAX_ERROR_LEN: usize = 1024;
 
 /// A worker's status, as its hive sees it.
 pub type WorkerStatus = HiveWorkerStatus;
@@ -161,6 +170,12 @@ impl RunningWorkers {
         let mut workers = self.write();
         let worker = workers.get_mut(id).ok_or_else(|| RunningWorkersError::NotFound(id.clone()))?;
         worker.status = status;
+        if let WorkerStatus::Failed { error } = &mut worker.status {
+            truncate_at_char(error, MAX_ERROR_LEN);
+        }
+        if !worker.is_running() {
+            prune_ended(&mut workers);
+        }
         Ok(())
     }
 
@@ -177,6 +192,27 @@ impl RunningWorkers {
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Cuts `text` to at most `max` bytes, at a char boundary.
+fn truncate_at_char(text: &mut String, max: usize) {
+    if text.len() > max {
+        let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(cut);
+    }
+}
+
+/// Forgets the oldest ended workers beyond [`MAX_ENDED`].
+fn prune_ended(workers: &mut HashMap<WorkerId, WorkerEntry>) {
+    let mut ended: Vec<(u64, WorkerId)> =
+        workers.values().filter(|w| !w.is_running()).map(|w| (w.started_at_ms, w.id.clone())).collect();
+    if ended.len() <= MAX_ENDED {
+        return;
+    }
+    ended.sort();
+    for (_, id) in ended.iter().take(ended.len() - MAX_ENDED) {
+        workers.remove(id);
     }
 }
 
@@ -206,6 +242,32 @@ mod tests {
         assert_eq!(reg.remove(&w1).map(|w| w.id.to_string()), Ok("w1".into()));
         assert!(reg.get(&w1).is_err());
         assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn ended_workers_are_a_bounded_history() {
+        let reg = RunningWorkers::new();
+        reg.register(entry("live")).expect("register");
+        for i in 0..100 {
+            let mut e = entry(&format!("w{i}"));
+            e.started_at_ms = i;
+            reg.register(e).expect("register");
+            let error = format!("exit 1; stderr: {}", "é".repeat(10_000));
+            reg.update_status(&format!("w{i}").parse().expect("id"), WorkerStatus::Failed { error })
+                .expect("update");
+        }
+        assert_eq!(reg.len(), MAX_ENDED + 1, "the running one and the last {MAX_ENDED} ended");
+        assert!(reg.contains(&"live".parse().expect("id")) && reg.contains(&"w99".parse().expect("id")));
+        assert!(!reg.contains(&"w0".parse().expect("id")));
+        for w in reg.list() {
+            if let WorkerStatus::Failed { error } = w.status {
+                assert!(error.len() <= MAX_ERROR_LEN, "{} bytes", error.len());
+            }
+        }
+        // 100 failures later the listing is still small (it goes into every heartbeat).
+        let json =
+            serde_json::to_vec(&reg.list().iter().map(|w| w.summary()).collect::<Vec<_>>()).expect("json");
+        assert!(json.len() < 32 * 1024, "{} bytes", json.len());
     }
 
     #[test]
