@@ -12,6 +12,13 @@ pub const DEFAULT_CTX_PER_SLOT: u32 = 2048;
 /// small grouped-query-attention models (~23 KiB per token) and 8B ones (~128 KiB).
 pub const TYPICAL_KV_BYTES_PER_TOKEN: u64 = 32 * 1024;
 
+/// The most layers a model's header may claim; more is refused as absurd (untrusted input).
+pub const MAX_LAYERS: u64 = 1_000_000;
+/// The widest embedding a model's header may claim.
+pub const MAX_EMBEDDING: u64 = 1_000_000;
+/// The longest trained context a model's header may claim, in tokens.
+pub const MAX_CONTEXT: u64 = 10_000_000;
+
 /// The shape of a model that decides its KV cache size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvShape {
@@ -25,10 +32,22 @@ impl KvShape {
     /// An 8B-class model (32 layers of width 4096), for a GGUF whose shape cannot be read.
     pub const LARGE: KvShape = KvShape { layers: 32, embedding: 4096 };
 
+    /// A shape read from an untrusted header: refused (with why) when a value is 0 or absurd
+    /// (over [`MAX_LAYERS`] or [`MAX_EMBEDDING`]).
+    pub fn checked(layers: u64, embedding: u64) -> Result<KvShape, String> {
+        if !(1..=MAX_LAYERS).contains(&layers) {
+            return Err(format!("block_count {layers} is outside [1, {MAX_LAYERS}]"));
+        }
+        if !(1..=MAX_EMBEDDING).contains(&embedding) {
+            return Err(format!("embedding_length {embedding} is outside [1, {MAX_EMBEDDING}]"));
+        }
+        Ok(KvShape { layers, embedding })
+    }
+
     /// KV cache bytes per token: f16 K and V for every layer. Grouped-query attention is not taken
-    /// into account, so this is an upper bound.
+    /// into account, so this is an upper bound. Saturates rather than wraps.
     pub fn bytes_per_token(&self) -> u64 {
-        2 * self.layers * self.embedding * 2
+        self.layers.saturating_mul(self.embedding).saturating_mul(4)
     }
 }
 
@@ -63,6 +82,20 @@ mod tests {
             worker_memory_bytes(0, TYPICAL_KV_BYTES_PER_TOKEN, DEFAULT_SLOTS, DEFAULT_CTX_PER_SLOT),
             256 * MIB * 11 / 10
         );
+    }
+
+    #[test]
+    fn absurd_shapes_are_refused_and_huge_ones_saturate() {
+        assert!(KvShape::checked(30, 576).is_ok());
+        assert!(KvShape::checked(0, 576).is_err());
+        assert!(KvShape::checked(MAX_LAYERS + 1, 576).is_err());
+        assert!(KvShape::checked(30, MAX_EMBEDDING + 1).is_err());
+        assert!(KvShape::checked(30, u64::MAX).is_err());
+        // Within the bounds nothing overflows; beyond them (never built by `checked`) it saturates.
+        let widest = KvShape::checked(MAX_LAYERS, MAX_EMBEDDING).map(|s| s.bytes_per_token());
+        assert_eq!(widest, Ok(4 * MAX_LAYERS * MAX_EMBEDDING));
+        assert_eq!(KvShape { layers: u64::MAX, embedding: u64::MAX }.bytes_per_token(), u64::MAX);
+        assert_eq!(KvShape { layers: 1 << 62, embedding: 1 }.bytes_per_token(), u64::MAX);
     }
 
     #[test]

@@ -130,6 +130,9 @@ fn start_cluster(dir: &Path, hive_env: &[(&str, &str)]) -> Cluster {
     hive_cmd
         .args(["--hive-id", "local", "--heartbeat-ms", "250", "--nats-url", &nats, "--catalog-dir"])
         .arg(dir.join("catalog"))
+        // The test's model files lie in `dir`: imports are confined to the import directories.
+        .arg("--import-dir")
+        .arg(dir)
         .arg("--worker-bin")
         .arg(rbee_testkit::paths::cargo_bin("rbee-worker"))
         .envs(hive_env.iter().copied())
@@ -171,13 +174,17 @@ fn import_pull_list_and_remove_through_the_queen() {
     assert!(stderr.to_lowercase().contains("gguf"), "{stderr}");
     let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "import", "/nowhere/model.gguf"]));
     assert!(!out.status.success());
-    assert!(stderr.contains("no file /nowhere/model.gguf"), "{stderr}");
+    assert!(stderr.contains(r#"cannot import "/nowhere/model.gguf""#), "{stderr}");
+    // Outside the import directories: the same refusal, whether the file exists or not.
+    let (out, _, stderr) = run(rbee(&queen, &nats).args(["models", "import", "/etc/passwd"]));
+    assert!(!out.status.success());
+    assert!(stderr.contains("import directories") && !stderr.contains("root:"), "{stderr}");
     // A newline in the path ends up in the hive's error text: answered at once (it used to panic the
     // reply helper, NATS headers may not hold CR/LF, and the queen waited out its 600 s import timeout).
     let started = Instant::now();
     let (status, body) = post(&queen, "/v1/models/import", r#"{"path": "/a\nb"}"#);
     assert!(status.contains("400"), "{status}: {body}");
-    assert!(body.contains(r"no file /a\nb"), "{body}");
+    assert!(body.contains(r#"cannot import \"/a\\nb\""#), "{body}");
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 
     // Pull over HTTP with the right checksum: progress, then done.

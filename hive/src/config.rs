@@ -57,6 +57,13 @@ pub struct HiveConfig {
     pub worker_pool: Vec<rbee_bus::security::PoolIdentity>,
     /// The hub `hf:` pulls resolve against (`HF_ENDPOINT`, `HF_TOKEN`; the public hub by default).
     pub hf_endpoint: crate::catalog::hf::HfEndpoint,
+    /// The largest model a pull may download, in bytes (also refused: more than the free space of
+    /// the catalog's filesystem).
+    pub max_model_bytes: u64,
+    /// Where `models.import` requests may read files from (the catalog root is always allowed; files
+    /// are made canonical first, so a symlink out of these is refused). `import_models` above is
+    /// configuration and not confined.
+    pub import_dirs: Vec<PathBuf>,
 }
 
 impl Default for HiveConfig {
@@ -74,11 +81,16 @@ impl Default for HiveConfig {
             worker_nats_args: Vec::new(),
             worker_pool: Vec::new(),
             hf_endpoint: crate::catalog::hf::HfEndpoint::from_env(|_| None),
+            max_model_bytes: crate::catalog::models::DEFAULT_MAX_DOWNLOAD,
+            import_dirs: default_import_dirs(),
         }
     }
 }
 
-impl HiveConfig {}
+/// The default import directory: the user's `~/models` (none without a home directory).
+pub fn default_import_dirs() -> Vec<PathBuf> {
+    directories::UserDirs::new().map(|dirs| dirs.home_dir().join("models")).into_iter().collect()
+}
 
 /// The host name, made a valid subject token (`hive` when there is none).
 pub fn default_hive_id() -> HiveId {

@@ -89,7 +89,9 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
     let paths = CatalogPaths::new(&config.catalog_root);
     let workers_catalog =
         WorkerCatalog::new(paths.workers_dir()).context("cannot open the worker catalog")?;
-    let models = ModelCatalog::new(paths.models_dir()).context("cannot open the model catalog")?;
+    let models = ModelCatalog::new(paths.models_dir())
+        .context("cannot open the model catalog")?
+        .with_max_download(config.max_model_bytes);
     let stamper = Arc::new(EventStamper::new(config.hive_id.as_str()));
     let workers = RunningWorkers::new();
     let supervisor = Supervisor::new(SupervisorConfig {

@@ -26,6 +26,10 @@ struct Args {
     /// Import a GGUF at start: PATH or PATH=MODEL_ID (repeatable).
     #[arg(long = "import-model")]
     import_model: Vec<ModelImport>,
+    /// A directory `rbee models import` may read GGUF files from (repeatable; default: ~/models). The
+    /// catalog directory is always allowed; --import-model files are not confined.
+    #[arg(long = "import-dir")]
+    import_dir: Vec<PathBuf>,
     /// Heartbeat interval in milliseconds (also given to workers).
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
@@ -35,6 +39,10 @@ struct Args {
     /// Restart crashed workers up to this many times (with backoff); 0 disables.
     #[arg(long, default_value_t = 0)]
     max_restarts: u32,
+    /// The largest model `rbee models pull` may download, in GiB (pulls over the free disk space of
+    /// the catalog are refused too).
+    #[arg(long, env = "RBEE_MAX_MODEL_GIB", default_value_t = 256)]
+    max_model_gib: u64,
     /// Secure mode: JSON file of this hive's worker identities (written by `rbee secure init`).
     #[arg(long, env = "RBEE_WORKER_POOL")]
     worker_pool: Option<PathBuf>,
@@ -86,6 +94,12 @@ async fn main() -> std::process::ExitCode {
         worker_nats_args,
         worker_pool,
         hf_endpoint: rbee_hive::catalog::hf::HfEndpoint::from_env(|name| std::env::var(name).ok()),
+        max_model_bytes: args.max_model_gib.saturating_mul(1 << 30),
+        import_dirs: if args.import_dir.is_empty() {
+            rbee_hive::config::default_import_dirs()
+        } else {
+            args.import_dir
+        },
     };
     rbee_daemon::main("hive", &nats, |bus, shutdown| rbee_hive::run(config, bus, shutdown)).await
 }

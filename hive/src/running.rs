@@ -1,9 +1,22 @@
 //! The worker processes this hive spawned and their state ([`RunningWorkers`]): id, model, device,
 //! pid, status and start time. Safe under concurrent use; a poisoned lock is recovered, never a panic.
-use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+//!
+//! Ended workers (stopped or failed) stay listed for a while so their exit can be read, but only the
+//! last [`MAX_ENDED`], with a failure's text cut to [`MAX_ERROR_LEN`] bytes: the list goes into every
+//! heartbeat, which must stay under the payload limit however many workers have come and gone.
+//!
+//! A spawn first [`RunningWorkers::reserve`]s its worker id (in secure mode: its pool identity) and
+//! holds the [`Reservation`] until the process is registered, so two spawns at once never pick the
+//! same id: the check and the reservation happen under one lock.
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rbee_bus::{HiveWorkerStatus, HiveWorkerSummary, ModelId, WorkerId};
+
+/// How many ended workers stay listed (the oldest go first).
+pub const MAX_ENDED: usize = 16;
+/// The longest failure text kept for a worker, in bytes.
+pub const MAX_ERROR_LEN: usize = 1024;
 
 /// A worker's status, as its hive sees it.
 pub type WorkerStatus = HiveWorkerStatus;
@@ -69,6 +82,29 @@ pub enum RunningWorkersError {
 #[derive(Debug, Clone, Default)]
 pub struct RunningWorkers {
     workers: Arc<RwLock<HashMap<WorkerId, WorkerEntry>>>,
+    /// Ids a spawn in progress has claimed; only changed with `workers` write-locked.
+    reserved: Arc<Mutex<HashSet<WorkerId>>>,
+}
+
+/// A worker id claimed by a spawn in progress; released when dropped (by then the worker is
+/// registered, or the spawn failed).
+#[derive(Debug)]
+pub struct Reservation {
+    reserved: Arc<Mutex<HashSet<WorkerId>>>,
+    id: WorkerId,
+}
+
+impl Reservation {
+    /// The id claimed.
+    pub fn id(&self) -> &WorkerId {
+        &self.id
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.reserved.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.id);
+    }
 }
 
 impl RunningWorkers {
@@ -83,6 +119,18 @@ impl RunningWorkers {
 
     fn write(&self) -> RwLockWriteGuard<'_, HashMap<WorkerId, WorkerEntry>> {
         self.workers.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims `id` for a spawn: `None` when a running worker has it or another spawn claimed it.
+    pub fn reserve(&self, id: &WorkerId) -> Option<Reservation> {
+        let workers = self.write();
+        let mut reserved = self.reserved.lock().unwrap_or_else(PoisonError::into_inner);
+        if workers.get(id).is_some_and(WorkerEntry::is_running) || !reserved.insert(id.clone()) {
+            return None;
+        }
+        drop(reserved);
+        drop(workers);
+        Some(Reservation { reserved: self.reserved.clone(), id: id.clone() })
     }
 
     /// Adds a worker; its id must be new.
@@ -122,6 +170,12 @@ impl RunningWorkers {
         let mut workers = self.write();
         let worker = workers.get_mut(id).ok_or_else(|| RunningWorkersError::NotFound(id.clone()))?;
         worker.status = status;
+        if let WorkerStatus::Failed { error } = &mut worker.status {
+            truncate_at_char(error, MAX_ERROR_LEN);
+        }
+        if !worker.is_running() {
+            prune_ended(&mut workers);
+        }
         Ok(())
     }
 
@@ -138,6 +192,27 @@ impl RunningWorkers {
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Cuts `text` to at most `max` bytes, at a char boundary.
+fn truncate_at_char(text: &mut String, max: usize) {
+    if text.len() > max {
+        let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(cut);
+    }
+}
+
+/// Forgets the oldest ended workers beyond [`MAX_ENDED`].
+fn prune_ended(workers: &mut HashMap<WorkerId, WorkerEntry>) {
+    let mut ended: Vec<(u64, WorkerId)> =
+        workers.values().filter(|w| !w.is_running()).map(|w| (w.started_at_ms, w.id.clone())).collect();
+    if ended.len() <= MAX_ENDED {
+        return;
+    }
+    ended.sort();
+    for (_, id) in ended.iter().take(ended.len() - MAX_ENDED) {
+        workers.remove(id);
     }
 }
 
@@ -167,6 +242,46 @@ mod tests {
         assert_eq!(reg.remove(&w1).map(|w| w.id.to_string()), Ok("w1".into()));
         assert!(reg.get(&w1).is_err());
         assert_eq!(reg.len(), 1);
+    }
+
+    #[test]
+    fn ended_workers_are_a_bounded_history() {
+        let reg = RunningWorkers::new();
+        reg.register(entry("live")).expect("register");
+        for i in 0..100 {
+            let mut e = entry(&format!("w{i}"));
+            e.started_at_ms = i;
+            reg.register(e).expect("register");
+            let error = format!("exit 1; stderr: {}", "é".repeat(10_000));
+            reg.update_status(&format!("w{i}").parse().expect("id"), WorkerStatus::Failed { error })
+                .expect("update");
+        }
+        assert_eq!(reg.len(), MAX_ENDED + 1, "the running one and the last {MAX_ENDED} ended");
+        assert!(reg.contains(&"live".parse().expect("id")) && reg.contains(&"w99".parse().expect("id")));
+        assert!(!reg.contains(&"w0".parse().expect("id")));
+        for w in reg.list() {
+            if let WorkerStatus::Failed { error } = w.status {
+                assert!(error.len() <= MAX_ERROR_LEN, "{} bytes", error.len());
+            }
+        }
+        // 100 failures later the listing is still small (it goes into every heartbeat).
+        let json =
+            serde_json::to_vec(&reg.list().iter().map(|w| w.summary()).collect::<Vec<_>>()).expect("json");
+        assert!(json.len() < 32 * 1024, "{} bytes", json.len());
+    }
+
+    #[test]
+    fn an_id_is_reserved_once_and_not_while_running() {
+        let reg = RunningWorkers::new();
+        let w1: WorkerId = "w1".parse().expect("id");
+        let first = reg.reserve(&w1).expect("free");
+        assert!(reg.reserve(&w1).is_none(), "reserved twice");
+        drop(first);
+        assert!(reg.reserve(&w1).is_some(), "released on drop");
+        reg.register(entry("w1")).expect("register");
+        assert!(reg.reserve(&w1).is_none(), "running");
+        reg.update_status(&w1, WorkerStatus::Stopped).expect("update");
+        assert!(reg.reserve(&w1).is_some(), "stopped: free again");
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::running::{RunningWorkers, WorkerEntry, WorkerStatus};
 
 /// Lines of a worker's stderr kept for the failure report.
 const STDERR_TAIL: usize = 20;
+/// The longest stderr line kept in the tail, in bytes (the tail goes into lifecycle events).
+const STDERR_LINE_MAX: usize = 512;
 
 /// Everything needed to start one worker process (kept to restart it).
 #[derive(Debug, Clone)]
@@ -246,7 +248,13 @@ impl Supervisor {
                     if tail.len() == STDERR_TAIL {
                         tail.pop_front();
                     }
-                    tail.push_back(strip_ansi(&line));
+                    let mut line = strip_ansi(&line);
+                    if line.len() > STDERR_LINE_MAX {
+                        let cut =
+                            (0..=STDERR_LINE_MAX).rev().find(|&i| line.is_char_boundary(i)).unwrap_or(0);
+                        line.truncate(cut);
+                    }
+                    tail.push_back(line);
                 }
             });
         }

@@ -493,8 +493,150 @@ async fn downloads_of_missing_or_non_gguf_files_are_refused() -> TestResult {
 
     let url = format!("http://{addr}/model.gguf");
     let not_gguf = catalog.download(&url, None, ModelId::new("m")?, None, |_| {}).await;
-    assert!(matches!(not_gguf, Err(ModelCatalogError::NotGguf { .. })), "{not_gguf:?}");
+    // Refused from its first bytes, before the rest (see the hostile servers below).
+    assert!(
+        matches!(not_gguf, Err(ModelCatalogError::Download(DownloadError::BadHead { .. }))),
+        "{not_gguf:?}"
+    );
     assert!(catalog.list_with_problems() == (Vec::new(), Vec::new()));
     assert!(names_in(&catalog.root().join(".downloads")).is_empty());
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------
+// hostile servers: bodies that are not GGUF, sizes over the cap, redirect loops and odd schemes
+
+/// Counts the body bytes the server has produced so far.
+#[derive(Clone, Default)]
+struct Produced(Arc<std::sync::atomic::AtomicU64>);
+
+impl Produced {
+    fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `total` bytes of `fill` in 64 KiB chunks, produced lazily (counted as they are handed to hyper),
+/// announced as `announce` bytes.
+fn counted_body(produced: &Produced, total: u64, announce: u64, fill: u8) -> Response {
+    const CHUNK: u64 = 64 << 10;
+    let produced = produced.clone();
+    let chunks = futures::stream::iter((0..total.div_ceil(CHUNK)).map(move |i| {
+        let len = CHUNK.min(total - i * CHUNK);
+        produced.0.fetch_add(len, std::sync::atomic::Ordering::SeqCst);
+        Ok::<_, io::Error>(Bytes::from(vec![fill; len as usize]))
+    }));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_LENGTH, announce)
+        .body(Body::from_stream(chunks))
+        .unwrap_or_default()
+}
+
+async fn hostile_server(produced: Produced) -> io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let redirect = |to: &'static str| {
+        move || async move {
+            Response::builder()
+                .status(StatusCode::FOUND)
+                .header(header::LOCATION, to)
+                .body(Body::empty())
+                .unwrap_or_default()
+        }
+    };
+    let junk = produced.clone();
+    let big = produced.clone();
+    let huge = produced;
+    let app = Router::new()
+        .route("/junk.gguf", get(move || async move { counted_body(&junk, 64 << 20, 64 << 20, b'x') }))
+        .route("/big.gguf", get(move || async move { counted_body(&big, 2 << 20, 2 << 20, 0) }))
+        .route("/huge.gguf", get(move || async move { counted_body(&huge, 1 << 20, 1 << 60, 0) }))
+        .route("/loop.gguf", get(redirect("/loop.gguf")))
+        .route("/ftp.gguf", get(redirect("ftp://127.0.0.1/model.gguf")))
+        .route("/file.gguf", get(redirect("file:///etc/passwd")));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// Nothing left under the catalog: no entry, no part file, no staging.
+fn assert_nothing_left(catalog: &ModelCatalog) {
+    assert!(catalog.list_with_problems() == (Vec::new(), Vec::new()));
+    assert!(
+        names_in(&catalog.root().join(".downloads")).is_empty(),
+        "{:?}",
+        names_in(&catalog.root().join(".downloads"))
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_gguf_is_refused_from_its_first_bytes() -> TestResult {
+    let tmp = TempDir::new()?;
+    let produced = Produced::default();
+    let addr = hostile_server(produced.clone()).await?;
+    let catalog = ModelCatalog::new(tmp.path().join("models"))?;
+    let url = format!("http://{addr}/junk.gguf");
+    let result = catalog.download(&url, None, ModelId::new("junk")?, None, |_| {}).await;
+    match &result {
+        Err(ModelCatalogError::Download(DownloadError::BadHead { reason, .. })) => {
+            assert!(reason.contains("GGUF magic") && !reason.contains("xxxx"), "{reason}");
+        }
+        other => return Err(format!("expected a refusal from the first bytes, got {other:?}").into()),
+    }
+    // The server made 64 MiB; what it got to produce before the hive hung up is socket buffers' worth.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(produced.get() < 16 << 20, "the server produced {} bytes", produced.get());
+    assert_nothing_left(&catalog);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_size_over_the_cap_or_the_free_space_is_refused_before_the_body() -> TestResult {
+    let tmp = TempDir::new()?;
+    let addr = hostile_server(Produced::default()).await?;
+    let capped = ModelCatalog::new(tmp.path().join("models"))?.with_max_download(1 << 20);
+    let url = format!("http://{addr}/big.gguf");
+    let result = capped.download(&url, None, ModelId::new("big")?, None, |_| {}).await;
+    match &result {
+        Err(ModelCatalogError::Download(DownloadError::TooLarge { size, limit, .. })) => {
+            assert_eq!(*size, 2 << 20);
+            assert!(limit.contains("1048576-byte maximum"), "{limit}");
+        }
+        other => return Err(format!("expected too large, got {other:?}").into()),
+    }
+    assert_nothing_left(&capped);
+
+    // No cap, but 2^60 bytes fit no disk.
+    let uncapped = ModelCatalog::new(tmp.path().join("other"))?.with_max_download(u64::MAX);
+    let url = format!("http://{addr}/huge.gguf");
+    let result = uncapped.download(&url, None, ModelId::new("huge")?, None, |_| {}).await;
+    match &result {
+        Err(ModelCatalogError::Download(DownloadError::TooLarge { limit, .. })) => {
+            assert!(limit.contains("free on"), "{limit}");
+        }
+        other => return Err(format!("expected too large for the disk, got {other:?}").into()),
+    }
+    assert_nothing_left(&uncapped);
+    Ok(())
+}
+
+#[tokio::test]
+async fn redirect_loops_and_redirects_off_http_are_refused() -> TestResult {
+    let tmp = TempDir::new()?;
+    let addr = hostile_server(Produced::default()).await?;
+    let catalog = ModelCatalog::new(tmp.path().join("models"))?;
+    for (path, expect) in [("loop", "redirects"), ("ftp", "not http"), ("file", "not http")] {
+        let url = format!("http://{addr}/{path}.gguf");
+        let started = std::time::Instant::now();
+        let result = catalog.download(&url, None, ModelId::new(path)?, None, |_| {}).await;
+        match &result {
+            Err(ModelCatalogError::Download(DownloadError::Redirect { reason, .. })) => {
+                assert!(reason.contains(expect), "{path}: {reason}");
+            }
+            other => return Err(format!("{path}: expected a refused redirect, got {other:?}").into()),
+        }
+        assert!(started.elapsed() < Duration::from_secs(2), "{path}: retried a refused redirect");
+        assert_nothing_left(&catalog);
+    }
     Ok(())
 }

@@ -67,8 +67,9 @@ pub enum GgufError {
         /// The underlying error.
         source: io::Error,
     },
-    /// The file does not start with the GGUF magic.
-    #[error("not a GGUF file (starts with {magic:02x?}, expected \"GGUF\")")]
+    /// The file does not start with the GGUF magic. The message does not echo the bytes found (an
+    /// import request must not learn the first bytes of files it cannot read otherwise).
+    #[error("not a GGUF file (no \"GGUF\" magic)")]
     NotGguf {
         /// The first bytes found.
         magic: Vec<u8>,
@@ -99,9 +100,33 @@ pub enum GgufError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A header value that no real model has (a layer count, width or context far too large).
+    #[error("GGUF header value {key} = {value} is absurd (at most {max})")]
+    Absurd {
+        /// The key.
+        key: String,
+        /// Its value.
+        value: u64,
+        /// The largest accepted.
+        max: u64,
+    },
     /// `general.architecture` is absent, so the model cannot be identified.
     #[error("GGUF file has no general.architecture")]
     MissingArchitecture,
+}
+
+/// Checks the first bytes of what should be a GGUF file (a download in progress): the magic, and
+/// with 8 bytes a version this reader handles. Says what is wrong without echoing the bytes.
+pub fn check_head(head: &[u8]) -> Result<(), String> {
+    if head.len() < GGUF_MAGIC.len() || head[..4] != GGUF_MAGIC {
+        return Err("not a GGUF file (no GGUF magic)".to_owned());
+    }
+    if let Some(version) = head.get(4..8).and_then(|v| <[u8; 4]>::try_from(v).ok()).map(u32::from_le_bytes) {
+        if !matches!(version, 2 | 3) {
+            return Err(format!("unsupported GGUF version {version} (supported: 2 and 3, little-endian)"));
+        }
+    }
+    Ok(())
 }
 
 /// Reads the header of the GGUF file at `path`.
@@ -188,6 +213,15 @@ pub fn parse_gguf(reader: impl Read, file_size: u64) -> Result<GgufInfo, GgufErr
     let architecture = strings.remove("general.architecture").ok_or(GgufError::MissingArchitecture)?;
     let arch_number = |suffix: &str| numbers.get(&format!("{architecture}.{suffix}")).copied();
     let file_type = numbers.get("general.file_type").and_then(|&n| u32::try_from(n).ok());
+    // Untrusted numbers that later size memory: refuse absurd ones here, with the key named.
+    use rbee_bus::sizing::{MAX_CONTEXT, MAX_EMBEDDING, MAX_LAYERS};
+    for (suffix, max) in
+        [("block_count", MAX_LAYERS), ("embedding_length", MAX_EMBEDDING), ("context_length", MAX_CONTEXT)]
+    {
+        if let Some(value) = arch_number(suffix).filter(|&v| v > max) {
+            return Err(GgufError::Absurd { key: format!("{architecture}.{suffix}"), value, max });
+        }
+    }
     Ok(GgufInfo {
         version,
         context_length: arch_number("context_length"),
@@ -556,6 +590,39 @@ mod tests {
         let info = parse(&builder.build()).expect("valid v2");
         assert_eq!((info.version, info.quantization.as_str()), (2, "unknown(99)"));
         assert_eq!((info.context_length, info.has_chat_template), (None, false));
+    }
+
+    #[test]
+    fn absurd_shapes_are_refused_with_the_key_named() {
+        for (key, value) in [
+            ("llama.embedding_length", u64::MAX),
+            ("llama.block_count", 1_000_001),
+            ("llama.context_length", 10_000_001),
+        ] {
+            let builder =
+                Builder::new().string("general.architecture", "llama").raw(key, 10, &value.to_le_bytes());
+            match parse(&builder.build()) {
+                Err(GgufError::Absurd { key: named, value: v, .. }) => {
+                    assert_eq!((named.as_str(), v), (key, value))
+                }
+                other => panic!("{key} = {value}: {other:?}"),
+            }
+        }
+        let sane = Builder::new().string("general.architecture", "llama").raw(
+            "llama.embedding_length",
+            10,
+            &1_000_000u64.to_le_bytes(),
+        );
+        assert!(parse(&sane.build()).is_ok());
+    }
+
+    #[test]
+    fn heads_are_checked_from_the_first_bytes() {
+        assert!(check_head(b"GGUF\x03\0\0\0").is_ok());
+        assert!(check_head(b"GGUF").is_ok());
+        assert!(check_head(b"GGU").is_err());
+        assert!(check_head(b"<html>not").is_err());
+        assert!(check_head(b"GGUF\x01\0\0\0").is_err());
     }
 
     #[test]

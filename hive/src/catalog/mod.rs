@@ -28,7 +28,9 @@ pub mod models;
 pub mod workers;
 
 pub use artifact::{Artifact, CatalogEntry, CatalogError, CatalogProblem, FilesystemCatalog};
-pub use download::{download_file, DownloadError, DownloadProgress, Downloaded};
+pub use download::{
+    download_file, download_file_with, DownloadError, DownloadLimits, DownloadProgress, Downloaded,
+};
 pub use gguf::{read_gguf_info, GgufError, GgufInfo};
 pub use models::{ModelCatalog, ModelCatalogError, ModelEntry};
 pub use workers::{Platform, WorkerBinary, WorkerCatalog, WorkerType};

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use super::artifact::{now_ms, Artifact, CatalogError, CatalogProblem, FilesystemCatalog};
-use super::download::{download_file, DownloadError, DownloadProgress};
+use super::download::{download_file_with, DownloadError, DownloadLimits, DownloadProgress};
 use super::gguf::{read_gguf_info, GgufError, GgufInfo};
 
 /// Hidden directory under the models root where downloads in progress (`.part` files) wait.
@@ -135,12 +135,29 @@ pub struct ModelCatalog {
     http: Option<reqwest::Client>,
     /// Models being downloaded by this process, so two downloads never share one `.part` file.
     downloading: Arc<Mutex<HashSet<ModelId>>>,
+    /// The largest model a download may bring, in bytes.
+    max_download: u64,
 }
+
+/// The default of [`ModelCatalog::with_max_download`]: 256 GiB.
+pub const DEFAULT_MAX_DOWNLOAD: u64 = 256 << 30;
 
 impl ModelCatalog {
     /// Opens the model catalog at `root`, creating the directory if needed.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self, CatalogError> {
-        Ok(Self { inner: FilesystemCatalog::new(root)?, http: None, downloading: Arc::default() })
+        Ok(Self {
+            inner: FilesystemCatalog::new(root)?,
+            http: None,
+            downloading: Arc::default(),
+            max_download: DEFAULT_MAX_DOWNLOAD,
+        })
+    }
+
+    /// Refuses downloads larger than `bytes` (announced or reached); the default is
+    /// [`DEFAULT_MAX_DOWNLOAD`]. Downloads are also refused when they do not fit the free space.
+    pub fn with_max_download(mut self, bytes: u64) -> Self {
+        self.max_download = bytes;
+        self
     }
 
     /// Uses `client` for downloads (for proxies, timeouts or tests).
@@ -249,13 +266,14 @@ impl ModelCatalog {
     }
 
     /// The HTTP client downloads and hub lookups use: the one set with the catalog, else a new one with
-    /// bounded connect and read timeouts.
+    /// bounded connect and read timeouts and [`super::download::redirect_policy`].
     pub fn http_client(&self) -> Result<reqwest::Client, ModelCatalogError> {
         match &self.http {
             Some(client) => Ok(client.clone()),
             None => reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(30))
                 .read_timeout(std::time::Duration::from_secs(60))
+                .redirect(super::download::redirect_policy())
                 .build()
                 .map_err(ModelCatalogError::HttpClient),
         }
@@ -263,7 +281,8 @@ impl ModelCatalog {
 
     /// Downloads the GGUF model at `url` into the catalog as `id`, resuming an earlier cut-off
     /// download of the same url, checking `expected_sha256` when given, and calling `progress`
-    /// as bytes arrive. On any failure nothing enters the catalog.
+    /// as bytes arrive. The size is capped (the maximum and the free space) and the GGUF magic is
+    /// checked from the first bytes. On any failure nothing enters the catalog and no part is left.
     pub async fn download(
         &self,
         url: &str,
@@ -285,7 +304,12 @@ impl ModelCatalog {
         // The url is part of the name so a `.part` is only ever resumed from the same source.
         let url_tag = &hex::encode(Sha256::digest(url.as_bytes()))[..12];
         let dest = downloads.join(format!("{id}-{url_tag}.gguf"));
-        let done = download_file(&client, url, bearer, &dest, expected_sha256, progress).await?;
+        let limits = DownloadLimits {
+            max_bytes: self.max_download,
+            check_free_space: true,
+            check_head: Some(super::gguf::check_head),
+        };
+        let done = download_file_with(&client, url, bearer, &dest, expected_sha256, limits, progress).await?;
 
         let catalog = self.clone();
         let source = url.to_owned();

@@ -1,10 +1,12 @@
 //! The hive's request/reply handlers, one file per concern: [`workers`] (spawn, stop, the worker
-//! listing), [`models`] (list, import, pull, remove) and [`devices`]. They are served through the NATS
+//! listing), [`models`] (list, pull, remove), [`import`] (a
+//! local file, confined to the import directories) and [`devices`]. They are served through the NATS
 //! service API (`rbee-hive`), so `$SRV.PING/INFO/STATS` list every hive. [`ROUTES`] names every
 //! endpoint, its subject and its handler; [`serve`] subscribes to all of them and runs one loop per
 //! endpoint, each request answered in its own tracked task.
 
 pub mod devices;
+pub mod import;
 pub mod models;
 pub mod workers;
 
@@ -113,7 +115,7 @@ async fn device_list(hive: Arc<Hive>, req: Request) {
 }
 
 async fn import(hive: Arc<Hive>, req: Request) {
-    answer(&hive, &req, "model import", |import| models::import(&hive, import)).await;
+    answer(&hive, &req, "model import", |request| import::import(&hive, request)).await;
     hive.heartbeat_soon();
 }
 

@@ -1,4 +1,4 @@
-//! Requests about models: list the catalog, import a file on this machine, pull one from a URL with progress
+//! Requests about models: list the catalog, import a file on this machine ([`super::import`]), pull one from a URL with progress
 //! events on `rbee.hive.<hive_id>.pulls.<pull_id>` (or by name from a Hugging Face style hub,
 //! `hf:ORG/REPO:QUANT`, see [`crate::catalog::hf`]), and remove one no running worker uses. The catalog
 //! itself (files, manifests, checksums, resumable downloads) is [`crate::catalog`]; this module turns
@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rbee_bus::{
-    subject, ErrorCode, ModelId, ModelImportRequest, ModelList, ModelPullAccepted, ModelPullEvent,
-    ModelPullRequest, ModelRemoveReply, ModelRemoveRequest, ModelReply, ModelSummary, PullProgress,
-    WireError, SCHEMA_VERSION,
+    subject, ErrorCode, ModelId, ModelList, ModelPullAccepted, ModelPullEvent, ModelPullRequest,
+    ModelRemoveReply, ModelRemoveRequest, ModelSummary, PullProgress, WireError, SCHEMA_VERSION,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::artifact::validate_entry_id;
-use crate::catalog::download::DownloadProgress;
+use crate::catalog::download::{DownloadError, DownloadProgress};
 use crate::catalog::{hf, CatalogError, ModelCatalog, ModelCatalogError, ModelEntry};
 use crate::Hive;
 
@@ -45,7 +44,7 @@ pub fn list(hive: &Hive) -> ModelList {
 /// How often a running pull publishes its progress, at most.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-fn catalog_error(e: ModelCatalogError) -> WireError {
+pub(crate) fn catalog_error(e: ModelCatalogError) -> WireError {
     match e {
         ModelCatalogError::Catalog(CatalogError::AlreadyExists { id }) => {
             WireError::new(ErrorCode::Conflict, format!("model {id} is already in the catalog"))
@@ -56,38 +55,14 @@ fn catalog_error(e: ModelCatalogError) -> WireError {
         ModelCatalogError::NoDefaultId { .. } => {
             WireError::invalid_field("model_id", format!("{e}; pass a model id"))
         }
+        ModelCatalogError::Download(DownloadError::TooLarge { .. }) => {
+            WireError::new(ErrorCode::ModelDoesNotFit, e.to_string())
+        }
         ModelCatalogError::Catalog(_) | ModelCatalogError::HttpClient(_) => {
             WireError::new(ErrorCode::Internal, e.to_string())
         }
         other => WireError::new(ErrorCode::BadRequest, other.to_string()),
     }
-}
-
-/// Copies a GGUF file on this machine into the catalog.
-pub async fn import(hive: &Hive, req: ModelImportRequest) -> Result<ModelReply, WireError> {
-    let path = Path::new(&req.path).to_path_buf();
-    if !path.is_absolute() {
-        return Err(WireError::invalid_field(
-            "path",
-            format!("path {:?} is not absolute (the hive reads it on its own machine)", req.path),
-        ));
-    }
-    if !path.is_file() {
-        return Err(WireError::invalid_field(
-            "path",
-            format!("no file {} on hive {}", path.display(), hive.config.hive_id),
-        ));
-    }
-    let models = hive.models.clone();
-    let entry = tokio::task::spawn_blocking(move || models.import_local(&path, req.model_id))
-        .await
-        .map_err(|e| WireError::new(ErrorCode::Internal, format!("import task failed: {e}")))?
-        .map_err(catalog_error)?;
-    Ok(ModelReply {
-        v: SCHEMA_VERSION,
-        sha256: entry.sha256.clone().unwrap_or_default(),
-        model: summary(&entry),
-    })
 }
 
 /// The id a pulled file gets when none is given: from the last path segment of the URL.

@@ -11,6 +11,7 @@ use rbee_bus::{
 
 use crate::catalog::gguf::read_gguf_info;
 use crate::catalog::{ModelEntry, Platform, WorkerType};
+use crate::running::Reservation;
 use crate::supervisor::LaunchPlan;
 use crate::Hive;
 
@@ -18,14 +19,20 @@ use crate::Hive;
 pub const DEFAULT_STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Bytes of memory a worker of `model` with `slots * ctx_per_slot` context needs
-/// ([`rbee_bus::worker_memory_bytes`] with the GGUF's own shape, [`KvShape::LARGE`] where unreadable).
-pub fn estimate_worker_bytes(model: &ModelEntry, slots: u32, ctx_per_slot: u32) -> u64 {
-    let info = read_gguf_info(&model.path).ok();
-    let shape = KvShape {
-        layers: info.as_ref().and_then(|i| i.block_count).unwrap_or(KvShape::LARGE.layers),
-        embedding: info.as_ref().and_then(|i| i.embedding_length).unwrap_or(KvShape::LARGE.embedding),
+/// ([`rbee_bus::worker_memory_bytes`] with the GGUF's own shape, [`KvShape::LARGE`] where the header
+/// does not say). A header that cannot be read, or claims an absurd shape, refuses the spawn: its
+/// numbers are untrusted and would size memory.
+pub fn estimate_worker_bytes(model: &ModelEntry, slots: u32, ctx_per_slot: u32) -> Result<u64, WireError> {
+    let refuse = |why: String| {
+        WireError::new(ErrorCode::ModelDoesNotFit, format!("model {} cannot be sized: {why}", model.id))
     };
-    rbee_bus::worker_memory_bytes(model.size, shape.bytes_per_token(), slots, ctx_per_slot)
+    let info = read_gguf_info(&model.path).map_err(|e| refuse(e.to_string()))?;
+    let shape = KvShape::checked(
+        info.block_count.unwrap_or(KvShape::LARGE.layers),
+        info.embedding_length.unwrap_or(KvShape::LARGE.embedding),
+    )
+    .map_err(refuse)?;
+    Ok(rbee_bus::worker_memory_bytes(model.size, shape.bytes_per_token(), slots, ctx_per_slot))
 }
 
 /// Starts a worker, or says why not.
@@ -67,7 +74,7 @@ pub async fn spawn(hive: &Hive, req: SpawnRequest) -> Result<SpawnReply, WireErr
             ));
         }
     }
-    let needed = estimate_worker_bytes(&model, slots, ctx);
+    let needed = estimate_worker_bytes(&model, slots, ctx)?;
     let devices = hive.inventory_snapshot().devices;
     let device = pick_device(&devices, req.device.as_deref(), needed)?;
     let worker_type = match (req.worker_type, device.kind) {
@@ -89,10 +96,9 @@ pub async fn spawn(hive: &Hive, req: SpawnRequest) -> Result<SpawnReply, WireErr
                 ),
             )
         })?;
-    let (worker_id, identity) = worker_identity(hive, req.worker_id)?;
-    if hive.workers.get(&worker_id).map(|w| w.is_running()).unwrap_or(false) {
-        return Err(WireError::invalid_field("worker_id", format!("worker {worker_id} is already running")));
-    }
+    // Held until the process is registered: a concurrent spawn cannot take the same id or identity.
+    let (reservation, identity) = worker_identity(hive, req.worker_id)?;
+    let worker_id = reservation.id().clone();
     let plan = LaunchPlan {
         worker_id: worker_id.clone(),
         model_id: model.id.clone(),
@@ -107,43 +113,52 @@ pub async fn spawn(hive: &Hive, req: SpawnRequest) -> Result<SpawnReply, WireErr
     let pid = hive.supervisor.spawn(plan).await.map_err(|e| {
         WireError::new(ErrorCode::Internal, format!("cannot start {}: {e}", binary.path.display()))
     })?;
+    drop(reservation);
     let _ = hive.models.touch(&model.id);
     Ok(SpawnReply { v: SCHEMA_VERSION, worker_id, pid, device: device.id.clone() })
 }
 
-/// The id of the new worker and, in secure mode, its NATS identity: the one asked for (which must be in
-/// the pool in secure mode), else a free pool identity, else a fresh id.
+/// The id of the new worker, reserved, and, in secure mode, its NATS identity: the one asked for (which
+/// must be in the pool in secure mode and free), else a free pool identity, else a fresh id.
 fn worker_identity(
     hive: &Hive,
     wanted: Option<WorkerId>,
-) -> Result<(WorkerId, Option<rbee_bus::security::PoolIdentity>), WireError> {
+) -> Result<(Reservation, Option<rbee_bus::security::PoolIdentity>), WireError> {
     let pool = &hive.config.worker_pool;
+    let taken =
+        |id: &WorkerId| WireError::invalid_field("worker_id", format!("worker {id} is already running"));
     if pool.is_empty() {
-        return Ok((wanted.unwrap_or_else(WorkerId::generate), None));
+        let id = wanted.unwrap_or_else(WorkerId::generate);
+        return hive.workers.reserve(&id).map(|r| (r, None)).ok_or_else(|| taken(&id));
     }
-    let busy = |id: &WorkerId| hive.workers.get(id).map(|w| w.is_running()).unwrap_or(false);
-    let found = match &wanted {
-        Some(id) => pool.iter().find(|p| &p.worker_id == id).ok_or_else(|| {
-            WireError::invalid_field(
-                "worker_id",
-                format!(
-                    "worker id {id} is not in the worker pool of hive {} (secure mode)",
-                    hive.config.hive_id
-                ),
-            )
-        })?,
-        None => pool.iter().find(|p| !busy(&p.worker_id)).ok_or_else(|| {
-            WireError::new(
-                ErrorCode::Conflict,
-                format!(
-                    "all {} worker identities of hive {} are in use; stop a worker first",
-                    pool.len(),
-                    hive.config.hive_id
-                ),
-            )
-        })?,
-    };
-    Ok((found.worker_id.clone(), Some(found.clone())))
+    match &wanted {
+        Some(id) => {
+            let found = pool.iter().find(|p| &p.worker_id == id).ok_or_else(|| {
+                WireError::invalid_field(
+                    "worker_id",
+                    format!(
+                        "worker id {id} is not in the worker pool of hive {} (secure mode)",
+                        hive.config.hive_id
+                    ),
+                )
+            })?;
+            let reservation = hive.workers.reserve(id).ok_or_else(|| taken(id))?;
+            Ok((reservation, Some(found.clone())))
+        }
+        None => pool
+            .iter()
+            .find_map(|p| hive.workers.reserve(&p.worker_id).map(|r| (r, Some(p.clone()))))
+            .ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "all {} worker identities of hive {} are in use; stop a worker first",
+                        pool.len(),
+                        hive.config.hive_id
+                    ),
+                )
+            }),
+    }
 }
 
 /// The device to run on: the one asked for, or the fitting GPU with the most free memory, else the CPU.
