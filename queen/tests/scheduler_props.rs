@@ -128,7 +128,7 @@ fn queue_reasons_name_the_model_and_the_obstacle() {
     registry.apply_hive(&hive_beat(1, HiveState::Online, cpu(), vec![model(0, 4 * GIB)]), now);
     assert_eq!(
         reason(&schedule(&registry.snapshot(now), &request(0))),
-        "model model-0 does not fit the free memory of any hive (needs 5172 MiB, most free 2048 MiB)"
+        "model model-0 does not fit the free memory of any hive (needs 4788 MiB, most free 2048 MiB)"
     );
 
     let mut leaving = hive_beat(1, HiveState::Leaving, cpu(), vec![model(0, 4 * GIB)]);
