@@ -68,6 +68,7 @@ impl Queen {
         let retention = JobRetention {
             max_finished: config.max_finished_jobs,
             max_age_ms: config.finished_job_ttl.as_millis() as u64,
+            ..JobRetention::default()
         };
         Self {
             stamper: EventStamper::new(

@@ -301,8 +301,13 @@ async fn wait_for_change(queen: &Queen, at_most: Duration) {
 
 /// Cancels a job: queued jobs end at once; running ones are told on `rbee.job.<id>.cancel`.
 pub async fn cancel(queen: &Queen, job_id: &JobId, reason: &str) {
-    if let Some(job) = queen.jobs().get(job_id) {
+    let job = queen.jobs().get(job_id);
+    if let Some(job) = job {
         job.request_cancel();
+        if !job.owned && !job.is_finished() {
+            // No placement loop follows it (replayed after a restart, or seen on the bus): end it here.
+            cancelled(queen, job_id, &job.record().model_id).await;
+        }
     }
     let cancel = JobCancel {
         v: SCHEMA_VERSION,

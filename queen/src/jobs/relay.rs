@@ -36,11 +36,14 @@ async fn relay(queen: Arc<Queen>, mut sub: async_nats::Subscriber, stop: Cancell
         let msg = tokio::select! {
             _ = stop.cancelled() => return,
             _ = sweep.tick() => {
-                let mut jobs = queen.jobs();
-                if let Some(cutoff) = Instant::now().checked_sub(EVENTS_KEPT_FOR) {
-                    jobs.drop_old_events(cutoff);
+                {
+                    let mut jobs = queen.jobs();
+                    if let Some(cutoff) = Instant::now().checked_sub(EVENTS_KEPT_FOR) {
+                        jobs.drop_old_events(cutoff);
+                    }
+                    jobs.prune(rbee_bus::now_ms());
                 }
-                jobs.prune(rbee_bus::now_ms());
+                super::orphans::sweep(&queen).await;
                 continue;
             }
             msg = sub.next() => match msg { Some(m) => m, None => return },

@@ -27,11 +27,22 @@ pub struct JobRetention {
     pub max_finished: usize,
     /// Finished jobs older than this (since they finished) are pruned, in milliseconds.
     pub max_age_ms: u64,
+    /// Most active jobs kept that this queen did not create (seen only through status events, or
+    /// replayed); a status for a new unknown id beyond it is dropped.
+    pub max_foreign_active: usize,
+    /// An active job this queen did not create that nothing updated for this long is dropped, in
+    /// milliseconds.
+    pub foreign_active_ttl_ms: u64,
 }
 
 impl Default for JobRetention {
     fn default() -> Self {
-        Self { max_finished: 10_000, max_age_ms: 3_600_000 }
+        Self {
+            max_finished: 10_000,
+            max_age_ms: 3_600_000,
+            max_foreign_active: 1024,
+            foreign_active_ttl_ms: 3_600_000,
+        }
     }
 }
 
@@ -52,6 +63,10 @@ pub struct JobTable {
     finished: BTreeSet<(u64, JobId)>,
     /// Owned jobs in the `queued` phase.
     queued: usize,
+    /// Active jobs this queen did not create.
+    foreign_active: std::collections::HashSet<JobId>,
+    /// Status events for unknown ids dropped because [`JobRetention::max_foreign_active`] was reached.
+    foreign_refused: u64,
 }
 
 impl JobTable {
@@ -84,9 +99,17 @@ impl JobTable {
             JobEvent::Status(status) => match self.jobs.get(&status.job_id) {
                 Some(job) => job.clone(),
                 None => {
-                    let record = JobRecord::new(status.job_id.clone(), status.model_id.clone()?, now_ms);
+                    let model_id = status.model_id.clone()?;
+                    if !status.state.is_terminal()
+                        && self.foreign_active.len() >= self.retention.max_foreign_active
+                    {
+                        self.foreign_refused += 1;
+                        return None;
+                    }
+                    let record = JobRecord::new(status.job_id.clone(), model_id, now_ms);
                     let job = Arc::new(Job::new(record, false));
                     self.jobs.insert(status.job_id.clone(), job.clone());
+                    self.foreign_active.insert(status.job_id.clone());
                     job
                 }
             },
@@ -128,6 +151,13 @@ impl JobTable {
     /// scheduler weighs against the queue's capacity).
     pub fn queued(&self) -> usize {
         self.queued
+    }
+
+    /// Active jobs this queen did not create (replayed, or seen on the bus), and how many status
+    /// events for new unknown ids were dropped because there were too many.
+    pub fn foreign_active(&self) -> (Vec<Arc<Job>>, u64) {
+        let jobs = self.foreign_active.iter().filter_map(|id| self.jobs.get(id).cloned()).collect();
+        (jobs, self.foreign_refused)
     }
 
     /// Owned jobs waiting in the queue.
@@ -182,7 +212,21 @@ impl JobTable {
     /// Drops finished jobs older than `max_age_ms` at `now_ms`, then the oldest finished beyond
     /// `max_finished`. Returns the ids dropped, oldest first.
     pub fn prune(&mut self, now_ms: u64) -> Vec<JobId> {
+        let ttl = self.retention.foreign_active_ttl_ms;
+        let stale: Vec<JobId> = self
+            .foreign_active
+            .iter()
+            .filter(|id| {
+                self.jobs.get(*id).is_none_or(|job| now_ms.saturating_sub(job.record().updated_at_ms) > ttl)
+            })
+            .cloned()
+            .collect();
         let mut pruned = Vec::new();
+        for job_id in stale {
+            self.foreign_active.remove(&job_id);
+            self.jobs.remove(&job_id);
+            pruned.push(job_id);
+        }
         while let Some((finished_at, _)) = self.finished.first() {
             if now_ms.saturating_sub(*finished_at) <= self.retention.max_age_ms {
                 break;
@@ -207,6 +251,7 @@ impl JobTable {
 
     /// Indexes a job that just finished and enforces the count bound.
     fn note_finished(&mut self, job: &Job) {
+        self.foreign_active.remove(&job.job_id);
         self.finished.insert((job.record().updated_at_ms, job.job_id.clone()));
         self.enforce_count_bound();
     }
@@ -363,6 +408,24 @@ mod tests {
     }
 
     #[test]
+    fn records_of_unknown_active_jobs_are_bounded_and_expire() {
+        let retention =
+            JobRetention { max_foreign_active: 2, foreign_active_ttl_ms: 1_000, ..JobRetention::default() };
+        let mut jobs = JobTable::new(retention);
+        let running = |job: &str| status(job, "w", 1, JobState::Running { worker_id: id("w") });
+        assert!(jobs.apply(running("f1"), 0).is_some());
+        assert!(jobs.apply(running("f2"), 500).is_some());
+        assert!(jobs.apply(running("f3"), 600).is_none(), "a third forged id is dropped");
+        assert_eq!(jobs.foreign_active().1, 1);
+        // A finished one frees its place; a final status for an unknown id still records the end.
+        jobs.apply(status("f1", "w", 2, finished(FinishReason::Stop, None)), 700);
+        assert!(jobs.apply(running("f3"), 800).is_some());
+        assert_eq!(jobs.prune(1_600), vec![id::<JobId>("f2")], "silent for over the ttl");
+        assert!(jobs.get(&id("f3")).is_some() && jobs.get(&id("f1")).is_some());
+        assert_eq!(jobs.foreign_active().0.len(), 1);
+    }
+
+    #[test]
     fn finish_reasons_map_to_phases() {
         let mut jobs = JobTable::new(JobRetention::default());
         let cases = [
@@ -393,7 +456,8 @@ mod tests {
 
     #[test]
     fn retention_bounds_finished_jobs_by_count_and_age_never_active_ones() {
-        let mut jobs = JobTable::new(JobRetention { max_finished: 2, max_age_ms: 1_000 });
+        let mut jobs =
+            JobTable::new(JobRetention { max_finished: 2, max_age_ms: 1_000, ..JobRetention::default() });
         jobs.create(id("active"), id("smol"), 0).expect("new id");
         jobs.apply(status("active", "queen", 1, JobState::Queued { reason: "waiting".into() }), 0);
         for (n, job) in ["f1", "f2", "f3"].into_iter().enumerate() {
