@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rbee_bus::*;
+use rbee_hive::HiveConfig;
 use rbee_queen::QueenConfig;
 use rbee_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
@@ -74,9 +75,13 @@ async fn a_stopping_queen_lets_its_jobs_end_and_fails_what_is_still_queued() {
     let mut statuses = client.client().subscribe(subject::JOB_STATUS_ALL).await.expect("sub");
     client.round_trip().await.expect("round trip");
 
-    // No worker yet: the job waits for one to load; the queen is stopped at once with a deadline far
-    // shorter than the model's load, so the job is still queued at the deadline.
-    let hive_stop = start_hive(&server, "hive-drain", dir.path()).await;
+    // A hive whose worker binary is missing: every spawn is refused, so the job is still queued at
+    // the drain deadline.
+    let broken = HiveConfig {
+        worker_binary: Some(dir.path().join("no-such-rbee-worker")),
+        ..cluster::hive_config(&server, "hive-drain", dir.path())
+    };
+    let broken_stop = cluster::run_hive(&server, broken).await;
     let (stop, queen) = start_queen(&server, Duration::from_millis(300)).await;
     let queued = submit(&client, 8).await;
     stop.cancel();
@@ -90,9 +95,13 @@ async fn a_stopping_queen_lets_its_jobs_end_and_fails_what_is_still_queued() {
         other => panic!("a job queued at the deadline must fail with a reason, got {other:?}"),
     }
 
-    // A worker is up now (the hive started it for that job): a job on it ends before serve returns.
+    broken_stop.cancel();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A working hive: a job on its worker ends before serve returns.
+    let hive_stop = start_hive(&server, "hive-drain", dir.path()).await;
     let (stop, queen) = start_queen(&server, Duration::from_secs(60)).await;
-    let running = submit(&client, 48).await;
+    let running = submit(&client, 160).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut tokens = client.client().subscribe(running.tokens_subject.clone()).await.expect("sub");
     // Stop as soon as the worker streams: the job is in flight on it.

@@ -20,7 +20,20 @@ pub const MODEL: &str = "smollm2";
 /// Starts a hive named `hive_id` with the real model imported, its catalog in `dir`; stopped by the
 /// token.
 pub async fn start_hive(server: &NatsServer, hive_id: &str, dir: &Path) -> CancellationToken {
-    let hive = HiveConfig {
+    run_hive(server, hive_config(server, hive_id, dir)).await
+}
+
+/// Runs a hive with this configuration; stopped by the token.
+pub async fn run_hive(server: &NatsServer, hive: HiveConfig) -> CancellationToken {
+    let bus = connect(&NatsConfig::url(server.url())).await.expect("hive connects");
+    let stop = CancellationToken::new();
+    tokio::spawn(rbee_hive::run(hive, bus, stop.clone()));
+    stop
+}
+
+/// The configuration of [`start_hive`].
+pub fn hive_config(server: &NatsServer, hive_id: &str, dir: &Path) -> HiveConfig {
+    HiveConfig {
         hive_id: hive_id.parse().expect("id"),
         catalog_root: dir.to_path_buf(),
         worker_binary: Some(rbee_testkit::paths::cargo_bin("rbee-worker")),
@@ -31,11 +44,7 @@ pub async fn start_hive(server: &NatsServer, hive_id: &str, dir: &Path) -> Cance
         heartbeat_interval: Duration::from_millis(250),
         worker_nats_args: vec!["--nats-url".into(), server.url()],
         ..HiveConfig::default()
-    };
-    let bus = connect(&NatsConfig::url(server.url())).await.expect("hive connects");
-    let stop = CancellationToken::new();
-    tokio::spawn(rbee_hive::run(hive, bus, stop.clone()));
-    stop
+    }
 }
 
 /// A queen serving on a free loopback port: its stop token, its task and its base URL.
