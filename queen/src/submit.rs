@@ -38,8 +38,8 @@ pub async fn serve(queen: Arc<Queen>, tasks: &Tasks, stop: CancellationToken) ->
             };
             let queen = queen.clone();
             handlers.spawn("submit", async move {
-                let result = handle(&queen, &request.message.payload).await;
-                rbee_bus::rpc::respond(&request, &result).await;
+                let submission = handle(&queen, &request.message.payload);
+                let _ = rbee_bus::rpc::respond_guarded(&request, "job submission", submission).await;
             });
         }
         let _ = service.stop().await;

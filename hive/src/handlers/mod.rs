@@ -100,18 +100,18 @@ async fn stop(hive: Arc<Hive>, req: Request) {
 }
 
 async fn worker_list(hive: Arc<Hive>, req: Request) {
-    rbee_bus::rpc::respond(&req, &Ok(workers::list(&hive))).await;
+    let _ = rbee_bus::rpc::respond_guarded(&req, "worker list", async { Ok(workers::list(&hive)) }).await;
 }
 
 async fn model_list(hive: Arc<Hive>, req: Request) {
-    rbee_bus::rpc::respond(&req, &Ok(models::list(&hive))).await;
+    let _ = rbee_bus::rpc::respond_guarded(&req, "model list", async { Ok(models::list(&hive)) }).await;
 }
 
 async fn device_list(hive: Arc<Hive>, req: Request) {
     let list = tokio::task::spawn_blocking(move || devices::list(&hive))
         .await
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()));
-    rbee_bus::rpc::respond(&req, &list).await;
+    let _ = rbee_bus::rpc::respond_guarded(&req, "device list", async { list }).await;
 }
 
 async fn import(hive: Arc<Hive>, req: Request) {
@@ -137,7 +137,8 @@ async fn remove(hive: Arc<Hive>, req: Request) {
 }
 
 /// Decodes the request (a message that does not decode is counted as a rejection and answered with
-/// `bad_request`), runs `handle`, logs a refusal as `<what> refused`, and replies.
+/// `bad_request`), runs `handle`, replies, and logs a refusal as `<what> refused`. A panic in the
+/// handler is answered at once with an `internal` error ([`rbee_bus::rpc::respond_guarded`]).
 async fn answer<Req, Rep, F, Fut>(hive: &Hive, req: &Request, what: &str, handle: F)
 where
     Req: serde::de::DeserializeOwned,
@@ -149,12 +150,14 @@ where
         hive.reject(&req.message.subject, &e);
         WireError::new(ErrorCode::BadRequest, e.to_string())
     });
-    let result = match decoded {
-        Ok(message) => handle(message).await,
-        Err(e) => Err(e),
-    };
+    let result = rbee_bus::rpc::respond_guarded(req, what, async {
+        match decoded {
+            Ok(message) => handle(message).await,
+            Err(e) => Err(e),
+        }
+    })
+    .await;
     if let Err(e) = &result {
         tracing::info!(code = e.code().as_str(), reason = %e.error.message, "{what} refused");
     }
-    rbee_bus::rpc::respond(req, &result).await;
 }
