@@ -322,7 +322,8 @@ where
     result
 }
 
-/// The message of a panic payload (`panic!` with a literal or a formatted string), else a placeholder.
+/// The message of a panic payload (`panic!` with a literal or a formatted string); for any other
+/// payload, the text "panic without a message".
 pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()

@@ -197,11 +197,6 @@ impl JobTable {
         self.jobs.is_empty()
     }
 
-    /// Jobs whose events are still buffered.
-    pub fn buffered(&self) -> usize {
-        self.jobs.values().filter(|job| job.reader().is_some()).count()
-    }
-
     /// Drops the buffered events of jobs finished before `cutoff`; their records stay.
     pub fn drop_old_events(&self, cutoff: Instant) {
         for job in self.jobs.values() {
