@@ -25,8 +25,9 @@ pub use messages::hive::{
     WorkerList,
 };
 pub use messages::job::{
-    ChatMessage, FinishReason, JobAccepted, JobAssignment, JobCancel, JobState, JobStatus, ParamError,
-    Prompt, SamplingParams, SubmitJob, SubmitJobReply, TokenChunk, Usage,
+    ChatMessage, FinishReason, JobAccepted, JobAssignment, JobCancel, JobState, JobStatus, LogitBias,
+    ParamError, Prompt, ResponseFormat, SamplingParams, SubmitJob, SubmitJobReply, TokenChunk, TokenLogprob,
+    ToolCall, ToolCallChunk, ToolChoice, ToolDef, TopLogprob, Usage,
 };
 pub use messages::lifecycle::{LifecycleEvent, WorkerLifecycle};
 pub use messages::models::{

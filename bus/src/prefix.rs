@@ -44,7 +44,12 @@ fn link(previous: u64, fields: &[&[u8]]) -> u64 {
 
 /// The link for one more chat message after `previous` (0 before the first).
 pub fn chat_link(previous: u64, message: &ChatMessage) -> u64 {
-    link(previous, &[b"chat", message.role.as_bytes(), message.content.as_bytes()])
+    if message.tool_calls.is_empty() && message.tool_call_id.is_none() && message.name.is_none() {
+        return link(previous, &[b"chat", message.role.as_bytes(), message.content.as_bytes()]);
+    }
+    let extra =
+        serde_json::to_vec(&(&message.tool_calls, &message.tool_call_id, &message.name)).unwrap_or_default();
+    link(previous, &[b"chat+tools", message.role.as_bytes(), message.content.as_bytes(), &extra])
 }
 
 /// The fingerprints of a prompt, one per message (chat) or per [`TEXT_BLOCK`] bytes (text).
@@ -52,7 +57,11 @@ pub fn fingerprints(prompt: &Prompt) -> Vec<u64> {
     let mut out = Vec::new();
     let mut last = 0;
     match prompt {
-        Prompt::Chat { messages } => {
+        Prompt::Chat { messages, tools } => {
+            // Tools are rendered before the conversation (in the system turn): they seed the chain.
+            if !tools.is_empty() {
+                last = link(0, &[b"tools", &serde_json::to_vec(tools).unwrap_or_default()]);
+            }
             for message in messages {
                 last = chat_link(last, message);
                 out.push(last);
@@ -82,18 +91,13 @@ mod tests {
     use super::*;
 
     fn chat(messages: &[(&str, &str)]) -> Prompt {
-        Prompt::Chat {
-            messages: messages
-                .iter()
-                .map(|(role, content)| ChatMessage { role: (*role).into(), content: (*content).into() })
-                .collect(),
-        }
+        Prompt::chat(messages.iter().map(|(role, content)| ChatMessage::new(*role, *content)).collect())
     }
 
     #[test]
     fn a_later_turn_starts_with_the_earlier_chain_plus_the_reply() {
         let turn1 = fingerprints(&chat(&[("system", "be brief"), ("user", "capital of France?")]));
-        let reply = ChatMessage { role: "assistant".into(), content: "Paris.".into() };
+        let reply = ChatMessage::new("assistant", "Paris.");
         let held_after_turn1 = chat_link(*turn1.last().expect("two links"), &reply);
         let turn2 = fingerprints(&chat(&[
             ("system", "be brief"),

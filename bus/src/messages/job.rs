@@ -4,6 +4,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{JobId, ModelId, WorkerId};
+pub use crate::messages::chat::{
+    ChatMessage, LogitBias, ResponseFormat, TokenLogprob, ToolCall, ToolCallChunk, ToolChoice, ToolDef,
+    TopLogprob, MAX_LOGIT_BIAS, MAX_TOOLS, MAX_TOP_LOGPROBS,
+};
 use crate::messages::{EventMeta, SCHEMA_VERSION};
 
 /// Longest stop sequence accepted, in bytes.
@@ -12,15 +16,6 @@ pub const MAX_STOP_LEN: usize = 256;
 pub const MAX_STOP_SEQUENCES: usize = 8;
 /// Most tokens a job may ask for.
 pub const MAX_TOKENS_LIMIT: u32 = 32_768;
-
-/// One chat message, as in OpenAI's API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: String,
-    /// The message text.
-    pub content: String,
-}
 
 /// What the model is given: a chat (rendered with the model's own template) or plain text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -35,15 +30,35 @@ pub enum Prompt {
     Chat {
         /// The conversation so far.
         messages: Vec<ChatMessage>,
+        /// Functions the model may call, given to its template (or, for a template that knows no
+        /// tools, described in a system message).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        tools: Vec<ToolDef>,
     },
 }
 
 impl Prompt {
+    /// A chat without tools.
+    pub fn chat(messages: Vec<ChatMessage>) -> Self {
+        Prompt::Chat { messages, tools: Vec::new() }
+    }
+
     /// Total bytes of text in the prompt (a cheap upper bound of its token count).
     pub fn text_len(&self) -> usize {
         match self {
             Prompt::Text { text } => text.len(),
-            Prompt::Chat { messages } => messages.iter().map(|m| m.content.len() + m.role.len()).sum(),
+            Prompt::Chat { messages, tools } => {
+                messages.iter().map(ChatMessage::text_len).sum::<usize>()
+                    + tools.iter().map(|t| serde_json::to_string(t).map_or(0, |s| s.len())).sum::<usize>()
+            }
+        }
+    }
+
+    /// The tools a chat defines (none for plain text).
+    pub fn tools(&self) -> &[ToolDef] {
+        match self {
+            Prompt::Text { .. } => &[],
+            Prompt::Chat { tools, .. } => tools,
         }
     }
 }
@@ -68,6 +83,24 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Most tokens to generate.
     pub max_tokens: u32,
+    /// OpenAI's presence penalty, in [-2, 2]: subtracted once from every token already generated.
+    pub presence_penalty: f32,
+    /// OpenAI's frequency penalty, in [-2, 2]: subtracted per occurrence of a generated token.
+    pub frequency_penalty: f32,
+    /// Biases added to chosen tokens' logits.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logit_bias: Vec<LogitBias>,
+    /// Send each generated token's log probability with the text.
+    pub logprobs: bool,
+    /// With `logprobs`: also the most likely alternatives at each position, at most
+    /// [`MAX_TOP_LOGPROBS`].
+    pub top_logprobs: u8,
+    /// The shape the reply must have.
+    pub response_format: ResponseFormat,
+    /// Whether the reply must (or may) be tool calls; only with tools in the prompt.
+    pub tool_choice: ToolChoice,
+    /// Whether several calls may be made in one reply.
+    pub parallel_tool_calls: bool,
 }
 
 impl Default for SamplingParams {
@@ -81,6 +114,14 @@ impl Default for SamplingParams {
             seed: None,
             stop: Vec::new(),
             max_tokens: 256,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logit_bias: Vec::new(),
+            logprobs: false,
+            top_logprobs: 0,
+            response_format: ResponseFormat::Text,
+            tool_choice: ToolChoice::Auto,
+            parallel_tool_calls: true,
         }
     }
 }
@@ -122,6 +163,80 @@ impl SamplingParams {
         }
         if let Some(s) = self.stop.iter().find(|s| s.is_empty() || s.len() > MAX_STOP_LEN) {
             return bad("stop", format!("sequence of {} bytes, must be 1 to {MAX_STOP_LEN}", s.len()));
+        }
+        for (field, v) in
+            [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)]
+        {
+            if !v.is_finite() || !(-2.0..=2.0).contains(&v) {
+                return bad(field, format!("{v} is outside [-2, 2]"));
+            }
+        }
+        if self.logit_bias.len() > MAX_LOGIT_BIAS {
+            return bad("logit_bias", format!("{} entries, at most {MAX_LOGIT_BIAS}", self.logit_bias.len()));
+        }
+        if let Some(b) =
+            self.logit_bias.iter().find(|b| !b.bias.is_finite() || !(-100.0..=100.0).contains(&b.bias))
+        {
+            return bad("logit_bias", format!("bias {} of token {} is outside [-100, 100]", b.bias, b.token));
+        }
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            return bad("top_logprobs", format!("{} is above {MAX_TOP_LOGPROBS}", self.top_logprobs));
+        }
+        if self.top_logprobs > 0 && !self.logprobs {
+            return bad("top_logprobs", "needs logprobs: true".to_owned());
+        }
+        if let ResponseFormat::JsonSchema { schema, .. } = &self.response_format {
+            if !schema.is_object() && !schema.is_boolean() {
+                return bad("response_format", "json_schema.schema must be a JSON Schema object".to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// [`SamplingParams::validate`], then what depends on the prompt: a tool choice needs tools (and a
+    /// named function one of them), tools need a chat, and one reply has one constraint.
+    pub fn validate_for(&self, prompt: &Prompt) -> Result<(), ParamError> {
+        self.validate()?;
+        let bad = |field, message: String| Err(ParamError { field, message });
+        let tools = prompt.tools();
+        if tools.len() > MAX_TOOLS {
+            return bad("tools", format!("{} tools, at most {MAX_TOOLS}", tools.len()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in tools {
+            if t.name.is_empty()
+                || t.name.len() > 64
+                || !t.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return bad(
+                    "tools",
+                    format!("function name {:?} must be 1 to 64 of a-z, A-Z, 0-9, _ and -", t.name),
+                );
+            }
+            if !names.insert(t.name.as_str()) {
+                return bad("tools", format!("function {:?} is defined twice", t.name));
+            }
+            if let Some(p) = &t.parameters {
+                if !p.is_object() {
+                    return bad("tools", format!("parameters of {:?} must be a JSON Schema object", t.name));
+                }
+            }
+        }
+        match &self.tool_choice {
+            ToolChoice::Required if tools.is_empty() => {
+                return bad("tool_choice", "\"required\" needs tools".to_owned());
+            }
+            ToolChoice::Function { name } if !tools.iter().any(|t| &t.name == name) => {
+                return bad("tool_choice", format!("function {name:?} is not among the tools"));
+            }
+            _ => {}
+        }
+        let calls_possible = !tools.is_empty() && self.tool_choice != ToolChoice::None;
+        if calls_possible && self.response_format != ResponseFormat::Text {
+            return bad(
+                "response_format",
+                "cannot be combined with tools the model may call (set tool_choice to \"none\")".to_owned(),
+            );
         }
         Ok(())
     }
@@ -196,6 +311,12 @@ pub struct TokenChunk {
     /// when the queen did not count. Drop the chunk unless it is the job's latest scheduled attempt.
     #[serde(default)]
     pub attempt: u32,
+    /// Tool calls completed in this chunk (their text is not in `text`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallChunk>,
+    /// Per generated token of this chunk, when the job asked for `logprobs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Why a job ended.
@@ -210,6 +331,8 @@ pub enum FinishReason {
     Cancelled,
     /// Failed; the status carries the message.
     Error,
+    /// The reply is one or more tool calls.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -220,6 +343,7 @@ impl FinishReason {
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
             FinishReason::Error => "error",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }

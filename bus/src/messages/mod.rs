@@ -2,6 +2,7 @@
 //! carry [`EventMeta`]: who published, the publisher's epoch (re-rolled at every process start), a
 //! per-publisher monotonic sequence number and the sender's clock.
 
+pub mod chat;
 pub mod error;
 pub mod heartbeat;
 pub mod hive;

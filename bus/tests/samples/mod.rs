@@ -69,9 +69,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         state,
         attempt: 1,
     };
-    let chat = Prompt::Chat {
-        messages: vec![ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }],
-    };
+    let chat = Prompt::chat(vec![ChatMessage::new("user", "What is the capital of France?")]);
     let params = SamplingParams { seed: Some(7), stop: vec!["\n".into()], ..SamplingParams::default() };
     vec![
         (
@@ -236,6 +234,93 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
             )),
         ),
         (
+            "JobAssignment",
+            j(&JobAssignment::new(
+                id("job-3"),
+                id("smollm2-135m-instruct"),
+                Prompt::Chat {
+                    messages: vec![
+                        ChatMessage::new("user", "Weather in Paris?"),
+                        ChatMessage {
+                            tool_calls: vec![ToolCall {
+                                id: "call_1".into(),
+                                name: "get_weather".into(),
+                                arguments: r#"{"city":"Paris"}"#.into(),
+                            }],
+                            ..ChatMessage::new("assistant", "")
+                        },
+                        ChatMessage {
+                            tool_call_id: Some("call_1".into()),
+                            ..ChatMessage::new("tool", "18 C")
+                        },
+                    ],
+                    tools: vec![ToolDef {
+                        name: "get_weather".into(),
+                        description: Some("Current weather of a city".into()),
+                        parameters: Some(serde_json::json!({
+                            "type": "object",
+                            "properties": {"city": {"type": "string"}},
+                            "required": ["city"]
+                        })),
+                    }],
+                },
+                SamplingParams {
+                    tool_choice: ToolChoice::Function { name: "get_weather".into() },
+                    logprobs: true,
+                    top_logprobs: 2,
+                    logit_bias: vec![LogitBias { token: 42, bias: -100.0 }],
+                    presence_penalty: 0.5,
+                    ..SamplingParams::default()
+                },
+            )),
+        ),
+        (
+            "JobAssignment",
+            j(&JobAssignment::new(
+                id("job-4"),
+                id("smollm2-135m-instruct"),
+                chat.clone(),
+                SamplingParams {
+                    response_format: ResponseFormat::JsonSchema {
+                        name: "answer".into(),
+                        schema: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                        strict: true,
+                    },
+                    ..SamplingParams::default()
+                },
+            )),
+        ),
+        (
+            "TokenChunk",
+            j(&TokenChunk {
+                v: SCHEMA_VERSION,
+                meta: meta("wrk-1"),
+                job_id: id("job-3"),
+                worker_id: id("wrk-1"),
+                seq: 1,
+                text: String::new(),
+                tokens: 14,
+                total_tokens: 15,
+                attempt: 1,
+                tool_calls: vec![ToolCallChunk {
+                    index: 0,
+                    id: "call_00000000abc00".into(),
+                    name: "get_weather".into(),
+                    arguments: r#"{"city": "Paris"}"#.into(),
+                }],
+                logprobs: vec![TokenLogprob {
+                    token: "Paris".into(),
+                    bytes: b"Paris".to_vec(),
+                    logprob: -0.12,
+                    top: vec![TopLogprob {
+                        token: "London".into(),
+                        bytes: b"London".to_vec(),
+                        logprob: -2.5,
+                    }],
+                }],
+            }),
+        ),
+        (
             "JobAccepted",
             j(&JobAccepted {
                 v: SCHEMA_VERSION,
@@ -256,6 +341,8 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 tokens: 2,
                 total_tokens: 2,
                 attempt: 1,
+                tool_calls: Vec::new(),
+                logprobs: Vec::new(),
             }),
         ),
         ("JobStatus", j(&status(JobState::Queued { reason: "waiting for a slot on 2 workers".into() }))),
