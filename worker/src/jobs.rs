@@ -261,11 +261,15 @@ impl JobStream {
             };
             let mut text = String::new();
             let mut tokens = 0u32;
+            let mut logprobs = Vec::new();
+            let mut tool_calls = Vec::new();
             let mut absorb = |event: GenEvent, finished: &mut Option<_>| match event {
-                GenEvent::Token { text: piece } => {
+                GenEvent::Token { text: piece, logprobs: lp } => {
                     text.push_str(&piece);
+                    logprobs.extend(lp);
                     tokens = tokens.saturating_add(1);
                 }
+                GenEvent::ToolCalls { calls } => tool_calls.extend(calls),
                 GenEvent::Finished { reason, usage, error } => *finished = Some((reason, usage, error)),
             };
             absorb(first, &mut finished);
@@ -288,7 +292,7 @@ impl JobStream {
                     }
                 }
             }
-            if tokens == 0 {
+            if tokens == 0 && tool_calls.is_empty() {
                 continue;
             }
             total = total.saturating_add(tokens);
@@ -305,6 +309,8 @@ impl JobStream {
                 tokens,
                 total_tokens: total,
                 attempt: self.attempt,
+                tool_calls,
+                logprobs,
             };
             if let Err(e) = self.shared.bus.publish(tokens_subject.clone(), &chunk).await {
                 tracing::warn!(job_id = %self.job_id, error = %e, "cannot publish tokens");

@@ -49,7 +49,7 @@ async fn load_with(slots: usize, ctx_per_slot: u32, prefix_reuse: bool) -> Optio
 }
 
 fn chat(text: &str) -> Prompt {
-    Prompt::Chat { messages: vec![ChatMessage { role: "user".into(), content: text.into() }] }
+    Prompt::chat(vec![ChatMessage::new("user", text)])
 }
 
 fn greedy(max_tokens: u32) -> SamplingParams {
@@ -81,10 +81,11 @@ async fn collect(mut generation: Generation) -> Done {
             .expect("an event within 120 s")
             .expect("the stream ends with Finished");
         match event {
-            GenEvent::Token { text: piece } => {
+            GenEvent::Token { text: piece, .. } => {
                 first_token_at.get_or_insert_with(Instant::now);
                 text.push_str(&piece);
             }
+            GenEvent::ToolCalls { .. } => {}
             GenEvent::Finished { reason, usage, error } => {
                 return Done { text, reason, usage, error, first_token_at, finished_at: Instant::now() };
             }
@@ -373,7 +374,7 @@ async fn tiny_model_slots_are_isolated_and_reusable() {
 }
 
 fn message(role: &str, content: &str) -> ChatMessage {
-    ChatMessage { role: role.into(), content: content.into() }
+    ChatMessage::new(role, content)
 }
 
 const SYSTEM: &str = "You are a concise geography tutor. Answer every question in one short sentence, \
@@ -384,20 +385,16 @@ async fn later_chat_turns_reuse_the_slot_and_greedy_text_is_unchanged() {
     let _serial = SERIAL.lock().await;
     let Some(engine) = load(2, 1024).await else { return };
     let turn1 = vec![message("system", SYSTEM), message("user", QUESTION)];
-    let first = collect(
-        engine.submit(request(Prompt::Chat { messages: turn1.clone() }, greedy(24))).expect("submit"),
-    )
-    .await;
+    let first =
+        collect(engine.submit(request(Prompt::chat(turn1.clone()), greedy(24))).expect("submit")).await;
     assert_eq!(first.usage.cached_tokens, 0, "a fresh engine holds nothing");
 
     // The next turn resends the history, as chat clients do: only the new part is decoded.
     let mut turn2 = turn1.clone();
     turn2.push(message("assistant", &first.text));
     turn2.push(message("user", "And the capital of Italy?"));
-    let second = collect(
-        engine.submit(request(Prompt::Chat { messages: turn2.clone() }, greedy(24))).expect("submit"),
-    )
-    .await;
+    let second =
+        collect(engine.submit(request(Prompt::chat(turn2.clone()), greedy(24))).expect("submit")).await;
     eprintln!("turn 1 {:?}\nturn 2 {:?} {:?}", first.usage, second.text, second.usage);
     assert!(
         second.usage.cached_tokens >= first.usage.prompt_tokens,
@@ -414,15 +411,13 @@ async fn later_chat_turns_reuse_the_slot_and_greedy_text_is_unchanged() {
     assert_eq!(other.usage.cached_tokens, 0, "{:?}", other.usage);
 
     // The same turn again: all but the last prompt token come from the cache, same greedy text.
-    let again = collect(
-        engine.submit(request(Prompt::Chat { messages: turn2.clone() }, greedy(24))).expect("submit"),
-    )
-    .await;
+    let again =
+        collect(engine.submit(request(Prompt::chat(turn2.clone()), greedy(24))).expect("submit")).await;
     assert_eq!(again.usage.cached_tokens, again.usage.prompt_tokens - 1, "{:?}", again.usage);
     assert_eq!(again.text, second.text);
 
     // A cancelled job leaves only what it really decoded; the next one trusts no more than that.
-    let long = request(Prompt::Chat { messages: turn2.clone() }, greedy(400));
+    let long = request(Prompt::chat(turn2.clone()), greedy(400));
     let cancel = long.cancel.clone();
     let mut generation = engine.submit(long).expect("submit");
     match generation.events.recv().await {
@@ -430,19 +425,15 @@ async fn later_chat_turns_reuse_the_slot_and_greedy_text_is_unchanged() {
         other => panic!("expected a token first, got {other:?}"),
     }
     assert_eq!(collect(generation).await.reason, FinishReason::Cancelled);
-    let after = collect(
-        engine.submit(request(Prompt::Chat { messages: turn2.clone() }, greedy(24))).expect("submit"),
-    )
-    .await;
+    let after =
+        collect(engine.submit(request(Prompt::chat(turn2.clone()), greedy(24))).expect("submit")).await;
     assert_eq!(after.text, second.text);
     drop(engine);
 
     // Reuse off: the same turn decodes its whole prompt and says the same.
     let Some(plain) = load_with(2, 1024, false).await else { return };
-    let _ =
-        collect(plain.submit(request(Prompt::Chat { messages: turn1 }, greedy(24))).expect("submit")).await;
-    let fresh =
-        collect(plain.submit(request(Prompt::Chat { messages: turn2 }, greedy(24))).expect("submit")).await;
+    let _ = collect(plain.submit(request(Prompt::chat(turn1), greedy(24))).expect("submit")).await;
+    let fresh = collect(plain.submit(request(Prompt::chat(turn2), greedy(24))).expect("submit")).await;
     assert_eq!(fresh.usage.cached_tokens, 0);
     assert_eq!(fresh.text, second.text, "greedy text with reuse differs from the text without it");
 }
@@ -453,15 +444,12 @@ async fn an_evicted_conversation_comes_back_from_host_ram() {
     // One slot: every other conversation takes it away.
     let Some(engine) = load(1, 1024).await else { return };
     let a1 = vec![message("system", SYSTEM), message("user", QUESTION)];
-    let first =
-        collect(engine.submit(request(Prompt::Chat { messages: a1.clone() }, greedy(24))).expect("submit"))
-            .await;
+    let first = collect(engine.submit(request(Prompt::chat(a1.clone()), greedy(24))).expect("submit")).await;
     assert_eq!(engine.prefix_cache_usage(), (0, 0));
 
     // Another conversation takes the slot: A's cells are saved first.
     let b = vec![message("user", "Name a large river in Africa, and the sea it reaches.")];
-    let other =
-        collect(engine.submit(request(Prompt::Chat { messages: b }, greedy(16))).expect("submit")).await;
+    let other = collect(engine.submit(request(Prompt::chat(b), greedy(16))).expect("submit")).await;
     assert_eq!(other.usage.cached_tokens, 0);
     let (bytes, states) = engine.prefix_cache_usage();
     assert_eq!(states, 1, "the evicted conversation is kept in host ram");
@@ -471,9 +459,7 @@ async fn an_evicted_conversation_comes_back_from_host_ram() {
     let mut a2 = a1.clone();
     a2.push(message("assistant", &first.text));
     a2.push(message("user", "And the capital of Italy?"));
-    let second =
-        collect(engine.submit(request(Prompt::Chat { messages: a2.clone() }, greedy(24))).expect("submit"))
-            .await;
+    let second = collect(engine.submit(request(Prompt::chat(a2.clone()), greedy(24))).expect("submit")).await;
     eprintln!("restored turn: {:?} {:?}, cache {:?}", second.text, second.usage, engine.prefix_cache_usage());
     assert!(
         second.usage.cached_tokens >= first.usage.prompt_tokens,
@@ -486,8 +472,7 @@ async fn an_evicted_conversation_comes_back_from_host_ram() {
 
     // The same as with no cache at all.
     let Some(plain) = load_with(1, 1024, false).await else { return };
-    let fresh =
-        collect(plain.submit(request(Prompt::Chat { messages: a2 }, greedy(24))).expect("submit")).await;
+    let fresh = collect(plain.submit(request(Prompt::chat(a2), greedy(24))).expect("submit")).await;
     assert_eq!(fresh.text, second.text, "greedy text after a restore differs from the text without reuse");
 }
 
@@ -501,20 +486,16 @@ async fn two_conversations_sharing_a_system_prompt_keep_their_histories() {
         message("user", "What is the capital of Japan? Answer in one sentence."),
     ];
     let a_first =
-        collect(engine.submit(request(Prompt::Chat { messages: a1.clone() }, greedy(24))).expect("submit"))
-            .await;
+        collect(engine.submit(request(Prompt::chat(a1.clone()), greedy(24))).expect("submit")).await;
     // B shares A's system prompt: it takes A's slot for it, and A's history goes to RAM first.
     let b_first =
-        collect(engine.submit(request(Prompt::Chat { messages: b1.clone() }, greedy(24))).expect("submit"))
-            .await;
+        collect(engine.submit(request(Prompt::chat(b1.clone()), greedy(24))).expect("submit")).await;
     assert!(b_first.usage.cached_tokens > 0, "B should reuse the shared system prompt: {:?}", b_first.usage);
     for (history, first) in [(a1, &a_first), (b1, &b_first)] {
         let mut next = history.clone();
         next.push(message("assistant", &first.text));
         next.push(message("user", "And which river flows through it?"));
-        let done =
-            collect(engine.submit(request(Prompt::Chat { messages: next }, greedy(16))).expect("submit"))
-                .await;
+        let done = collect(engine.submit(request(Prompt::chat(next), greedy(16))).expect("submit")).await;
         assert!(
             done.usage.cached_tokens >= first.usage.prompt_tokens,
             "a later turn reused {} tokens; its first turn's prompt was {}",

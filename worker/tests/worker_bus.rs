@@ -48,7 +48,7 @@ async fn wait_for_state(bus: &Bus, worker: &WorkerId, want: WorkerState) -> Work
 }
 
 fn chat(q: &str) -> Prompt {
-    Prompt::Chat { messages: vec![ChatMessage { role: "user".into(), content: q.into() }] }
+    Prompt::chat(vec![ChatMessage::new("user", q)])
 }
 
 struct Collected {

@@ -15,10 +15,12 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use rbee_bus::FinishReason;
 
 use super::load::CONTEXT_CREATION;
+use super::logprobs;
 use super::prefix::MIN_SAVED_TAIL;
 use super::slots::{Job, Slot};
 use super::{GenEvent, Shared};
@@ -348,12 +350,17 @@ impl BatchLoop<'_> {
             sampled += 1;
             let eog = vocab.is_eog(token);
             let piece = if eog { Vec::new() } else { vocab.token_to_piece(token, false, None) };
-            let outcome = slot.job.output.on_token(&piece, eog, Instant::now());
-            if !outcome.emit.is_empty() {
-                slot.reply.push_str(&outcome.emit);
-                // A closed receiver is noticed by `reap_interrupted` before the next step.
-                let _ = slot.job.events.send(GenEvent::Token { text: outcome.emit });
+            if let (Some(top), false) = (slot.job.logprobs, eog) {
+                let piece_of = |t: usize| {
+                    i32::try_from(t)
+                        .map_or_else(|_| Vec::new(), |t| vocab.token_to_piece(LlamaToken(t), false, None))
+                };
+                let id = usize::try_from(token.0).unwrap_or(usize::MAX);
+                slot.logprobs.push(logprobs::entry(self.ctx.get_logits_ith(at), id, top, piece_of));
             }
+            let outcome = slot.job.output.on_token(&piece, eog, Instant::now());
+            // A closed receiver is noticed by `reap_interrupted` before the next step.
+            slot.send(outcome.emit, outcome.calls);
             let finish = outcome.finish.or_else(|| {
                 // No room left in this slot's context for the token just sampled.
                 (u32::try_from(slot.n_past).unwrap_or(u32::MAX) >= self.per_slot)
@@ -387,11 +394,8 @@ impl BatchLoop<'_> {
     fn finish(&mut self, mut slot: Slot, reason: FinishReason, error: Option<String>) {
         let seq = slot.job.seq;
         if reason == FinishReason::Length {
-            let tail = slot.job.output.flush();
-            if !tail.is_empty() {
-                slot.reply.push_str(&tail);
-                let _ = slot.job.events.send(GenEvent::Token { text: tail });
-            }
+            let (tail, calls) = slot.job.output.flush();
+            slot.send(tail, calls);
         }
         let usage = slot.job.output.usage();
         tracing::info!(

@@ -120,7 +120,8 @@ pub(crate) fn facts(model: &LlamaModel) -> ModelFacts {
         n_params: model.n_params(),
         size_bytes: model.size(),
         description,
-        has_chat_template: model.chat_template(None).is_ok(),
+        has_chat_template: model.meta_val_str("tokenizer.chat_template").is_ok()
+            || model.chat_template(None).is_ok(),
         n_vocab: model.n_vocab(),
     }
 }

@@ -16,7 +16,9 @@
 //! only read it). llama.cpp's own logs are forwarded to `tracing`.
 
 mod batch_loop;
+mod grammar;
 mod load;
+mod logprobs;
 mod meter;
 mod output;
 mod prefix;
@@ -24,6 +26,7 @@ mod prompt;
 mod sampler;
 mod slots;
 mod stop;
+mod tool_stream;
 mod utf8;
 
 use std::path::PathBuf;
@@ -33,15 +36,20 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
-use rbee_bus::{FinishReason, ParamError, Prompt, SamplingParams, Usage};
+use llama_cpp_2::model::LlamaModel;
+use rbee_bus::{
+    FinishReason, ParamError, Prompt, SamplingParams, TokenLogprob, ToolCallChunk, ToolChoice, Usage,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use batch_loop::{Command, LoopSetup};
+use grammar::ConstrainedSampler;
 use meter::RateMeter;
 use output::Output;
+use prompt::ChatRenderer;
 use slots::{Job, ReserveError, SlotTable};
+use tool_stream::ToolStream;
 
 /// Host RAM kept by default for the states of evicted prefixes, MiB (llama-server keeps up to 8 GiB; a
 /// 1,000-token conversation of the default model takes about 23 MB).
@@ -115,6 +123,14 @@ pub enum GenEvent {
     Token {
         /// The text.
         text: String,
+        /// Per token of the text, when the job asked for log probabilities (tokens whose text was
+        /// held back come with the text that releases them).
+        logprobs: Vec<TokenLogprob>,
+    },
+    /// Tool calls the reply completed (their text is never sent as [`GenEvent::Token`]).
+    ToolCalls {
+        /// The calls, in order.
+        calls: Vec<ToolCallChunk>,
     },
     /// The end; nothing follows.
     Finished {
@@ -224,7 +240,7 @@ pub struct Engine {
 struct Inner {
     facts: ModelFacts,
     model: Arc<LlamaModel>,
-    template: Option<LlamaChatTemplate>,
+    renderer: ChatRenderer,
     shared: Arc<Shared>,
     tx: Sender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -254,7 +270,7 @@ impl Engine {
         let backend = load::backend()?;
         let model = Arc::new(load::load_model(backend, &config)?);
         let facts = load::facts(&model);
-        let template = model.chat_template(None).ok();
+        let renderer = ChatRenderer::for_model(&model);
         if config.ctx_per_slot > facts.n_ctx_train {
             tracing::warn!(
                 ctx_per_slot = config.ctx_per_slot,
@@ -308,7 +324,7 @@ impl Engine {
             inner: Arc::new(Inner {
                 facts,
                 model,
-                template,
+                renderer,
                 shared,
                 tx,
                 thread: Mutex::new(Some(thread)),
@@ -361,12 +377,12 @@ impl Engine {
         if inner.shut_down.load(Ordering::Acquire) {
             return Err(SubmitError::ShutDown);
         }
-        req.params.validate()?;
+        req.params.validate_for(&req.prompt)?;
         let total = self.slots_total();
         if self.slots_busy() >= total {
             return Err(SubmitError::NoFreeSlot { total });
         }
-        let text = prompt::render(&inner.model, inner.template.as_ref(), &req.prompt)?;
+        let text = prompt::render(&inner.model, &inner.renderer, &req.prompt)?;
         let tokens = prompt::tokenize(&inner.model, &text);
         let prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
         if tokens.is_empty() {
@@ -377,6 +393,21 @@ impl Engine {
             return Err(SubmitError::PromptTooLong { prompt_tokens, max });
         }
         let seed = sampler::job_seed(req.params.seed);
+        // Tools the model may call: its family's syntax is split out of the text and, when a call is
+        // required (or once the model opens one), held to the tools' schemas.
+        let tools = req.prompt.tools();
+        let syntax = (!tools.is_empty() && req.params.tool_choice != ToolChoice::None)
+            .then(|| inner.renderer.tool_syntax())
+            .flatten();
+        let constraint = grammar::for_job(&req.params, syntax.as_ref().map(|s| (tools, s)))?;
+        let chain = sampler::build(&req.params, inner.facts.n_vocab, seed)?;
+        let sampler = ConstrainedSampler::new(chain, &inner.model, constraint.as_ref())?;
+        let mut output = Output::new(prompt_tokens, req.params.max_tokens, &req.params.stop, submitted_at);
+        if let Some(syntax) = syntax {
+            let stream = ToolStream::new(syntax, seed);
+            let forced = matches!(req.params.tool_choice, ToolChoice::Required | ToolChoice::Function { .. });
+            output = output.with_tools(if forced { stream.calls_only() } else { stream });
+        }
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
         let prompt = tokens.clone();
         let mut job = Some(Job {
@@ -385,8 +416,9 @@ impl Engine {
             restore: None,
             fingerprints: rbee_bus::prefix::fingerprints(&req.prompt),
             chat: matches!(req.prompt, Prompt::Chat { .. }),
-            sampler: sampler::build(&req.params, inner.facts.n_vocab, seed),
-            output: Output::new(prompt_tokens, req.params.max_tokens, &req.params.stop, submitted_at),
+            sampler,
+            logprobs: req.params.logprobs.then_some(req.params.top_logprobs),
+            output,
             tokens,
             seed,
             cancel: req.cancel,

@@ -1,11 +1,13 @@
-//! What one generation has produced: text streaming (UTF-8 buffering, stop sequences), token counts,
-//! timings and the end conditions that depend only on the sampled tokens. No llama.cpp types here.
+//! What one generation has produced: text streaming (UTF-8 buffering, stop sequences, tool calls
+//! split out), token counts, timings and the end conditions that depend only on the sampled tokens.
+//! No llama.cpp types here.
 
 use std::time::Instant;
 
-use rbee_bus::{FinishReason, Usage};
+use rbee_bus::{FinishReason, ToolCallChunk, Usage};
 
 use super::stop::StopMatcher;
+use super::tool_stream::ToolStream;
 use super::utf8::Utf8Stream;
 
 /// The outcome of one sampled token.
@@ -13,6 +15,8 @@ use super::utf8::Utf8Stream;
 pub(crate) struct TokenOutcome {
     /// Text to send now (may be empty).
     pub(crate) emit: String,
+    /// Tool calls completed now.
+    pub(crate) calls: Vec<ToolCallChunk>,
     /// Set when the generation is over.
     pub(crate) finish: Option<FinishReason>,
 }
@@ -22,6 +26,8 @@ pub(crate) struct TokenOutcome {
 pub(crate) struct Output {
     utf8: Utf8Stream,
     stop: StopMatcher,
+    /// Splits tool calls out of the text, for a chat with tools the model may call.
+    tools: Option<ToolStream>,
     max_tokens: u32,
     prompt_tokens: u32,
     /// Tokens generated, the end-of-generation token excluded.
@@ -41,6 +47,7 @@ impl Output {
         Self {
             utf8: Utf8Stream::default(),
             stop: StopMatcher::new(stop),
+            tools: None,
             max_tokens,
             prompt_tokens,
             completion_tokens: 0,
@@ -52,39 +59,71 @@ impl Output {
         }
     }
 
+    /// Splits tool calls out of the reply with `tools`.
+    pub(crate) fn with_tools(mut self, tools: ToolStream) -> Self {
+        self.tools = Some(tools);
+        self
+    }
+
     /// Takes one sampled token: its piece (bytes) and whether it ends generation.
     pub(crate) fn on_token(&mut self, piece: &[u8], end_of_generation: bool, now: Instant) -> TokenOutcome {
         self.first_at.get_or_insert(now);
         self.last_at = Some(now);
         self.sampled = self.sampled.saturating_add(1);
         if end_of_generation {
-            return TokenOutcome { emit: self.flush(), finish: Some(FinishReason::Stop) };
+            let (emit, calls) = self.flush();
+            return TokenOutcome { emit, calls, finish: Some(self.stopped()) };
         }
         self.completion_tokens = self.completion_tokens.saturating_add(1);
         let text = self.utf8.push(piece);
         let scan = self.stop.push(&text);
         if scan.stopped {
-            return TokenOutcome { emit: scan.emit, finish: Some(FinishReason::Stop) };
+            let (emit, calls) = self.through_tools(&scan.emit, true);
+            return TokenOutcome { emit, calls, finish: Some(self.stopped()) };
         }
-        let mut emit = scan.emit;
+        let (mut emit, mut calls) = self.through_tools(&scan.emit, false);
         if self.completion_tokens >= self.max_tokens {
-            emit.push_str(&self.flush());
-            return TokenOutcome { emit, finish: Some(FinishReason::Length) };
+            let (tail, more) = self.flush();
+            emit.push_str(&tail);
+            calls.extend(more);
+            return TokenOutcome { emit, calls, finish: Some(FinishReason::Length) };
         }
-        TokenOutcome { emit, finish: None }
+        TokenOutcome { emit, calls, finish: None }
     }
 
-    /// Everything still held back (an incomplete character, a possible stop-sequence start), for an
-    /// end that is not a stop sequence. A stop sequence completed by the flushed text still cuts it.
-    pub(crate) fn flush(&mut self) -> String {
+    /// A natural end: `tool_calls` when the reply made calls, `stop` otherwise.
+    fn stopped(&self) -> FinishReason {
+        if self.tools.as_ref().is_some_and(ToolStream::made_calls) {
+            FinishReason::ToolCalls
+        } else {
+            FinishReason::Stop
+        }
+    }
+
+    /// Passes released text through the tool-call splitter (when there is one); `last` ends the reply.
+    fn through_tools(&mut self, text: &str, last: bool) -> (String, Vec<ToolCallChunk>) {
+        let Some(tools) = self.tools.as_mut() else { return (text.to_owned(), Vec::new()) };
+        let mut piece = tools.push(text);
+        if last {
+            let end = tools.finish();
+            piece.text.push_str(&end.text);
+            piece.calls.extend(end.calls);
+        }
+        (piece.text, piece.calls)
+    }
+
+    /// Everything still held back (an incomplete character, a possible stop-sequence start, an open
+    /// tool call), for an end that is not a stop sequence. A stop sequence completed by the flushed
+    /// text still cuts it.
+    pub(crate) fn flush(&mut self) -> (String, Vec<ToolCallChunk>) {
         let tail = self.utf8.finish();
         let scan = self.stop.push(&tail);
         if scan.stopped {
-            return scan.emit;
+            return self.through_tools(&scan.emit, true);
         }
         let mut out = scan.emit;
         out.push_str(&self.stop.finish());
-        out
+        self.through_tools(&out, true)
     }
 
     /// Records how many prompt tokens the slot already held (not decoded again).

@@ -3,9 +3,11 @@
 use std::hash::{BuildHasher, Hasher};
 
 use llama_cpp_2::sampling::LlamaSampler;
-use rbee_bus::SamplingParams;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
+use llama_cpp_2::token::LlamaToken;
+use rbee_bus::{ParamError, SamplingParams};
 
-/// How many recent tokens the repeat penalty looks at (llama.cpp's default `repeat_last_n`).
+/// The fewest recent tokens the penalties look at (llama.cpp's default `repeat_last_n`).
 const PENALTY_LAST_N: i32 = 64;
 
 /// llama.cpp's `LLAMA_DEFAULT_SEED`: `dist` treats it as "pick a random seed", so it is never passed.
@@ -34,12 +36,38 @@ pub(crate) fn fold_seed(seed: u64) -> u32 {
     }
 }
 
-/// The sampler chain for one job: repeat penalty, top-k, top-p, min-p, temperature, then a seeded
-/// random pick; temperature 0 is greedy (after the repeat penalty). Params must be validated.
-pub(crate) fn build(params: &SamplingParams, n_vocab: i32, seed: u64) -> LlamaSampler {
-    let mut chain = Vec::with_capacity(6);
-    if params.repeat_penalty != 1.0 {
-        chain.push(LlamaSampler::penalties(n_vocab, PENALTY_LAST_N, params.repeat_penalty, 0.0, 0.0));
+/// The sampler chain for one job: logit biases, repeat/frequency/presence penalties, top-k, top-p,
+/// min-p, temperature, then a seeded random pick; temperature 0 is greedy (after the biases and
+/// penalties). Params must be validated; a biased token outside the vocabulary is refused here, where
+/// the vocabulary is known.
+pub(crate) fn build(params: &SamplingParams, n_vocab: i32, seed: u64) -> Result<LlamaSampler, ParamError> {
+    let mut chain = Vec::with_capacity(8);
+    if !params.logit_bias.is_empty() {
+        let mut biases = Vec::with_capacity(params.logit_bias.len());
+        for b in &params.logit_bias {
+            let token = i32::try_from(b.token).ok().filter(|t| *t < n_vocab).ok_or_else(|| ParamError {
+                field: "logit_bias",
+                message: format!("token {} is not in the model's vocabulary of {n_vocab}", b.token),
+            })?;
+            // OpenAI's -100 bans the token outright; a finite -100 only makes it unlikely.
+            let bias = if b.bias <= -100.0 { f32::NEG_INFINITY } else { b.bias };
+            biases.push(LlamaLogitBias::new(LlamaToken(token), bias));
+        }
+        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
+    }
+    let penalized =
+        params.repeat_penalty != 1.0 || params.frequency_penalty != 0.0 || params.presence_penalty != 0.0;
+    if penalized {
+        // OpenAI counts every generated token; the window covers the whole answer (at least llama.cpp's
+        // default of 64 for the repeat penalty).
+        let last_n = i32::try_from(params.max_tokens).unwrap_or(i32::MAX).max(PENALTY_LAST_N);
+        chain.push(LlamaSampler::penalties(
+            n_vocab,
+            last_n,
+            params.repeat_penalty,
+            params.frequency_penalty,
+            params.presence_penalty,
+        ));
     }
     if params.temperature <= 0.0 {
         chain.push(LlamaSampler::greedy());
@@ -56,7 +84,7 @@ pub(crate) fn build(params: &SamplingParams, n_vocab: i32, seed: u64) -> LlamaSa
         chain.push(LlamaSampler::temp(params.temperature));
         chain.push(LlamaSampler::dist(fold_seed(seed)));
     }
-    LlamaSampler::chain(chain, true)
+    Ok(LlamaSampler::chain(chain, true))
 }
 
 #[cfg(test)]

@@ -3,12 +3,12 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::SeqState;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
+use super::grammar::ConstrainedSampler;
 use super::output::Output;
 use super::{prefix, GenEvent};
 
@@ -224,7 +224,9 @@ pub(crate) struct Job {
     /// also holds the conversation with the reply, which the next turn starts with).
     pub(crate) chat: bool,
     pub(crate) tokens: Vec<LlamaToken>,
-    pub(crate) sampler: LlamaSampler,
+    pub(crate) sampler: ConstrainedSampler,
+    /// Send log probabilities, with this many alternatives.
+    pub(crate) logprobs: Option<u8>,
     pub(crate) output: Output,
     pub(crate) seed: u64,
     pub(crate) cancel: CancellationToken,
@@ -249,9 +251,24 @@ pub(crate) struct Slot {
     pub(crate) fed: Vec<LlamaToken>,
     /// The text sent to the client so far.
     pub(crate) reply: String,
+    /// Log probabilities of tokens whose text is still held back.
+    pub(crate) logprobs: Vec<rbee_bus::TokenLogprob>,
 }
 
 impl Slot {
+    /// Sends released text (with the log probabilities of its tokens) and completed tool calls to the
+    /// job's receiver; nothing when both are empty. A closed receiver is not an error here.
+    pub(crate) fn send(&mut self, text: String, calls: Vec<rbee_bus::ToolCallChunk>) {
+        if !text.is_empty() {
+            self.reply.push_str(&text);
+            let logprobs = std::mem::take(&mut self.logprobs);
+            let _ = self.job.events.send(GenEvent::Token { text, logprobs });
+        }
+        if !calls.is_empty() {
+            let _ = self.job.events.send(GenEvent::ToolCalls { calls });
+        }
+    }
+
     /// A slot starting its prompt.
     pub(crate) fn new(job: Job) -> Self {
         Self {
@@ -263,6 +280,7 @@ impl Slot {
             in_batch: false,
             fed: Vec::new(),
             reply: String::new(),
+            logprobs: Vec::new(),
         }
     }
 
@@ -276,7 +294,7 @@ impl Slot {
         let mut held = self.job.fingerprints.clone();
         if self.job.chat {
             if let Some(&last) = held.last() {
-                let reply = rbee_bus::ChatMessage { role: "assistant".into(), content: self.reply.clone() };
+                let reply = rbee_bus::ChatMessage::new("assistant", self.reply.clone());
                 held.push(rbee_bus::prefix::chat_link(last, &reply));
             }
         }
