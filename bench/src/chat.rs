@@ -97,9 +97,7 @@ pub async fn direct_run(engine: &Engine, c: usize, max_tokens: u32) -> anyhow::R
     for _ in 0..c {
         let sent = Instant::now();
         let request = GenerationRequest {
-            prompt: Prompt::Chat {
-                messages: vec![ChatMessage { role: "user".into(), content: PROMPT.into() }],
-            },
+            prompt: Prompt::chat(vec![ChatMessage::new("user", PROMPT)]),
             params: params(max_tokens),
             cancel: CancellationToken::new(),
             deadline: None,
@@ -114,6 +112,7 @@ pub async fn direct_run(engine: &Engine, c: usize, max_tokens: u32) -> anyhow::R
                         first.get_or_insert(now);
                         last = Some(now);
                     }
+                    GenEvent::ToolCalls { .. } => {}
                     GenEvent::Finished { usage, error, .. } => {
                         if let Some(e) = error {
                             bail!("direct generation failed: {e}");

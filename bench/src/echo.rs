@@ -136,6 +136,8 @@ pub fn chunk(stamper: &EventStamper, job_id: &JobId, worker_id: &WorkerId, i: u6
         tokens: 1,
         total_tokens: u32::try_from(i + 1).unwrap_or(u32::MAX),
         attempt: 0,
+        tool_calls: Vec::new(),
+        logprobs: Vec::new(),
     }
 }
 

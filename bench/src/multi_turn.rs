@@ -72,7 +72,7 @@ pub fn split(turns: &[Turn]) -> (f64, f64) {
 }
 
 fn message(role: &str, content: &str) -> ChatMessage {
-    ChatMessage { role: role.into(), content: content.into() }
+    ChatMessage::new(role, content)
 }
 
 /// Runs the conversations, taking turns, with `ask` answering one history: (text, turn figures).
@@ -99,7 +99,7 @@ pub async fn direct(engine: &Engine) -> anyhow::Result<Vec<Turn>> {
     conversations(|messages| async move {
         let sent = Instant::now();
         let request = GenerationRequest {
-            prompt: Prompt::Chat { messages },
+            prompt: Prompt::chat(messages),
             params: SamplingParams {
                 temperature: 0.0,
                 max_tokens: TOKENS_PER_TURN,
@@ -112,10 +112,11 @@ pub async fn direct(engine: &Engine) -> anyhow::Result<Vec<Turn>> {
         let (mut text, mut first) = (String::new(), None);
         while let Some(event) = generation.events.recv().await {
             match event {
-                GenEvent::Token { text: piece } => {
+                GenEvent::Token { text: piece, .. } => {
                     first.get_or_insert_with(Instant::now);
                     text.push_str(&piece);
                 }
+                GenEvent::ToolCalls { .. } => {}
                 GenEvent::Finished { usage, error, .. } => {
                     if let Some(e) = error {
                         bail!("direct generation failed: {e}");

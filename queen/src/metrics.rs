@@ -49,6 +49,7 @@ pub struct Metrics {
     tokens: AtomicU64,
     finished_stop: AtomicU64,
     finished_length: AtomicU64,
+    finished_tool_calls: AtomicU64,
     finished_cancelled: AtomicU64,
     finished_error: AtomicU64,
     rejected_messages: AtomicU64,
@@ -107,6 +108,7 @@ impl Metrics {
         let counter = match reason {
             FinishReason::Stop => &self.finished_stop,
             FinishReason::Length => &self.finished_length,
+            FinishReason::ToolCalls => &self.finished_tool_calls,
             FinishReason::Cancelled => &self.finished_cancelled,
             FinishReason::Error => &self.finished_error,
         };
@@ -137,6 +139,7 @@ impl Metrics {
         for (reason, c) in [
             ("stop", &self.finished_stop),
             ("length", &self.finished_length),
+            ("tool_calls", &self.finished_tool_calls),
             ("cancelled", &self.finished_cancelled),
             ("error", &self.finished_error),
         ] {

@@ -396,10 +396,9 @@ const CONVERSATION_LEN: usize = 4;
 
 /// The fingerprints of a fixed conversation of [`CONVERSATION_LEN`] messages.
 fn conversation() -> Vec<u64> {
-    let messages = (0..CONVERSATION_LEN)
-        .map(|i| rbee_bus::ChatMessage { role: "user".into(), content: format!("message {i}") })
-        .collect();
-    rbee_bus::prefix::fingerprints(&rbee_bus::Prompt::Chat { messages })
+    let messages =
+        (0..CONVERSATION_LEN).map(|i| rbee_bus::ChatMessage::new("user", format!("message {i}"))).collect();
+    rbee_bus::prefix::fingerprints(&rbee_bus::Prompt::chat(messages))
 }
 
 const HIVES: usize = 4;

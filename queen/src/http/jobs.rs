@@ -8,10 +8,10 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rbee_bus::{ChatMessage, JobId, JobState, JobStatus, Prompt};
+use rbee_bus::{ChatMessage, JobId, JobState, JobStatus, Prompt, SamplingParams, ToolDef};
 use serde::Deserialize;
 
-use super::openai::{model_id, SamplingFields};
+use super::openai::model_id;
 use super::JsonBody;
 use crate::error::ApiError;
 use crate::jobs::admit::{self, JobRequest};
@@ -20,16 +20,21 @@ use crate::jobs::job::JobEvent;
 use crate::jobs::record::JobPhaseKind;
 use crate::Queen;
 
-/// Body of `POST /v1/jobs`: a `prompt` (completion) or `messages` (chat), with sampling fields.
+/// Body of `POST /v1/jobs`: a `prompt` (completion) or `messages` (chat, optionally with `tools`),
+/// with the bus's sampling fields ([`SamplingParams`], by their names there). Anything else is refused.
 #[derive(Debug, Deserialize)]
 pub struct CreateJob {
     model: String,
     prompt: Option<String>,
     messages: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    tools: Vec<ToolDef>,
     deadline_ms: Option<u64>,
     job_id: Option<String>,
     #[serde(flatten)]
-    sampling: SamplingFields,
+    params: SamplingParams,
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
@@ -41,16 +46,20 @@ pub async fn create(
     State(queen): State<Arc<Queen>>,
     JsonBody(body): JsonBody<CreateJob>,
 ) -> Result<Response, ApiError> {
+    if let Some(name) = body.other.keys().next() {
+        return Err(ApiError::invalid(name.as_str(), format!("parameter {name:?} is not supported by rbee")));
+    }
     let prompt = match (body.prompt, body.messages) {
-        (Some(text), None) => Prompt::Text { text },
-        (None, Some(messages)) => Prompt::Chat { messages },
+        (Some(text), None) if body.tools.is_empty() => Prompt::Text { text },
+        (None, Some(messages)) => Prompt::Chat { messages, tools: body.tools },
+        (Some(_), None) => return Err(ApiError::invalid("tools", "tools need messages (a chat)".to_owned())),
         _ => return Err(ApiError::invalid("prompt", "give exactly one of prompt or messages".to_owned())),
     };
     let job_id = body.job_id.as_deref().map(parse_job_id).transpose()?;
     let request = JobRequest {
         model_id: model_id(&body.model)?,
         prompt,
-        params: body.sampling.params(),
+        params: body.params,
         deadline_ms: body.deadline_ms,
         job_id,
     };

@@ -106,7 +106,7 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
 fn check(queen: &Queen, request: &JobRequest) -> Result<(), SubmitError> {
     request
         .params
-        .validate()
+        .validate_for(&request.prompt)
         .map_err(|e| SubmitError::InvalidParams { field: e.field.to_string(), message: e.to_string() })?;
     let size = request.prompt.text_len();
     let limit = queen.config.max_prompt_bytes;
@@ -115,7 +115,7 @@ fn check(queen: &Queen, request: &JobRequest) -> Result<(), SubmitError> {
             "prompt of {size} bytes is over the {limit} byte limit"
         )));
     }
-    if let Prompt::Chat { messages } = &request.prompt {
+    if let Prompt::Chat { messages, .. } = &request.prompt {
         if messages.is_empty() {
             return Err(SubmitError::InvalidParams {
                 field: "messages".to_owned(),

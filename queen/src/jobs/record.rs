@@ -187,7 +187,9 @@ impl JobRecord {
             JobState::Running { worker_id } => self.running_on(worker_id),
             JobState::Finished { finish_reason, usage, error, worker_id } => {
                 self.state = match finish_reason {
-                    FinishReason::Stop | FinishReason::Length => JobPhase::Completed,
+                    FinishReason::Stop | FinishReason::Length | FinishReason::ToolCalls => {
+                        JobPhase::Completed
+                    }
                     FinishReason::Cancelled => JobPhase::Cancelled,
                     FinishReason::Error => {
                         JobPhase::Failed { reason: error.clone().unwrap_or_else(|| "error".to_owned()) }

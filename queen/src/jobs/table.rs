@@ -378,6 +378,8 @@ mod tests {
             tokens: 1,
             total_tokens: 1,
             attempt: n,
+            tool_calls: Vec::new(),
+            logprobs: Vec::new(),
         })
     }
 
