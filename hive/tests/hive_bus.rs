@@ -135,7 +135,10 @@ async fn hive_spawns_supervises_and_stops_workers() {
     let job = JobAssignment::new(
         JobId::generate(),
         MODEL.parse().expect("id"),
-        Prompt::chat(vec![ChatMessage::new("user", "What is the capital of France?")]),
+        Prompt::chat(vec![ChatMessage::new(
+            "user",
+            "What is the capital of France? Answer in one sentence.",
+        )]),
         SamplingParams { temperature: 0.0, max_tokens: 30, ..Default::default() },
     );
     let mut status = bus.client().subscribe(subject::job_status(&job.job_id)).await.expect("sub");

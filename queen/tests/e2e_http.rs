@@ -82,7 +82,7 @@ async fn openai_endpoints_jobs_and_failures() {
     assert_eq!(workers["workers"].as_array().map(Vec::len), Some(1), "{workers}");
 
     // Streaming chat: OpenAI chunks ending with [DONE].
-    let resp = c.http.post(format!("{}/v1/chat/completions", c.base)).json(&json!({"stream": true, "model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0, "max_tokens": 40})).send().await.expect("post");
+    let resp = c.http.post(format!("{}/v1/chat/completions", c.base)).json(&json!({"stream": true, "model": MODEL, "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}], "temperature": 0, "max_tokens": 40})).send().await.expect("post");
     assert_eq!(resp.status().as_u16(), 200);
     let events = sse_events(resp).await;
     assert_eq!(events.last().map(|e| e.1.as_str()), Some("[DONE]"));

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 async fn chat(http: &reqwest::Client, base: &str) -> (u16, Value) {
-    let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France?"}], "temperature": 0, "max_tokens": 20});
+    let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}], "temperature": 0, "max_tokens": 20});
     let r = http.post(format!("{base}/v1/chat/completions")).json(&body).send().await.expect("post");
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(Value::Null))

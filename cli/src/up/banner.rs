@@ -35,7 +35,7 @@ pub struct Ready {
 pub fn print(ready: &Ready) -> anyhow::Result<()> {
     let style = Style::stdout();
     let model = &ready.model;
-    let prompt = "What is the capital of France?";
+    let prompt = "What is the capital of France? Answer in one sentence.";
     outln!();
     outln!("{}", style.green(style.bold("rbee is up")));
     outln!("  api      {}/v1  (OpenAI-compatible)", ready.api);
