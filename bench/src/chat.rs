@@ -92,16 +92,21 @@ fn params(max_tokens: u32) -> SamplingParams {
 
 /// `c` generations submitted together to the in-process engine.
 pub async fn direct_run(engine: &Engine, c: usize, max_tokens: u32) -> anyhow::Result<RunResult> {
+    let prompt = Prompt::chat(vec![ChatMessage::new("user", PROMPT)]);
+    direct_run_each(engine, (0..c).map(|_| (prompt.clone(), params(max_tokens))).collect()).await
+}
+
+/// Generations submitted together to the in-process engine, one per (prompt, params); the streams
+/// come back in the same order.
+pub async fn direct_run_each(
+    engine: &Engine,
+    jobs: Vec<(Prompt, SamplingParams)>,
+) -> anyhow::Result<RunResult> {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..c {
+    for (prompt, params) in jobs {
         let sent = Instant::now();
-        let request = GenerationRequest {
-            prompt: Prompt::chat(vec![ChatMessage::new("user", PROMPT)]),
-            params: params(max_tokens),
-            cancel: CancellationToken::new(),
-            deadline: None,
-        };
+        let request = GenerationRequest { prompt, params, cancel: CancellationToken::new(), deadline: None };
         let mut generation = engine.submit(request).map_err(|e| anyhow::anyhow!("direct submit: {e}"))?;
         tasks.push(tokio::spawn(async move {
             let (mut first, mut last) = (None, None);

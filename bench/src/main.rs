@@ -18,6 +18,7 @@ mod cluster;
 mod control;
 mod e2e;
 mod echo;
+mod grammar;
 mod llama_server;
 mod multi_turn;
 mod notes;
@@ -198,6 +199,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let e2e = e2e::section(&mut report, api, &cluster.bus, &env, &plan.e2e, pids).await?;
     tp.real_worker_hop(&mut report, &e2e.hops);
     let multi_turn_note = multi_turn::section(&mut report, api, &env).await?;
+    let grammar_note = grammar::section(&mut report, &env).await?;
     heading("2. End to end: against llama-server");
     let llama_server_note = llama_server::section(&mut report, api, &env).await?;
 
@@ -216,7 +218,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
 
     report.load_average_end = stats::load_average();
     notes::write(&mut report, &tp, &e2e, &reg, &sched, &control);
-    for note in [multi_turn_note, llama_server_note].into_iter().filter(|n| !n.is_empty()) {
+    for note in [multi_turn_note, grammar_note, llama_server_note].into_iter().filter(|n| !n.is_empty()) {
         report.note(e2e::SECTION, note);
     }
     report.run_seconds = started.elapsed().as_secs_f64();
