@@ -5,6 +5,7 @@
 use schemars::{schema_for, JsonSchema};
 use serde::Serialize;
 
+use crate::messages::embed::{EmbedReply, EmbedRequest};
 use crate::messages::error::WireError;
 use crate::messages::heartbeat::{HiveHeartbeat, QueenHello, WorkerHeartbeat};
 use crate::messages::hive::{
@@ -216,6 +217,22 @@ pub fn subjects() -> Vec<SubjectEntry> {
             &["queen"],
             "submit a job over NATS; the reply names its subjects",
         ),
+        request(
+            s::WORKER_EMBED_ALL,
+            "EmbedRequest",
+            "EmbedReply",
+            &["queen"],
+            &["worker"],
+            "embed up to 8 texts with the worker's model",
+        ),
+        request(
+            s::QUEEN_EMBED,
+            "EmbedRequest",
+            "EmbedReply",
+            &["clients"],
+            &["queen"],
+            "embed up to 256 texts; the queen places them on workers of the model",
+        ),
         event(s::QUEEN_HELLO, "QueenHello", &["queen"], &["hive", "worker"], "queen started: heartbeat now"),
     ]
 }
@@ -252,6 +269,8 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("JobCancel", schema::<JobCancel>()),
         ("SubmitJob", schema::<SubmitJob>()),
         ("SubmitJobReply", schema::<SubmitJobReply>()),
+        ("EmbedRequest", schema::<EmbedRequest>()),
+        ("EmbedReply", schema::<EmbedReply>()),
         ("QueenHello", schema::<QueenHello>()),
         ("WireError", schema::<WireError>()),
     ]

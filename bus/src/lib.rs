@@ -17,6 +17,9 @@ pub mod subject;
 
 pub use connect::{connect, NatsConfig};
 pub use ids::{HiveId, IdError, JobId, ModelId, PullId, QueenId, WorkerId};
+pub use messages::embed::{
+    EmbedReply, EmbedRequest, MAX_EMBED_INPUTS, MAX_EMBED_INPUT_BYTES, WORKER_EMBED_BATCH,
+};
 pub use messages::error::{ErrorBody, ErrorCode, WireError};
 pub use messages::heartbeat::{Backend, HiveHeartbeat, HiveState, QueenHello, WorkerHeartbeat, WorkerState};
 pub use messages::hive::{

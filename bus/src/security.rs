@@ -426,6 +426,7 @@ impl SecurityConfig {
                     subject::HIVE_MODELS_PULL_ALL,
                     subject::HIVE_MODELS_REMOVE_ALL,
                     subject::WORKER_JOBS_ALL,
+                    subject::WORKER_EMBED_ALL,
                     subject::JOB_STATUS_ALL,
                     subject::JOB_CANCEL_ALL,
                     subject::QUEEN_HELLO,
@@ -439,6 +440,7 @@ impl SecurityConfig {
                     subject::HIVE_PULLS_ALL,
                     JOB_ALL,
                     subject::QUEEN_JOBS_SUBMIT,
+                    subject::QUEEN_EMBED,
                 ]);
                 subscribe.extend(service_api("rbee-queen"));
                 subscribe.push(inbox);
@@ -478,6 +480,7 @@ impl SecurityConfig {
                 ];
                 let mut subscribe = vec![
                     subject::worker_jobs(worker_id),
+                    subject::worker_embed(worker_id),
                     subject::JOB_CANCEL_ALL.to_owned(),
                     subject::QUEEN_HELLO.to_owned(),
                 ];
@@ -489,6 +492,7 @@ impl SecurityConfig {
             Role::Cli => {
                 let mut publish = strings(&[
                     subject::QUEEN_JOBS_SUBMIT,
+                    subject::QUEEN_EMBED,
                     subject::HIVE_WORKERS_ALL,
                     subject::HIVE_MODELS_ALL,
                     subject::HIVE_DEVICES_ALL,

@@ -32,6 +32,8 @@ pub const HIVE_MODELS_REMOVE_ALL: &str = "rbee.hive.*.models.remove";
 pub const HIVE_PULLS_ALL: &str = "rbee.hive.*.pulls.*";
 /// All device listing requests.
 pub const HIVE_DEVICES_ALL: &str = "rbee.hive.*.devices";
+/// All embedding requests to workers.
+pub const WORKER_EMBED_ALL: &str = "rbee.worker.*.embed";
 /// All job assignments.
 pub const WORKER_JOBS_ALL: &str = "rbee.worker.*.jobs";
 /// All token streams.
@@ -42,6 +44,8 @@ pub const JOB_STATUS_ALL: &str = "rbee.job.*.status";
 pub const JOB_CANCEL_ALL: &str = "rbee.job.*.cancel";
 /// Job submission to the queen over NATS.
 pub const QUEEN_JOBS_SUBMIT: &str = "rbee.queen.jobs.submit";
+/// Embedding requests to the queen over NATS.
+pub const QUEEN_EMBED: &str = "rbee.queen.embed";
 /// The queen's start announcement: every hive and worker heartbeats at once.
 pub const QUEEN_HELLO: &str = "rbee.queen.hello";
 /// The JetStream stream the queen keeps job history in (it holds [`JOB_STATUS_ALL`]).
@@ -94,6 +98,10 @@ pub fn worker_heartbeat(worker: &WorkerId) -> String {
 /// `rbee.worker.<worker_id>.jobs`
 pub fn worker_jobs(worker: &WorkerId) -> String {
     format!("rbee.worker.{worker}.jobs")
+}
+/// `rbee.worker.<worker_id>.embed`
+pub fn worker_embed(worker: &WorkerId) -> String {
+    format!("rbee.worker.{worker}.embed")
 }
 /// `rbee.worker.<worker_id>.lifecycle`
 pub fn worker_lifecycle(worker: &WorkerId) -> String {
@@ -155,6 +163,7 @@ mod tests {
             (hive_pull(&h, &p), HIVE_PULLS_ALL),
             (worker_heartbeat(&w), WORKER_HEARTBEAT_ALL),
             (worker_jobs(&w), WORKER_JOBS_ALL),
+            (worker_embed(&w), WORKER_EMBED_ALL),
             (worker_lifecycle(&w), WORKER_LIFECYCLE_ALL),
             (job_tokens(&j), JOB_TOKENS_ALL),
             (job_status(&j), JOB_STATUS_ALL),

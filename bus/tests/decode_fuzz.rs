@@ -15,6 +15,8 @@ fn decode_as(name: &str, bytes: &[u8]) -> Result<(), BusError> {
         "SpawnRequest" => decode::<SpawnRequest>(s, bytes).map(drop),
         "SpawnReply" => decode_reply::<SpawnReply>(s, bytes).map(drop),
         "StopRequest" => decode::<StopRequest>(s, bytes).map(drop),
+        "EmbedRequest" => decode::<EmbedRequest>(s, bytes).map(drop),
+        "EmbedReply" => decode_reply::<EmbedReply>(s, bytes).map(drop),
         "StopReply" => decode_reply::<StopReply>(s, bytes).map(drop),
         "ListRequest" => decode::<ListRequest>(s, bytes).map(drop),
         "WorkerList" => decode_reply::<WorkerList>(s, bytes).map(drop),

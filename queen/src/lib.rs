@@ -7,6 +7,7 @@
 //! [`run`] is the whole queen; `main.rs` only parses flags.
 
 pub mod config;
+pub mod embed;
 pub mod error;
 pub mod heartbeats;
 pub mod http;

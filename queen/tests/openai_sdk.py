@@ -2,7 +2,7 @@
 """What an agent framework or RAG pipeline asks of an OpenAI endpoint, asked with the official `openai`
 SDK of a running rbee queen: tool calls (named, required, streamed, a follow-up turn with the tool's
 answer), structured outputs (`json_object`, `json_schema` through `parse()` with a pydantic model),
-`n` choices, `logprobs`, and refusals of what rbee does not support. Run by `openai_sdk.rs` against a
+`n` choices, `logprobs`, embeddings (base64 and float), and refusals of what rbee does not support. Run by `openai_sdk.rs` against a
 real cluster; by hand:
 
     .venv/bin/python queen/tests/openai_sdk.py http://127.0.0.1:7833/v1 smollm2-135m-instruct
@@ -171,6 +171,35 @@ def main():
             check(f"refused: {param}", False, "accepted")
         except openai.BadRequestError as e:
             check(f"refused: {param} (400 naming it)", param in str(e), e)
+    # Embeddings: several inputs, one dimension; the same text twice gives cosine 1.0; a paraphrase
+    # nearer than an unrelated sentence. The SDK asks for base64 by default; float is asked too.
+    texts = [
+        "The cat sat on the mat.",
+        "The cat sat on the mat.",
+        "A cat was sitting on the rug.",
+        "Quarterly revenue of the bank fell by four percent.",
+    ]
+    r = client.embeddings.create(model=model, input=texts)
+    vectors = [d.embedding for d in r.data]
+    check("embeddings: one vector per input, in order", [d.index for d in r.data] == [0, 1, 2, 3], [d.index for d in r.data])
+    dims = {len(v) for v in vectors}
+    check("embeddings: one dimension", len(dims) == 1 and dims.pop() > 0, {len(v) for v in vectors})
+
+    def cosine(a, b):
+        return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+    same, near, far = cosine(vectors[0], vectors[1]), cosine(vectors[0], vectors[2]), cosine(vectors[0], vectors[3])
+    check("embeddings: the same text twice gives cosine 1.0", abs(same - 1.0) < 1e-4, same)
+    check("embeddings: a paraphrase is nearer than an unrelated sentence", near > far, (near, far))
+    check("embeddings: usage counted", r.usage.prompt_tokens > 0 and r.usage.total_tokens == r.usage.prompt_tokens, r.usage)
+    f = client.embeddings.create(model=model, input="The cat sat on the mat.", encoding_format="float")
+    check("embeddings: float and base64 agree", abs(cosine(f.data[0].embedding, vectors[0]) - 1.0) < 1e-4, f.data[0].embedding[:4])
+    for extra, param in [({"dimensions": 7}, "dimensions"), ({"encoding_format": "int8"}, "encoding_format")]:
+        try:
+            client.embeddings.create(model=model, input="x", **extra)
+            check(f"embeddings refused: {param}", False, "accepted")
+        except openai.BadRequestError as e:
+            check(f"embeddings refused: {param} (400 naming it)", param in str(e), e)
     print("all openai sdk checks passed")
 
 

@@ -6,6 +6,7 @@
 
 pub mod cancels;
 pub mod config;
+pub mod embed;
 pub mod engine;
 pub mod heartbeat;
 pub mod jobs;
@@ -129,6 +130,10 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
     let cancels =
         bus.client().subscribe(subject::JOB_CANCEL_ALL).await.context("cannot subscribe to cancels")?;
     tasks.spawn("cancels", cancels::listener(shared.clone(), cancels, background_stop.clone()));
+    let embeds =
+        rbee_daemon::service::endpoint(&service, "embed", subject::worker_embed(&shared.config.worker_id))
+            .await?;
+    tasks.spawn("embed", embed::serve(shared.clone(), engine.clone(), embeds, background_stop.clone()));
     // Ready means a job sent now is accepted: confirm the subscriptions with a server round trip first.
     bus.round_trip().await.context("nats round trip after subscribing")?;
     shared.set_state(WorkerState::Idle);

@@ -3,6 +3,7 @@
 //! per-publisher monotonic sequence number and the sender's clock.
 
 pub mod chat;
+pub mod embed;
 pub mod error;
 pub mod heartbeat;
 pub mod hive;

@@ -321,6 +321,26 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
             }),
         ),
         (
+            "EmbedRequest",
+            j(&EmbedRequest {
+                v: SCHEMA_VERSION,
+                model_id: id("smollm2-135m-instruct"),
+                inputs: vec!["The cat sat on the mat.".into(), "A dog barked.".into()],
+            }),
+        ),
+        (
+            "EmbedReply",
+            j(&EmbedReply {
+                v: SCHEMA_VERSION,
+                model_id: id("smollm2-135m-instruct"),
+                workers: vec![id("wrk-1")],
+                dimensions: 3,
+                pooling: "mean".into(),
+                embeddings: vec![vec![0.6, 0.8, 0.0], vec![0.0, 0.6, 0.8]],
+                prompt_tokens: 11,
+            }),
+        ),
+        (
             "JobAccepted",
             j(&JobAccepted {
                 v: SCHEMA_VERSION,

@@ -24,6 +24,7 @@ pub fn router(queen: Arc<Queen>) -> Router {
     let guarded = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/import", post(models::import))
         .route("/v1/models/pull", post(models::pull))

@@ -16,6 +16,7 @@
 //! only read it). llama.cpp's own logs are forwarded to `tracing`.
 
 mod batch_loop;
+mod embed;
 mod grammar;
 mod load;
 mod logprobs;
@@ -43,7 +44,10 @@ use rbee_bus::{
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+pub use embed::{EmbedError, Embeddings};
+
 use batch_loop::{Command, LoopSetup};
+use embed::Embedder;
 use grammar::ConstrainedSampler;
 use meter::RateMeter;
 use output::Output;
@@ -247,6 +251,9 @@ struct Inner {
     shut_down: AtomicBool,
     /// Usable context per slot (what llama.cpp gave, at most the configured value).
     ctx_per_slot: u32,
+    threads: i32,
+    /// The embedding context, made at the first embedding request.
+    embedder: Mutex<Option<Arc<Embedder>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -330,6 +337,8 @@ impl Engine {
                 thread: Mutex::new(Some(thread)),
                 shut_down: AtomicBool::new(false),
                 ctx_per_slot,
+                threads: i32::try_from(threads).unwrap_or(i32::MAX),
+                embedder: Mutex::new(None),
             }),
         })
     }
@@ -442,6 +451,19 @@ impl Engine {
         }
     }
 
+    /// Embeds `inputs` (each alone, pooled and L2-normalized) on this model's embedding context,
+    /// created at the first call and kept; generation goes on meanwhile.
+    pub async fn embed(&self, inputs: Vec<String>) -> Result<Embeddings, EmbedError> {
+        if self.inner.shut_down.load(Ordering::Acquire) {
+            return Err(EmbedError::ShutDown);
+        }
+        let inner = Arc::clone(&self.inner);
+        let embedder = tokio::task::spawn_blocking(move || inner.embedder())
+            .await
+            .map_err(|e| EmbedError::Engine(format!("the embedding setup task failed: {e}")))??;
+        embedder.embed(inputs).await
+    }
+
     /// Stops the loop thread: running and queued generations end with [`FinishReason::Cancelled`],
     /// later submits fail with [`SubmitError::ShutDown`]. Blocks until the thread has exited (at most
     /// one decode step). Idempotent.
@@ -451,6 +473,19 @@ impl Engine {
 }
 
 impl Inner {
+    /// The embedding context, created now if this is the first request.
+    fn embedder(&self) -> Result<Arc<Embedder>, EmbedError> {
+        let mut slot = self.embedder.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = slot.as_ref() {
+            return Ok(Arc::clone(e));
+        }
+        let backend = load::backend().map_err(|e| EmbedError::Engine(e.to_string()))?;
+        let embedder =
+            Arc::new(Embedder::start(backend, Arc::clone(&self.model), self.ctx_per_slot, self.threads)?);
+        *slot = Some(Arc::clone(&embedder));
+        Ok(embedder)
+    }
+
     fn shutdown(&self) {
         if self.shut_down.swap(true, Ordering::AcqRel) {
             return;

@@ -217,7 +217,8 @@ mod tests {
         assert_eq!(out.calls.len(), 1);
         assert_eq!(out.calls[0].name, "get_weather");
         assert_eq!(out.calls[0].index, 0);
-        let args: serde_json::Value = serde_json::from_str(&out.calls[0].arguments).expect("arguments are json");
+        let args: serde_json::Value =
+            serde_json::from_str(&out.calls[0].arguments).expect("arguments are json");
         assert_eq!(args, serde_json::json!({"city": "Paris"}));
         assert!(out.calls[0].id.starts_with("call_"));
     }

@@ -4,6 +4,7 @@
 //! events ([`stream`]).
 
 mod choice;
+mod embeddings;
 mod reply;
 mod request;
 mod stream;
@@ -16,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rbee_bus::{FinishReason, JobId, JobState};
 
+pub use embeddings::embeddings;
 pub use request::{model_id, ChatRequest, CompletionRequest, Plan, MAX_CHOICES};
 
 use super::JsonBody;

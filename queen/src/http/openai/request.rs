@@ -123,7 +123,7 @@ fn is_noop(name: &str, value: &Value) -> bool {
 }
 
 /// Refuses the first parameter rbee does not take.
-fn refuse_unknown(other: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+pub(crate) fn refuse_unknown(other: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
     match other.iter().find(|(k, v)| !v.is_null() && !is_noop(k, v)) {
         None => Ok(()),
         Some((name, _)) => {
