@@ -77,6 +77,8 @@ enum Cmd {
         #[arg(long)]
         to: String,
     },
+    /// Only the grammar-constrained decoding comparison of `make bench`, printed (no report written).
+    Grammar,
 }
 
 /// Repetitions and sizes of every section.
@@ -127,6 +129,7 @@ async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Some(Cmd::Relay { ref nats, ref from, ref to }) => token_path::relay(nats, from, to).await,
+        Some(Cmd::Grammar) => grammar_only(&args).await,
         None => bench(&args).await,
     };
     match result {
@@ -136,6 +139,13 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn grammar_only(args: &Args) -> anyhow::Result<()> {
+    let env = Env::new(&args.root, args.threads)?;
+    let note = grammar::section(&mut Report::default(), &env).await?;
+    println!("{note}");
+    Ok(())
 }
 
 fn heading(title: &str) {
