@@ -227,13 +227,55 @@ break
     let idle = wait_for_state(&bus, &worker.id, WorkerState::Idle).await;
     assert_eq!(idle.slots_busy, 0);
 
+    // Embeddings on the worker's own subject: in order, unit length; refusals name what is wrong.
+    let t = Duration::from_secs(60);
+    let embed = |inputs: Vec<&str>, model: &str| EmbedRequest {
+        v: SCHEMA_VERSION,
+        model_id: model.parse().expect("id"),
+        inputs: inputs.into_iter().map(str::to_owned).collect(),
+    };
+    let reply: EmbedReply = bus
+        .request(
+            subject::worker_embed(&worker.id),
+            &embed(vec!["a red apple", "a red apple", "tax law"], "smollm2"),
+            t,
+        )
+        .await
+        .expect("embeddings");
+    assert_eq!((reply.embeddings.len(), reply.workers.clone()), (3, vec![worker.id.clone()]));
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum::<f64>();
+    assert!((dot(&reply.embeddings[0], &reply.embeddings[1]) - 1.0).abs() < 1e-4);
+    assert!(dot(&reply.embeddings[0], &reply.embeddings[2]) < 0.9999);
+    let refused = |r: Result<EmbedReply, BusError>| match r {
+        Err(BusError::Remote { error, .. }) => error.code(),
+        other => panic!("not refused: {other:?}"),
+    };
+    let wrong = bus.request(subject::worker_embed(&worker.id), &embed(vec!["x"], "other-model"), t).await;
+    assert_eq!(refused(wrong), ErrorCode::WrongModel);
+    let nine = bus.request(subject::worker_embed(&worker.id), &embed(vec!["x"; 9], "smollm2"), t).await;
+    assert_eq!(refused(nine), ErrorCode::InvalidParams);
+    let long = "word ".repeat(5000);
+    let too_long =
+        bus.request(subject::worker_embed(&worker.id), &embed(vec![long.as_str()], "smollm2"), t).await;
+    assert_eq!(refused(too_long), ErrorCode::InvalidParams);
+    let raw = bus.client().request(subject::worker_embed(&worker.id), "[1,".into()).await.expect("reply");
+    assert_eq!(
+        refused(rpc::decode_reply(&subject::worker_embed(&worker.id), &raw.payload)),
+        ErrorCode::BadRequest
+    );
+
     // The NATS service API lists the worker with its counts.
     let ping = bus.client().request("$SRV.PING.rbee-worker", "".into()).await.expect("service ping");
     let ping: serde_json::Value = serde_json::from_slice(&ping.payload).expect("json");
     assert_eq!(ping["name"], "rbee-worker");
     let stats = bus.client().request("$SRV.STATS.rbee-worker", "".into()).await.expect("service stats");
     let stats: serde_json::Value = serde_json::from_slice(&stats.payload).expect("json");
-    let endpoint = &stats["endpoints"][0];
+    let endpoints = stats["endpoints"].as_array().cloned().unwrap_or_default();
+    let endpoint = endpoints.iter().find(|e| e["name"] == "jobs").expect("a jobs endpoint");
+    assert!(
+        endpoints.iter().any(|e| e["name"] == "embed" && e["num_requests"].as_u64() >= Some(5)),
+        "{stats}"
+    );
     assert!(endpoint["num_requests"].as_u64().unwrap_or(0) >= 8, "{stats}");
     assert!(endpoint["data"]["refused"].as_u64().unwrap_or(0) >= 4, "{stats}");
     assert!(endpoint["data"]["malformed"].as_u64().unwrap_or(0) >= 1, "{stats}");

@@ -32,28 +32,58 @@ fn invalid(field: &'static str, message: String) -> ParamError {
     ParamError { field, message }
 }
 
-/// The grammar of `schema` (JSON text), or a clear error naming the part the converter refused.
+/// The grammar of `schema` (JSON text), or a clear error naming the part the converter cannot express.
 fn schema_grammar(field: &'static str, schema: &str) -> Result<String, ParamError> {
-    // The converter reports only that it failed; its refusals are unsupported keywords, bad `$ref`s
-    // and malformed patterns, which the message names as the likely parts.
+    let cannot =
+        |what: String| invalid(field, format!("the JSON Schema cannot be turned into a grammar: {what}"));
+    let value: serde_json::Value = serde_json::from_str(schema).map_err(|e| cannot(e.to_string()))?;
+    if let Some((at, why)) = super::schema_lint::first_problem(&value) {
+        let at = if at.is_empty() { "the schema".to_owned() } else { at };
+        return Err(cannot(format!("{at}: {why}")));
+    }
+    // What the lint does not know the converter may still refuse; it says only that it failed.
     llama_cpp_2::json_schema_to_grammar(schema).map_err(|e| {
-        invalid(
-            field,
-            format!(
-                "the JSON Schema cannot be turned into a grammar ({e}); check its `$ref`s, `pattern`s and \
-                 keywords (supported: type, properties, required, additionalProperties, items, \
-                 prefixItems, enum, const, anyOf/oneOf/allOf, minItems/maxItems, minLength/maxLength, \
-                 minimum/maximum, format date/time/uuid)"
-            ),
-        )
+        cannot(format!(
+            "llama.cpp's converter refused it ({e}); supported: type, properties, required, \
+             additionalProperties, items, prefixItems, enum, const, anyOf/oneOf/allOf, local $refs, \
+             minItems/maxItems, minLength/maxLength, minimum/maximum, pattern, format date/time/uuid"
+        ))
     })
 }
 
-/// The JSON Schema (as text, keys in the order written) of one call of `tool`.
-fn call_schema(tool: &ToolDef, syntax: &ToolSyntax) -> Result<String, ParamError> {
+/// Points every local `$ref` of `schema` (written against its own root) at the same place under
+/// `prefix`, a JSON pointer to where `schema` sits in the schema that wraps it.
+fn rebase_refs(schema: &mut serde_json::Value, prefix: &str) {
+    match schema {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    serde_json::Value::String(r) if key == "$ref" && r.starts_with('#') => {
+                        *r = format!("#{prefix}{}", &r[1..]);
+                    }
+                    other => rebase_refs(other, prefix),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| rebase_refs(v, prefix)),
+        _ => {}
+    }
+}
+
+/// The JSON Schema (as text, keys in the order written) of one call of `tool`; `at` is the JSON
+/// pointer of the call schema in the schema of all calls (empty, or `/anyOf/<i>`).
+fn call_schema(tool: &ToolDef, syntax: &ToolSyntax, at: &str) -> Result<String, ParamError> {
     let name = serde_json::to_string(&tool.name).map_err(|e| invalid("tools", e.to_string()))?;
     let args = match &tool.parameters {
-        Some(p) => serde_json::to_string(p).map_err(|e| invalid("tools", e.to_string()))?,
+        Some(p) => {
+            // The parameters' own `$defs` stay where they are; their references follow them.
+            let mut p = p.clone();
+            rebase_refs(
+                &mut p,
+                &format!("{at}/properties/{}", syntax.arguments_key.replace('~', "~0").replace('/', "~1")),
+            );
+            serde_json::to_string(&p).map_err(|e| invalid("tools", e.to_string()))?
+        }
         None => r#"{"type":"object"}"#.to_owned(),
     };
     let key = serde_json::to_string(syntax.arguments_key).map_err(|e| invalid("tools", e.to_string()))?;
@@ -94,7 +124,12 @@ fn literal(text: &str) -> String {
 /// The grammar of a reply made of calls of `tools` in `syntax`: one call, or with `parallel` one or
 /// more.
 fn calls_grammar(tools: &[&ToolDef], syntax: &ToolSyntax, parallel: bool) -> Result<String, ParamError> {
-    let alternatives = tools.iter().map(|t| call_schema(t, syntax)).collect::<Result<Vec<_>, _>>()?;
+    let single = tools.len() == 1;
+    let alternatives = tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| call_schema(t, syntax, &if single { String::new() } else { format!("/anyOf/{i}") }))
+        .collect::<Result<Vec<_>, _>>()?;
     let schema = if alternatives.len() == 1 {
         alternatives.into_iter().next().unwrap_or_default()
     } else {
@@ -239,6 +274,26 @@ mod tests {
     fn literals_escape_what_gbnf_needs() {
         assert_eq!(literal("<tool_call>\n"), r#""<tool_call>\n""#);
         assert_eq!(literal(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
+
+    #[test]
+    fn tool_parameters_with_defs_convert_inside_the_call_schema() {
+        let params = serde_json::json!({
+            "type": "object",
+            "properties": {"where": {"$ref": "#/$defs/place"}},
+            "required": ["where"],
+            "$defs": {"place": {"type": "object", "properties": {"city": {"type": "string"}}}}
+        });
+        let tool = |name: &str| rbee_bus::ToolDef {
+            name: name.into(),
+            description: None,
+            parameters: Some(params.clone()),
+        };
+        let (a, b) = (tool("a"), tool("b"));
+        for tools in [vec![&a], vec![&a, &b]] {
+            let grammar = super::calls_grammar(&tools, &rbee_template::ToolSyntax::HERMES, true);
+            assert!(grammar.is_ok(), "{} tools: {grammar:?}", tools.len());
+        }
     }
 
     #[test]
