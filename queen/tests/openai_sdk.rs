@@ -44,6 +44,24 @@ async fn the_openai_sdk_gets_tools_structured_outputs_choices_logprobs_and_embed
     assert!(out.status.success(), "openai sdk checks failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("all openai sdk checks passed"), "{stdout}");
 
+    // n = 3 of one prompt: the first choice reads the prompt, the other two copy its cells.
+    let ask = json!({"model": MODEL, "n": 3, "max_tokens": 4, "seed": 5, "messages": [{"role": "user",
+        "content": "Name three rivers of Europe and say which sea each one flows into."}]});
+    let (status, body) = c.post("/v1/chat/completions", ask).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"].as_array().map(Vec::len), Some(3), "{body}");
+    let prompt_tokens = body["usage"]["prompt_tokens"].as_u64().expect("prompt tokens");
+    let (_, jobs) = c.get("/v1/jobs").await;
+    let mut jobs = jobs["jobs"].as_array().cloned().unwrap_or_default();
+    jobs.sort_by_key(|j| std::cmp::Reverse(j["created_at_ms"].as_u64()));
+    let cached: Vec<u64> =
+        jobs.iter().take(3).map(|j| j["usage"]["cached_tokens"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(
+        cached.iter().filter(|c| **c + 1 >= prompt_tokens).count(),
+        2,
+        "{cached:?} of {prompt_tokens}"
+    );
+
     // Over NATS: 10 texts (two batches of the worker's 8), in order, unit length, same text same vector.
     let bus = connect(&NatsConfig::url(c.server.url())).await.expect("connect");
     let texts: Vec<String> = (0..10).map(|i| format!("sentence number {}", i % 5)).collect();

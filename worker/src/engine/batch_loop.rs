@@ -21,7 +21,7 @@ use rbee_bus::FinishReason;
 
 use super::load::CONTEXT_CREATION;
 use super::logprobs;
-use super::prefix::MIN_SAVED_TAIL;
+use super::prefix::{MIN_SAVED_TAIL, MIN_SHARED};
 use super::slots::{Job, Slot};
 use super::{GenEvent, Shared};
 
@@ -183,6 +183,13 @@ impl BatchLoop<'_> {
                 reuse = 0;
             }
         }
+        // A running job that has already read more of this prompt than the slot holds (another choice
+        // of the same request, say): its cells are copied, and this job reads only the rest.
+        if let Some((src, common)) = self.live_prefix(&slot.job.tokens, reuse) {
+            if self.copy_cells(src, seq, common) {
+                reuse = common;
+            }
+        }
         let kept = self.keep_prefix(seq, reuse);
         slot.prefilled = kept;
         slot.n_past = i32::try_from(kept).unwrap_or(0);
@@ -195,6 +202,49 @@ impl BatchLoop<'_> {
             "job admitted"
         );
         self.active.push(slot);
+    }
+
+    /// The running slot whose decoded prompt shares the longest prefix with `tokens`, and that prefix's
+    /// length, when it beats `reuse` by at least [`MIN_SHARED`] tokens. One token of the prompt is
+    /// always left to read, for the logits of the first sampled token.
+    fn live_prefix(&self, tokens: &[LlamaToken], reuse: usize) -> Option<(i32, usize)> {
+        if !self.shared.slots.reuse_enabled() {
+            return None;
+        }
+        let most = tokens.len().saturating_sub(1);
+        self.active
+            .iter()
+            .map(|s| {
+                let decoded = &s.job.tokens[..s.prefilled.min(s.job.tokens.len())];
+                (s.job.seq, decoded.iter().zip(tokens).take_while(|(a, b)| a == b).count().min(most))
+            })
+            .filter(|(_, common)| *common >= reuse + MIN_SHARED)
+            .max_by_key(|(_, common)| *common)
+    }
+
+    /// Copies sequence `src`'s cells into `dst` (whose own are dropped), to be cut after `common`
+    /// positions; false (`dst` cleared) when llama.cpp refuses.
+    fn copy_cells(&mut self, src: i32, dst: i32, common: usize) -> bool {
+        let Ok(dst_u32) = u32::try_from(dst) else { return false };
+        let state = match self.ctx.state_seq_get(src, LlamaStateSeqFlags::empty()) {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(src, dst, error = %e, "could not read a running slot's state to share it");
+                return false;
+            }
+        };
+        let _ = self.ctx.clear_kv_cache_seq(Some(dst_u32), None, None);
+        match self.ctx.state_seq_set(&state, dst) {
+            Ok(()) if self.ctx.kv_cache_seq_pos_max(dst) + 1 >= i32::try_from(common).unwrap_or(i32::MAX) => {
+                tracing::debug!(src, dst, shared_tokens = common, "prompt cells copied from a running slot");
+                true
+            }
+            other => {
+                tracing::warn!(src, dst, result = ?other.err(), "could not copy a running slot's cells; reading the whole prompt");
+                let _ = self.ctx.clear_kv_cache_seq(Some(dst_u32), None, None);
+                false
+            }
+        }
     }
 
     /// Cuts sequence `seq`'s cells after its first `reuse` positions and returns how many are kept: `reuse`,

@@ -22,6 +22,10 @@ pub const MIN_SIMILARITY: f64 = 0.5;
 /// short reply plus its question is already about 15 tokens, some 30 ms to read again on 2 cores.
 pub const MIN_SAVED_TAIL: usize = 8;
 
+/// Fewest prompt tokens a job must gain over its own slot's cells to copy them from a running slot
+/// instead (the copy moves the whole source sequence, as a save and a restore do).
+pub const MIN_SHARED: usize = 8;
+
 /// What the slot table knows of a free slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cached<'a, T> {

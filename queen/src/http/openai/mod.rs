@@ -90,16 +90,17 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Waits until a submitted job's worker accepts it: until then a failure is an HTTP error
-/// (400/413/503), not a broken stream.
-async fn started(job_id: JobId, reader: Option<JobReader>) -> Result<Started, ApiError> {
+/// Waits until a submitted job's worker accepts it (with `read`, until its first token: the prompt is
+/// read): until then a failure is an HTTP error (400/413/503), not a broken stream.
+async fn started(job_id: JobId, reader: Option<JobReader>, read: bool) -> Result<Started, ApiError> {
     let Some(mut reader) = reader else {
         return Err(ApiError::JobFailed("the job keeps no events".to_owned()));
     };
     let mut pending = Vec::new();
     while let Some(event) = reader.next().await {
         let started = matches!(&event, JobEvent::Token(_))
-            || matches!(&event, JobEvent::Status(s) if matches!(s.state, JobState::Accepted { .. } | JobState::Running { .. }));
+            || (!read
+                && matches!(&event, JobEvent::Status(s) if matches!(s.state, JobState::Accepted { .. } | JobState::Running { .. })));
         if let JobEvent::Status(s) = &event {
             if let JobState::Finished { finish_reason: FinishReason::Error, error, .. } = &s.state {
                 let message = error.clone().unwrap_or_else(|| "job failed".to_owned());
@@ -117,17 +118,26 @@ async fn started(job_id: JobId, reader: Option<JobReader>) -> Result<Started, Ap
 
 async fn run(queen: Arc<Queen>, plan: Plan, flavor: Flavor) -> Response {
     let mut guard = CancelOnDrop::new(queen.clone());
-    // Every choice is submitted before any is awaited, so that they run side by side.
+    // Choices of one prompt (`n`): the first reads the prompt alone, then the others start and their
+    // worker copies its cells instead of reading the prompt again. Different prompts all start at once.
+    let shared = plan.jobs.len() > 1 && plan.jobs.iter().all(|j| j.prompt == plan.jobs[0].prompt);
+    let mut started = Vec::with_capacity(plan.jobs.len());
     let mut waits = Vec::with_capacity(plan.jobs.len());
-    for request in plan.jobs {
+    for (i, request) in plan.jobs.into_iter().enumerate() {
         let job = match admit::submit(&queen, request).await {
             Ok(job) => job,
             Err(e) => return ApiError::from(e).into_response(),
         };
         guard.jobs.push(job.job_id.clone());
-        waits.push(started(job.job_id.clone(), job.reader()));
+        if shared && i == 0 {
+            match self::started(job.job_id.clone(), job.reader(), true).await {
+                Ok(s) => started.push(s),
+                Err(e) => return e.into_response(),
+            }
+        } else {
+            waits.push(self::started(job.job_id.clone(), job.reader(), false));
+        }
     }
-    let mut started = Vec::with_capacity(waits.len());
     for result in futures::future::join_all(waits).await {
         match result {
             Ok(s) => started.push(s),
