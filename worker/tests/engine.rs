@@ -504,3 +504,40 @@ async fn two_conversations_sharing_a_system_prompt_keep_their_histories() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_job_copies_the_prompt_a_running_slot_has_read_and_greedy_text_is_unchanged() {
+    let _serial = SERIAL.lock().await;
+    // A prompt whose answer runs long, so that the first job is still running when the second starts.
+    let prompt = Prompt::chat(vec![
+        message("system", SYSTEM),
+        message("user", "Write a long story about a lighthouse keeper."),
+    ]);
+    // The text the copy must reproduce, from an engine that reuses nothing.
+    let Some(plain) = load_with(1, 1024, false).await else { return };
+    let alone = collect(plain.submit(request(prompt.clone(), greedy(24))).expect("submit")).await;
+    plain.shutdown();
+    // A fresh engine holds nothing, in its slots or in RAM: once the first job has read its prompt (its
+    // first token is out), a second with the same prompt can only get it from the running slot.
+    let Some(engine) = load(2, 1024).await else { return };
+    let mut first = engine.submit(request(prompt.clone(), greedy(300))).expect("submit");
+    let mut head = String::new();
+    loop {
+        match first.events.recv().await.expect("event") {
+            GenEvent::Token { text, .. } => {
+                head.push_str(&text);
+                break;
+            }
+            GenEvent::ToolCalls { .. } => {}
+            GenEvent::Finished { .. } => panic!("the first job ended before a token"),
+        }
+    }
+    let second = collect(engine.submit(request(prompt.clone(), greedy(24))).expect("submit")).await;
+    eprintln!("alone {:?} {:?}\nsecond {:?} {:?}", alone.text, alone.usage, second.text, second.usage);
+    assert_eq!(second.usage.cached_tokens, second.usage.prompt_tokens - 1, "{:?}", second.usage);
+    assert_eq!(second.text, alone.text, "the copied cells give the same greedy text");
+    let rest = collect(first).await;
+    assert!(rest.usage.completion_tokens > 24, "the first job ran beside the second: {:?}", rest.usage);
+    assert!(format!("{head}{}", rest.text).starts_with(&alone.text), "the source job is unharmed");
+    engine.shutdown();
+}
