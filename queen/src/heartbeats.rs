@@ -53,14 +53,32 @@ async fn fold(
         } else if subject::matches(subject::WORKER_HEARTBEAT_ALL, subject) {
             match rbee_bus::rpc::decode::<WorkerHeartbeat>(subject, &msg.payload) {
                 Ok(hb) if subject::token(subject, 2) == Some(hb.worker_id.as_str()) => {
-                    queen.registry().apply_worker(&hb, now)
+                    let mut registry = queen.registry();
+                    match registry.check_worker_claims(&hb) {
+                        Ok(()) => registry.apply_worker(&hb, now),
+                        Err(reason) => {
+                            drop(registry);
+                            reject(&queen, subject, &reason)
+                        }
+                    }
                 }
                 Ok(_) => reject(&queen, subject, "worker id does not match the subject"),
                 Err(e) => reject(&queen, subject, &e.to_string()),
             }
         } else {
             match rbee_bus::rpc::decode::<WorkerLifecycle>(subject, &msg.payload) {
-                Ok(event) => queen.registry().apply_lifecycle(&event, now),
+                Ok(event) => {
+                    let mut registry = queen.registry();
+                    match registry
+                        .check_lifecycle_claims(subject::token(subject, 2).unwrap_or_default(), &event)
+                    {
+                        Ok(()) => registry.apply_lifecycle(&event, now),
+                        Err(reason) => {
+                            drop(registry);
+                            reject(&queen, subject, &reason)
+                        }
+                    }
+                }
                 Err(e) => reject(&queen, subject, &e.to_string()),
             }
         };

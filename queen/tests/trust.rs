@@ -49,3 +49,113 @@ async fn prompts_that_encode_over_the_bus_limit_are_413_and_fence_no_one() {
     c.hive_stop.cancel();
     c.queen_stop.cancel();
 }
+
+/// Bodies that contradict what the queen knows are refused and counted, and change nothing (issue 15
+/// item 11): a worker heartbeat claiming another hive, another model than its hive lists, or absurd
+/// slots; a lifecycle `exited` on a worker's subject naming another worker, or naming this worker under
+/// another hive. Before, each was folded in: the worker moved hives, changed model, or was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_and_lifecycle_bodies_are_checked_against_what_the_queen_knows() {
+    use futures::StreamExt;
+    use rbee_bus::{connect, subject, LifecycleEvent, NatsConfig, WorkerHeartbeat, WorkerLifecycle};
+
+    let c = Cluster::start("hive-claims", QueenConfig::default()).await;
+    c.wait_until("the hive with the model", |hives, _| hives.to_string().contains(MODEL)).await;
+    let (status, body) = c
+        .post(
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let bus = connect(&NatsConfig::url(c.server.url())).await.expect("connect");
+    let mut beats = bus.client().subscribe(subject::WORKER_HEARTBEAT_ALL).await.expect("sub");
+    let real: WorkerHeartbeat = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), beats.next())
+            .await
+            .expect("a heartbeat")
+            .expect("open");
+        if let Ok(hb) = serde_json::from_slice::<WorkerHeartbeat>(&msg.payload) {
+            break hb;
+        }
+    };
+    let rejected = |metrics: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("rbee_rejected_messages_total"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let metrics = || async {
+        c.http.get(format!("{}/metrics", c.base)).send().await.expect("metrics").text().await.expect("text")
+    };
+    let before = rejected(&metrics().await);
+
+    let mut forged = Vec::new();
+    let mut seq = real.meta.seq + 1000;
+    let mut next = |mut hb: WorkerHeartbeat| {
+        seq += 1;
+        hb.meta.seq = seq;
+        hb
+    };
+    forged.push((
+        subject::worker_heartbeat(&real.worker_id),
+        serde_json::to_vec(&next(WorkerHeartbeat {
+            hive_id: "hive-other".parse().expect("id"),
+            ..real.clone()
+        }))
+        .expect("json"),
+    ));
+    forged.push((
+        subject::worker_heartbeat(&real.worker_id),
+        serde_json::to_vec(&next(WorkerHeartbeat {
+            model_id: "other-model".parse().expect("id"),
+            ..real.clone()
+        }))
+        .expect("json"),
+    ));
+    forged.push((
+        subject::worker_heartbeat(&real.worker_id),
+        serde_json::to_vec(&next(WorkerHeartbeat { slots_total: 1_000_000, ..real.clone() })).expect("json"),
+    ));
+    let exited = |subject_worker: &str, hive: &str| {
+        let event = WorkerLifecycle {
+            v: 1,
+            meta: rbee_bus::EventStamper::new(hive).next(),
+            hive_id: hive.parse().expect("id"),
+            worker_id: real.worker_id.clone(),
+            model_id: real.model_id.clone(),
+            event: LifecycleEvent::Exited { exit: "forged".into() },
+        };
+        (
+            subject::worker_lifecycle(&subject_worker.parse().expect("id")),
+            serde_json::to_vec(&event).expect("json"),
+        )
+    };
+    forged.push(exited("hive-other-w0", real.hive_id.as_str()));
+    forged.push(exited(real.worker_id.as_str(), "hive-other"));
+    for (subject, payload) in &forged {
+        bus.client().publish(subject.clone(), payload.clone().into()).await.expect("publish");
+    }
+    bus.round_trip().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let after = rejected(&metrics().await);
+    assert!(after >= before + 5, "rejected {before} -> {after}");
+    let (_, workers) = c.get("/v1/workers").await;
+    let listed = workers["workers"].as_array().cloned().unwrap_or_default();
+    let me = listed
+        .iter()
+        .find(|w| w["worker_id"] == real.worker_id.as_str())
+        .unwrap_or_else(|| panic!("the worker was dropped: {workers}"));
+    assert_eq!(me["hive_id"], real.hive_id.as_str(), "{me}");
+    assert_eq!(me["model_id"], real.model_id.as_str(), "{me}");
+    assert_eq!(me["slots_total"], real.slots_total, "{me}");
+    let (status, body) = c
+        .post(
+            "/v1/chat/completions",
+            json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "the worker still serves: {body}");
+}

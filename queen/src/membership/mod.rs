@@ -91,6 +91,7 @@
 
 mod apply;
 mod change;
+mod claims;
 mod config;
 mod entry;
 mod liveness;
@@ -103,6 +104,7 @@ use std::time::Instant;
 use rbee_bus::{HiveId, WorkerId};
 
 pub use change::{Change, RemovalReason, UnfenceReason};
+pub use claims::MAX_CLAIMED_SLOTS;
 pub use config::RegistryConfig;
 pub use liveness::Liveness;
 pub use view::{
