@@ -195,8 +195,10 @@ fn api_error(status: StatusCode, body: &str, method: &Method, path: &str) -> Que
             crate::render::truncate(body.trim(), 200)
         ),
     };
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+    if status == StatusCode::UNAUTHORIZED {
         message.push_str(" (set api_key in the config file or RBEE_API_KEY)");
+    } else if status == StatusCode::FORBIDDEN {
+        message.push_str(" (set RBEE_ADMIN_KEY: a secure cluster's admin-key file)");
     }
     QueenError::Api { status, message, code }
 }

@@ -204,7 +204,10 @@ impl Config {
             pick(flags.queen_url.clone().map(|v| (v, "--queen")), "RBEE_QUEEN_URL", file.queen_url),
             DEFAULT_QUEEN_URL,
         );
-        let api_key = optional(pick(None, "RBEE_API_KEY", file.api_key));
+        // The operator's tool: an admin key in the environment (a secure cluster's `cli.env` sets both)
+        // is the bearer, so that administration works; it is accepted for everything else too.
+        let api_key =
+            optional(pick(None, "RBEE_ADMIN_KEY", None).or_else(|| pick(None, "RBEE_API_KEY", file.api_key)));
         let nats_url = or_default(
             pick(flags.nats_url.clone().map(|v| (v, "--nats-url")), "RBEE_NATS_URL", file.nats_url),
             DEFAULT_NATS_URL,

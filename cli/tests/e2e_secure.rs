@@ -19,6 +19,7 @@ fn rbee(data: &Path) -> Command {
         .env("NO_COLOR", "1")
         .env_remove("RBEE_NATS_URL")
         .env_remove("RBEE_API_KEY")
+        .env_remove("RBEE_ADMIN_KEY")
         .env_remove("RBEE_NATS_USER")
         .env_remove("RBEE_NATS_PASSWORD")
         .env_remove("RBEE_CONFIG");
@@ -97,6 +98,27 @@ fn secure_up_enforces_tls_identities_and_the_api_key() {
     assert!(out.status.success(), "models ls over nats as the cli identity: {}", text(&out));
     let shown = rbee(data.path()).args(["config", "show"]).output().expect("config show");
 
+    // Administration takes the admin key: the CLI finds it in cli.env and gets through (404 for a
+    // worker that does not exist); the API key is refused with 403.
+    let admin_key =
+        std::fs::read_to_string(secure.join("admin-key")).expect("admin key file").trim().to_owned();
+    assert_ne!(admin_key, key);
+    let out = rbee(data.path())
+        .args(["workers", "stop", "no-such-worker", "--queen", &queen])
+        .output()
+        .expect("stop");
+    assert!(!text(&out).contains("403") && !text(&out).contains("admin key"), "{}", text(&out));
+    let out = rbee(data.path())
+        .env("RBEE_ADMIN_KEY", &key)
+        .args(["workers", "stop", "no-such-worker", "--queen", &queen])
+        .output()
+        .expect("stop");
+    assert!(
+        !out.status.success() && text(&out).contains("admin key"),
+        "the api key administered: {}",
+        text(&out)
+    );
+
     // Without the key, the API refuses.
     let out = rbee(data.path())
         .env("RBEE_API_KEY", "wrong-key")
@@ -132,7 +154,7 @@ fn secure_up_enforces_tls_identities_and_the_api_key() {
     assert!(!secure.join("cli.env").exists(), "cli.env outlived the secure cluster");
 
     // No secret in any log, in what rbee up printed, or in `rbee config show`.
-    let mut secrets = vec![key];
+    let mut secrets = vec![key, admin_key];
     for entry in std::fs::read_dir(&secure).expect("secure dir").flatten() {
         let body = std::fs::read_to_string(entry.path()).unwrap_or_default();
         secrets.extend(body.lines().filter_map(|l| l.strip_prefix("RBEE_NATS_PASSWORD=")).map(str::to_owned));

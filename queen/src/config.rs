@@ -10,6 +10,9 @@ pub struct QueenConfig {
     pub http_addr: SocketAddr,
     /// Bearer key required on the HTTP API, when set.
     pub api_key: Option<String>,
+    /// When set, the only key that may administer (spawn and stop workers, import, pull and remove
+    /// models); it may also do everything the API key does.
+    pub admin_key: Option<String>,
     /// Jobs that may wait for a slot or a spawn at once; more are refused (429).
     pub queue_capacity: usize,
     /// Longest a job waits in the queue before it fails.
@@ -48,6 +51,7 @@ impl Default for QueenConfig {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7833)),
             api_key: None,
+            admin_key: None,
             queue_capacity: 256,
             queue_timeout: Duration::from_secs(120),
             spawn_timeout: Duration::from_secs(120),

@@ -48,6 +48,9 @@ pub enum ApiError {
     /// Missing or wrong API key (401).
     #[error("missing or invalid api key")]
     Unauthorized,
+    /// A valid key without the right (403): administration needs the admin key.
+    #[error("{0}")]
+    Forbidden(String),
     /// The job failed (500).
     #[error("{0}")]
     JobFailed(String),
@@ -111,6 +114,7 @@ impl ApiError {
             ApiError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "queue_full"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error", "admin_key_required"),
             ApiError::JobFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "job_failed"),
         }
     }

@@ -17,6 +17,10 @@ struct Args {
     /// Require this bearer key on the HTTP API (never logged).
     #[arg(long, env = "RBEE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Require this bearer key, and no other, on administrative routes (spawn, stop, model import,
+    /// pull and remove); it is accepted everywhere else too (never logged).
+    #[arg(long, env = "RBEE_ADMIN_KEY", hide_env_values = true)]
+    admin_key: Option<String>,
     /// Jobs that may wait at once; more get 429.
     #[arg(long, default_value_t = 256)]
     queue_capacity: usize,
@@ -38,6 +42,7 @@ async fn main() -> std::process::ExitCode {
     let config = QueenConfig {
         http_addr: args.http_addr,
         api_key: args.api_key.filter(|k| !k.is_empty()),
+        admin_key: args.admin_key.filter(|k| !k.is_empty()),
         queue_capacity: args.queue_capacity,
         queue_timeout: Duration::from_secs(args.queue_timeout_s),
         durable_jobs: !args.no_durable_jobs,

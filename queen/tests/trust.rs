@@ -159,3 +159,70 @@ async fn heartbeat_and_lifecycle_bodies_are_checked_against_what_the_queen_knows
         .await;
     assert_eq!(status, 200, "the worker still serves: {body}");
 }
+
+/// With an admin key, administration takes only that key: the API key still infers, reads and
+/// cancels, but spawning, stopping, importing, pulling and removing answer 403 with it (issue 15 item
+/// 13); the admin key does both. Without any key, 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn administration_needs_the_admin_key() {
+    let config = QueenConfig {
+        api_key: Some("k-infer-0123456789abcdef0123456789".into()),
+        admin_key: Some("k-admin-0123456789abcdef0123456789".into()),
+        ..QueenConfig::default()
+    };
+    let c = Cluster::start("hive-keys", config).await;
+    let call = |method: reqwest::Method, path: &str, key: Option<&str>, body: Value| {
+        let mut r = c.http.request(method, format!("{}{path}", c.base)).json(&body);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        async move { r.send().await.expect("send").status().as_u16() }
+    };
+    let (infer, admin) =
+        (Some("k-infer-0123456789abcdef0123456789"), Some("k-admin-0123456789abcdef0123456789"));
+    use reqwest::Method;
+    let admin_routes = [
+        (Method::POST, "/v1/workers", json!({"model": MODEL})),
+        (Method::DELETE, "/v1/workers/wrk-none", json!({})),
+        (Method::POST, "/v1/models/import", json!({"path": "/nonexistent.gguf"})),
+        (Method::POST, "/v1/models/pull", json!({"url": "http://127.0.0.1:9/x.gguf"})),
+        (Method::DELETE, "/v1/models/no-such-model", json!({})),
+    ];
+    for (method, path, body) in &admin_routes {
+        assert_eq!(
+            call(method.clone(), path, None, body.clone()).await,
+            401,
+            "{method} {path} without a key"
+        );
+        assert_eq!(
+            call(method.clone(), path, infer, body.clone()).await,
+            403,
+            "{method} {path} with the api key"
+        );
+        let status = call(method.clone(), path, admin, body.clone()).await;
+        assert!(status != 401 && status != 403, "{method} {path} with the admin key: {status}");
+    }
+    for key in [infer, admin] {
+        assert_eq!(call(Method::GET, "/v1/workers", key, json!({})).await, 200);
+        assert_eq!(call(Method::GET, "/v1/models", key, json!({})).await, 200);
+    }
+    // The hive's first heartbeat makes the model known.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r =
+            c.http.get(format!("{}/v1/models", c.base)).bearer_auth(infer.unwrap_or_default()).send().await;
+        let text = match r {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains(MODEL) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the model never showed up: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    assert_eq!(call(Method::POST, "/v1/chat/completions", infer, chat.clone()).await, 200);
+    assert_eq!(call(Method::POST, "/v1/chat/completions", admin, chat.clone()).await, 200);
+    assert_eq!(call(Method::POST, "/v1/chat/completions", Some("wrong"), chat).await, 401);
+}

@@ -12,9 +12,11 @@
 //!   `RBEE_NATS_INBOX_PREFIX`, `RBEE_NATS_CA` (and `RBEE_WORKER_POOL` for a hive, `RBEE_API_KEY` for the
 //!   queen and the cli), in `KEY=value` lines for `env_file:` or `set -a; . file`
 //! - `hive-<id>-pool.json`: the worker identities a hive hands to the workers it starts
-//! - `api-key`: the bearer key of the HTTP API
+//! - `api-key`: the bearer key of the HTTP API (inference, reading, cancelling)
+//! - `admin-key`: the only key the queen takes for administration (spawn, stop, model import, pull and
+//!   remove); in `queen.env` and `cli.env` as `RBEE_ADMIN_KEY`
 //!
-//! The CA and the API key are kept when the directory already has them (clients that trust the CA
+//! The CA and the keys are kept when the directory already has them (clients that trust the CA
 //! or know the key keep working); identities and the server certificate are made anew each time.
 
 pub mod server_config;
@@ -60,6 +62,8 @@ pub struct Bundle {
     pub ca: PathBuf,
     /// The HTTP API key file.
     pub api_key_file: PathBuf,
+    /// The admin key file.
+    pub admin_key_file: PathBuf,
 }
 
 impl Bundle {
@@ -71,6 +75,11 @@ impl Bundle {
     /// The API key.
     pub fn api_key(&self) -> anyhow::Result<String> {
         read_key(&self.api_key_file)
+    }
+
+    /// The admin key.
+    pub fn admin_key(&self) -> anyhow::Result<String> {
+        read_key(&self.admin_key_file)
     }
 }
 
@@ -161,18 +170,23 @@ pub fn init(options: &InitOptions, nats_server: &Path) -> anyhow::Result<Bundle>
     let ca_file = dir.join("ca.pem");
 
     let api_key_file = dir.join("api-key");
-    if read_key(&api_key_file).map(|k| k.len() < 32).unwrap_or(true) {
-        let key = format!("rbee-{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        write_secret(&api_key_file, &format!("{key}\n"))?;
+    let admin_key_file = dir.join("admin-key");
+    for (file, prefix) in [(&api_key_file, "rbee"), (&admin_key_file, "rbee-admin")] {
+        if read_key(file).map(|k| k.len() < 32).unwrap_or(true) {
+            let key = format!("{prefix}-{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            write_secret(file, &format!("{key}\n"))?;
+        }
     }
     let api_key = read_key(&api_key_file)?;
+    let admin_key = read_key(&admin_key_file)?;
 
     let mut config = SecurityConfig::new();
     let queen = config.add(Role::Queen)?.clone();
     let cli = config.add(Role::Cli)?.clone();
     let observer = config.add(Role::Observer)?.clone();
-    write_secret(&dir.join("queen.env"), &env_text(&queen, &ca_file, &[("RBEE_API_KEY", api_key.clone())]))?;
-    write_secret(&dir.join("cli.env"), &env_text(&cli, &ca_file, &[("RBEE_API_KEY", api_key)]))?;
+    let keys = [("RBEE_API_KEY", api_key), ("RBEE_ADMIN_KEY", admin_key)];
+    write_secret(&dir.join("queen.env"), &env_text(&queen, &ca_file, &keys))?;
+    write_secret(&dir.join("cli.env"), &env_text(&cli, &ca_file, &keys))?;
     write_secret(&dir.join("observer.env"), &env_text(&observer, &ca_file, &[]))?;
     for hive_id in &options.hives {
         let hive = config.add(Role::Hive { hive_id: hive_id.clone() })?.clone();
@@ -191,7 +205,7 @@ pub fn init(options: &InitOptions, nats_server: &Path) -> anyhow::Result<Bundle>
     };
     server_config::write(&config, &nats_conf, &server)?;
     server_config::check(nats_server, &nats_conf)?;
-    Ok(Bundle { dir, nats_conf, ca: ca_file, api_key_file })
+    Ok(Bundle { dir, nats_conf, ca: ca_file, api_key_file, admin_key_file })
 }
 
 /// `rbee secure init`: writes the files and says which goes where.
@@ -222,9 +236,9 @@ pub fn run(command: crate::args::SecureCommand) -> anyhow::Result<()> {
              hive-{h}.env, then: set -a; . hive-{h}.env; rbee-hive --nats-url tls://<nats-host>:4222"
         );
     }
-    outln!("  cli           set -a; . {d}/cli.env   (NATS identity and API key for rbee)");
+    outln!("  cli           set -a; . {d}/cli.env   (NATS identity, API key and admin key for rbee)");
+    outln!("  http clients  {d}/api-key (inference, reading) or {d}/admin-key (also spawn, stop, import, pull, remove), as Authorization: Bearer ...");
     outln!("  observers     {d}/observer.env: subscribe to tokens, status and heartbeats; publish nothing");
-    outln!("  http api key  {d}/api-key (send as Authorization: Bearer ...)");
     outln!("keep ca-key.pem on this machine: rerun `rbee secure init` here to add hives or rotate passwords");
     Ok(())
 }
@@ -252,7 +266,7 @@ pub fn apply_local(config: &mut Config) {
             .map(|identity| Setting { value: identity, source: Source::Secure(cli_env.clone()) });
     }
     if config.api_key.value.is_none() {
-        if let Some(key) = get("RBEE_API_KEY") {
+        if let Some(key) = get("RBEE_ADMIN_KEY").or_else(|| get("RBEE_API_KEY")) {
             config.api_key = Setting { value: Some(key), source: Source::Secure(cli_env) };
         }
     }

@@ -253,7 +253,12 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
     errln!("started hive {HIVE_ID} (pid {}, log {})", hive.pid(), hive.log.display());
     cluster.hive = Some(hive);
 
-    let api = Queen::with_url(&format!("http://{http_addr}"), api_key.clone())?;
+    // `rbee up` administers its cluster (it spawns the worker): in secure mode it uses the admin key.
+    let client_key = match &secure {
+        Some(bundle) => Some(bundle.admin_key()?),
+        None => api_key.clone(),
+    };
+    let api = Queen::with_url(&format!("http://{http_addr}"), client_key)?;
     cluster.api = Some(api.clone());
     wait_for_health(cluster, &api).await?;
     wait_for_hive(cluster, &api, &plan.model).await?;

@@ -1,6 +1,7 @@
 //! The HTTP front door (axum): OpenAI-compatible endpoints ([`openai`]), rbee jobs ([`jobs`]), the
 //! cluster ([`cluster`]), model catalogs ([`models`]), and health and metrics ([`ops`]). An optional bearer key guards everything
-//! but `/health`.
+//! but `/health`; an optional admin key is then the only one that may administer (spawn and stop
+//! workers, import, pull and remove models).
 
 pub mod cluster;
 pub mod jobs;
@@ -21,21 +22,25 @@ use crate::Queen;
 
 /// The whole API.
 pub fn router(queen: Arc<Queen>) -> Router {
+    let admin = Router::new()
+        .route("/v1/models/import", post(models::import))
+        .route("/v1/models/pull", post(models::pull))
+        .route("/v1/models/{id}", delete(models::remove))
+        .route("/v1/workers", post(cluster::spawn))
+        .route("/v1/workers/{id}", delete(cluster::stop))
+        .layer(axum::middleware::from_fn_with_state(queen.clone(), require_admin_key));
     let guarded = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
-        .route("/v1/models/import", post(models::import))
-        .route("/v1/models/pull", post(models::pull))
-        .route("/v1/models/{id}", delete(models::remove))
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .route("/v1/jobs/{id}/stream", get(jobs::stream))
         .route("/v1/hives", get(cluster::hives))
-        .route("/v1/workers", get(cluster::workers).post(cluster::spawn))
-        .route("/v1/workers/{id}", delete(cluster::stop))
+        .route("/v1/workers", get(cluster::workers))
         .route("/metrics", get(ops::metrics))
+        .merge(admin)
         .layer(axum::middleware::from_fn_with_state(queen.clone(), require_key));
     Router::new()
         .route("/health", get(ops::health))
@@ -45,16 +50,38 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .with_state(queen)
 }
 
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn matches(given: Option<&str>, key: &Option<String>) -> bool {
+    match (given, key) {
+        (Some(g), Some(k)) => constant_time_eq(g.as_bytes(), k.as_bytes()),
+        _ => false,
+    }
+}
+
+/// Any route but `/health`: the API key or the admin key, when either is set.
 async fn require_key(State(queen): State<Arc<Queen>>, request: Request, next: Next) -> Response {
-    if let Some(key) = &queen.config.api_key {
-        let given = request
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given.map(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) != Some(true) {
+    let config = &queen.config;
+    if config.api_key.is_some() || config.admin_key.is_some() {
+        let given = bearer(&request);
+        if !matches(given, &config.api_key) && !matches(given, &config.admin_key) {
             return ApiError::Unauthorized.into_response();
         }
+    }
+    next.run(request).await
+}
+
+/// Administrative routes: only the admin key, when one is set (runs after [`require_key`]).
+async fn require_admin_key(State(queen): State<Arc<Queen>>, request: Request, next: Next) -> Response {
+    if queen.config.admin_key.is_some() && !matches(bearer(&request), &queen.config.admin_key) {
+        return ApiError::Forbidden("this route administers the cluster: it needs the admin key".to_owned())
+            .into_response();
     }
     next.run(request).await
 }
