@@ -11,6 +11,7 @@ pub mod ids;
 pub mod messages;
 pub mod prefix;
 pub mod rpc;
+pub mod schema_lint;
 pub mod security;
 pub mod sizing;
 pub mod subject;

@@ -220,6 +220,12 @@ impl SamplingParams {
                 if !p.is_object() {
                     return bad("tools", format!("parameters of {:?} must be a JSON Schema object", t.name));
                 }
+                if let Some((at, why)) = crate::schema_lint::first_problem(p) {
+                    return bad(
+                        "tools",
+                        format!("parameters of {:?} cannot be turned into a grammar: {at}: {why}", t.name),
+                    );
+                }
             }
         }
         match &self.tool_choice {
@@ -230,6 +236,15 @@ impl SamplingParams {
                 return bad("tool_choice", format!("function {name:?} is not among the tools"));
             }
             _ => {}
+        }
+        if let ResponseFormat::JsonSchema { schema, .. } = &self.response_format {
+            if let Some((at, why)) = crate::schema_lint::first_problem(schema) {
+                let at = if at.is_empty() { "the schema".to_owned() } else { at };
+                return bad(
+                    "response_format",
+                    format!("the JSON Schema cannot be turned into a grammar: {at}: {why}"),
+                );
+            }
         }
         let calls_possible = !tools.is_empty() && self.tool_choice != ToolChoice::None;
         if calls_possible && self.response_format != ResponseFormat::Text {
@@ -485,6 +500,28 @@ pub struct SubmitJobReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schemas_a_grammar_cannot_express_are_refused_with_the_field_and_the_part() {
+        let prompt = Prompt::chat(vec![ChatMessage::new("user", "hi")]);
+        let schema = serde_json::json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/gone"}}});
+        let params = SamplingParams {
+            response_format: ResponseFormat::JsonSchema {
+                name: "x".into(),
+                schema: schema.clone(),
+                strict: true,
+            },
+            ..SamplingParams::default()
+        };
+        let e = params.validate_for(&prompt).expect_err("refused");
+        assert_eq!(e.field, "response_format");
+        assert!(e.message.contains("/properties/a/$ref"), "{e}");
+        let tool = ToolDef { name: "f".into(), description: None, parameters: Some(schema) };
+        let with_tool = Prompt::Chat { messages: vec![ChatMessage::new("user", "hi")], tools: vec![tool] };
+        let e = SamplingParams::default().validate_for(&with_tool).expect_err("refused");
+        assert_eq!(e.field, "tools");
+        assert!(e.message.contains("/properties/a/$ref"), "{e}");
+    }
 
     #[test]
     fn attempt_is_optional_on_the_wire_and_kept_when_given() {

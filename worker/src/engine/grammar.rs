@@ -37,7 +37,7 @@ fn schema_grammar(field: &'static str, schema: &str) -> Result<String, ParamErro
     let cannot =
         |what: String| invalid(field, format!("the JSON Schema cannot be turned into a grammar: {what}"));
     let value: serde_json::Value = serde_json::from_str(schema).map_err(|e| cannot(e.to_string()))?;
-    if let Some((at, why)) = super::schema_lint::first_problem(&value) {
+    if let Some((at, why)) = rbee_bus::schema_lint::first_problem(&value) {
         let at = if at.is_empty() { "the schema".to_owned() } else { at };
         return Err(cannot(format!("{at}: {why}")));
     }
@@ -293,6 +293,26 @@ mod tests {
         for tools in [vec![&a], vec![&a, &b]] {
             let grammar = super::calls_grammar(&tools, &rbee_template::ToolSyntax::HERMES, true);
             assert!(grammar.is_ok(), "{} tools: {grammar:?}", tools.len());
+        }
+    }
+
+    /// The lint and llama.cpp's converter agree: what the lint passes converts, what it flags fails.
+    #[test]
+    fn the_schema_lint_agrees_with_the_converter() {
+        use rbee_bus::schema_lint::first_problem;
+        use serde_json::json;
+        let good = json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}, "b": {"type": "string", "pattern": "^[a-z]+$"}}, "$defs": {"x": {"type": "integer"}}});
+        assert_eq!(first_problem(&good), None);
+        assert!(llama_cpp_2::json_schema_to_grammar(&good.to_string()).is_ok());
+        for bad in [
+            json!({"properties": {"a": {"$ref": "#/$defs/missing"}}}),
+            json!({"properties": {"a": {"type": "strin"}}}),
+        ] {
+            assert!(first_problem(&bad).is_some(), "{bad}");
+            assert!(
+                llama_cpp_2::json_schema_to_grammar(&bad.to_string()).is_err(),
+                "the converter took {bad}"
+            );
         }
     }
 

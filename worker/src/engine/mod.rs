@@ -25,7 +25,6 @@ mod output;
 mod prefix;
 mod prompt;
 mod sampler;
-mod schema_lint;
 mod slots;
 mod stop;
 mod tool_stream;
