@@ -13,7 +13,7 @@ use rbee_bus::{
     SCHEMA_VERSION, WORKER_EMBED_BATCH,
 };
 
-use crate::jobs::dispatch::place;
+use crate::jobs::dispatch::{place, wait_for_change, QUEUE_RECHECK};
 use crate::jobs::spawns::request_spawn;
 use crate::scheduler::Placement;
 use crate::Queen;
@@ -22,8 +22,6 @@ use crate::Queen;
 const EMBED_TIMEOUT: Duration = Duration::from_secs(120);
 /// Workers tried per batch.
 const MAX_ATTEMPTS: u32 = 2;
-/// A batch waiting for a worker re-checks at least this often (and whenever the membership changes).
-const RECHECK: Duration = Duration::from_millis(500);
 
 /// Why embedding failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -150,7 +148,7 @@ async fn embed_batch(
             }
             Placement::Spawn { hive_id, device } => {
                 request_spawn(queen, &hive_id, model_id, &device);
-                wait_for_change(queen).await;
+                wait_for_change(queen, QUEUE_RECHECK).await;
             }
             Placement::Queue { reason } | Placement::Refuse { reason } => {
                 let timeout = queen.config.queue_timeout;
@@ -159,12 +157,8 @@ async fn embed_batch(
                         "gave up after {timeout:?} waiting: {reason}"
                     )));
                 }
-                wait_for_change(queen).await;
+                wait_for_change(queen, QUEUE_RECHECK).await;
             }
         }
     }
-}
-
-async fn wait_for_change(queen: &Queen) {
-    let _ = tokio::time::timeout(RECHECK, queen.registry_changed.notified()).await;
 }

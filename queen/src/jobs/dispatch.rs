@@ -25,7 +25,7 @@ const ASSIGN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per job on different workers.
 const MAX_ATTEMPTS: u32 = 2;
 /// A queued job re-checks at least this often (and whenever the membership view changes).
-const QUEUE_RECHECK: Duration = Duration::from_millis(500);
+pub(crate) const QUEUE_RECHECK: Duration = Duration::from_millis(500);
 /// A worker that said it had no free slot is asked again after its next heartbeat, or this long.
 const NO_SLOT_RECHECK: Duration = Duration::from_millis(200);
 
@@ -295,7 +295,8 @@ fn fence(queen: &Queen, worker_id: &WorkerId, reason: &str) {
     queen.registry().fence_worker(worker_id, reason.to_owned(), Instant::now());
 }
 
-async fn wait_for_change(queen: &Queen, at_most: Duration) {
+/// Waits until the membership view changes, or `at_most`.
+pub(crate) async fn wait_for_change(queen: &Queen, at_most: Duration) {
     let _ = tokio::time::timeout(at_most, queen.registry_changed.notified()).await;
 }
 
