@@ -23,6 +23,8 @@ pub struct QueenConfig {
     pub max_finished_jobs: usize,
     /// Age after which finished jobs are forgotten.
     pub finished_job_ttl: Duration,
+    /// Bytes the JetStream job history may hold; the oldest events go first.
+    pub job_history_max_bytes: u64,
     /// Largest prompt accepted, in bytes (a cheap bound before tokenizing; workers refuse prompts longer
     /// than their context).
     pub max_prompt_bytes: usize,
@@ -57,6 +59,7 @@ impl Default for QueenConfig {
             spawn_timeout: Duration::from_secs(120),
             max_finished_jobs: 10_000,
             finished_job_ttl: Duration::from_secs(24 * 3600),
+            job_history_max_bytes: 256 * 1024 * 1024,
             max_prompt_bytes: 512 * 1024,
             durable_jobs: true,
             drain_deadline: Duration::from_secs(10),

@@ -58,6 +58,8 @@ pub struct Queen {
     pub tasks: Tasks,
     /// Cancelled when the queen starts draining: nothing new is waited for (spawn markers end).
     pub draining: CancellationToken,
+    /// What the warm start read of the JetStream job history (none before it ran, or without it).
+    pub history: Mutex<Option<jobs::store::ReplayReport>>,
     registry: Mutex<Registry>,
     jobs: Mutex<JobTable>,
     spawns: Mutex<SpawnsInFlight>,
@@ -79,6 +81,7 @@ impl Queen {
             registry_changed: Notify::new(),
             tasks: Tasks::new(),
             draining: CancellationToken::new(),
+            history: Mutex::new(None),
             registry: Mutex::new(Registry::new(RegistryConfig::default())),
             jobs: Mutex::new(JobTable::new(retention)),
             spawns: Mutex::new(SpawnsInFlight::default()),
@@ -140,7 +143,20 @@ pub async fn serve(
         .context("cannot subscribe to job events")?;
     if durable {
         match jobs::store::replay(&queen).await {
-            Ok(n) => tracing::info!(events = n, "job history replayed from jetstream"),
+            Ok(report) => {
+                if report.complete {
+                    tracing::info!(events = report.events, "job history replayed from jetstream");
+                } else {
+                    tracing::warn!(
+                        events = report.events,
+                        read_to = report.read_to,
+                        last = report.last_sequence,
+                        error = report.error.as_deref().unwrap_or_default(),
+                        "job history replayed in part"
+                    );
+                }
+                *queen.history.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
+            }
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "job history not durable (jetstream unavailable)")
             }

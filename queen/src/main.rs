@@ -30,6 +30,9 @@ struct Args {
     /// Do not keep job history in JetStream.
     #[arg(long)]
     no_durable_jobs: bool,
+    /// MiB the JetStream job history may hold (the oldest status events go first).
+    #[arg(long, default_value_t = 256)]
+    job_history_max_mib: u64,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -46,6 +49,7 @@ async fn main() -> std::process::ExitCode {
         queue_capacity: args.queue_capacity,
         queue_timeout: Duration::from_secs(args.queue_timeout_s),
         durable_jobs: !args.no_durable_jobs,
+        job_history_max_bytes: args.job_history_max_mib.saturating_mul(1024 * 1024),
         ..QueenConfig::default()
     };
     rbee_daemon::main("queen", &nats, |bus, shutdown| rbee_queen::run(config, bus, shutdown)).await

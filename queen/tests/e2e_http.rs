@@ -265,6 +265,11 @@ async fn openai_endpoints_jobs_and_failures() {
     let known = before["jobs"].as_array().map(|a| a.len()).unwrap_or(0);
     c.queen_stop.cancel();
     let _ = c.queen_task.await;
+    // The stream an older queen made had no byte or message-size limit: this one sets them.
+    let js = async_nats::jetstream::new(async_nats::connect(c.server.url()).await.expect("nats"));
+    let mut unbounded = rbee_queen::jobs::store::stream_config(&queen_config());
+    (unbounded.max_bytes, unbounded.max_message_size) = (-1, -1);
+    js.update_stream(unbounded).await.expect("an unbounded history stream");
     let (stop, _task, base) = start_queen(&c.server, queen_config()).await;
     let restarted = Instant::now();
     let http = reqwest::Client::new();
@@ -290,7 +295,15 @@ async fn openai_endpoints_jobs_and_failures() {
         .await
         .expect("json");
     assert_eq!(record["state"]["phase"], "completed", "{record}");
-    eprintln!("restarted queen saw the cluster after {seen_after:?}");
+    let health: Value =
+        http.get(format!("{base}/health")).send().await.expect("health").json().await.expect("json");
+    assert_eq!(health["job_history"]["complete"], true, "{health}");
+    assert!(health["job_history"]["events"].as_u64().unwrap_or(0) >= known as u64, "{health}");
+    let mut stream = js.get_stream(rbee_queen::jobs::store::STREAM).await.expect("stream");
+    let bounds = stream.info().await.expect("stream info").config.clone();
+    assert_eq!(bounds.max_bytes, QueenConfig::default().job_history_max_bytes as i64);
+    assert_eq!(bounds.max_message_size, rbee_bus::rpc::MAX_MESSAGE_BYTES as i32);
+    eprintln!("restarted queen saw the cluster after {seen_after:?}, history {}", health["job_history"]);
     stop.cancel();
     c.hive_stop.cancel();
 }
