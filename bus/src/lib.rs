@@ -25,8 +25,8 @@ pub use messages::error::{ErrorBody, ErrorCode, WireError};
 pub use messages::heartbeat::{Backend, HiveHeartbeat, HiveState, QueenHello, WorkerHeartbeat, WorkerState};
 pub use messages::hive::{
     CpuInfo, DeviceInfo, DeviceKind, DeviceList, HiveWorkerStatus, HiveWorkerSummary, ListRequest,
-    MemoryInfo, ModelList, ModelSummary, SpawnReply, SpawnRequest, StopReply, StopRequest, WorkerKind,
-    WorkerList,
+    LoadFailures, MemoryInfo, ModelList, ModelSummary, SpawnReply, SpawnRequest, StopReply, StopRequest,
+    WorkerKind, WorkerList,
 };
 pub use messages::job::{
     ChatMessage, FinishReason, JobAccepted, JobAssignment, JobCancel, JobState, JobStatus, LogitBias,

@@ -82,8 +82,31 @@ fn print_hives(style: &Style, hives: &[Value]) -> anyhow::Result<()> {
             let free = render::number(ram, "available_bytes").or_else(|| render::number(ram, "free_bytes"));
             outln!("    {}", memory_line("ram", total, free));
         }
+        for model in hive.get("models").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]) {
+            if let Some(line) = load_failure_line(model) {
+                outln!("    {}", style.red(line));
+            }
+        }
     }
     Ok(())
+}
+
+/// `model broken: failed to load 5 times in a row, refused (last: ...)` for a model its hive holds
+/// off, `None` for one it spawns.
+fn load_failure_line(model: &Value) -> Option<String> {
+    let failures = model.get("load_failures").filter(|f| f.is_object())?;
+    let count = render::number(failures, "failures").unwrap_or(0.0) as u64;
+    let state = if failures.get("refused").and_then(Value::as_bool).unwrap_or(false) {
+        "refused until imported or pulled again".to_owned()
+    } else {
+        let wait_ms = render::number(failures, "retry_at_ms").unwrap_or(0.0) as u64;
+        format!("next try in {} s", wait_ms.saturating_sub(rbee_bus::now_ms()).div_ceil(1000))
+    };
+    Some(format!(
+        "model {}: failed to load {count} time(s) in a row, {state} (last: {})",
+        render::text(model, &["model_id"]),
+        render::truncate(&render::text(failures, &["last_error"]), 160)
+    ))
 }
 
 /// `label  [####------]  1.2 GiB / 8.0 GiB used`
@@ -177,6 +200,19 @@ pub fn job_table(jobs: &[Value]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn models_held_off_by_their_hive_get_a_line() {
+        let ok = json!({"model_id": "smollm2"});
+        assert_eq!(load_failure_line(&ok), None);
+        let refused = json!({"model_id": "broken", "load_failures": {"failures": 5, "last_error": "exit status: 1", "refused": true}});
+        let line = load_failure_line(&refused).expect("a line");
+        assert!(line.contains("broken") && line.contains("5 time(s)") && line.contains("refused"), "{line}");
+        let later = rbee_bus::now_ms() + 9_500;
+        let waiting = json!({"model_id": "broken", "load_failures": {"failures": 1, "last_error": "e", "retry_at_ms": later, "refused": false}});
+        let line = load_failure_line(&waiting).expect("a line");
+        assert!(line.contains("next try in 10 s"), "{line}");
+    }
 
     #[test]
     fn memory_lines_tolerate_missing_figures() {

@@ -64,6 +64,8 @@ pub struct HiveConfig {
     /// are made canonical first, so a symlink out of these is refused). `import_models` above is
     /// configuration and not confined.
     pub import_dirs: Vec<PathBuf>,
+    /// How a model whose workers fail to load is retried, then refused.
+    pub load_retry: crate::load_failures::LoadRetry,
 }
 
 impl Default for HiveConfig {
@@ -83,6 +85,7 @@ impl Default for HiveConfig {
             hf_endpoint: crate::catalog::hf::HfEndpoint::from_env(|_| None),
             max_model_bytes: crate::catalog::models::DEFAULT_MAX_DOWNLOAD,
             import_dirs: default_import_dirs(),
+            load_retry: crate::load_failures::LoadRetry::default(),
         }
     }
 }

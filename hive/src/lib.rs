@@ -1,6 +1,6 @@
 //! rbee hive: one per machine. It knows the machine ([`inventory`]), keeps what is installed there
 //! ([`catalog`]: worker binaries and GGUF models on disk), starts and watches worker processes
-//! ([`supervisor`], [`running`]), answers requests about workers, models and devices ([`handlers`],
+//! ([`supervisor`], [`running`]; [`load_failures`] holds off models that keep failing to load), answers requests about workers, models and devices ([`handlers`],
 //! one task per endpoint) and tells the cluster about all of it ([`heartbeat`]). The daemon plumbing
 //! (service registration, hello, heartbeat loop, task draining) is `rbee_daemon`'s. [`run`] is the
 //! whole hive; `main.rs` only parses flags.
@@ -10,6 +10,7 @@ pub mod config;
 pub mod handlers;
 pub mod heartbeat;
 pub mod inventory;
+pub mod load_failures;
 pub mod running;
 pub mod supervisor;
 
@@ -93,7 +94,7 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
         .context("cannot open the model catalog")?
         .with_max_download(config.max_model_bytes);
     let stamper = Arc::new(EventStamper::new(config.hive_id.as_str()));
-    let workers = RunningWorkers::new();
+    let workers = RunningWorkers::with_load_retry(config.load_retry);
     let supervisor = Supervisor::new(SupervisorConfig {
         hive_id: config.hive_id.clone(),
         bus: bus.clone(),

@@ -7,6 +7,7 @@ use clap::Parser;
 use rbee_bus::HiveId;
 use rbee_daemon::NatsArgs;
 use rbee_hive::catalog::CatalogPaths;
+use rbee_hive::load_failures::LoadRetry;
 use rbee_hive::supervisor::RestartPolicy;
 use rbee_hive::{HiveConfig, ModelImport};
 
@@ -39,6 +40,10 @@ struct Args {
     /// Restart crashed workers up to this many times (with backoff); 0 disables.
     #[arg(long, default_value_t = 0)]
     max_restarts: u32,
+    /// Refuse a model after this many of its workers in a row failed to load (the waits between
+    /// tries start at 5 s and double up to 60 s); importing or pulling it again resets the count.
+    #[arg(long, default_value_t = 5)]
+    refuse_after_load_failures: u32,
     /// The largest model `rbee models pull` may download, in GiB (pulls over the free disk space of
     /// the catalog are refused too).
     #[arg(long, env = "RBEE_MAX_MODEL_GIB", default_value_t = 256)]
@@ -99,6 +104,10 @@ async fn main() -> std::process::ExitCode {
             rbee_hive::config::default_import_dirs()
         } else {
             args.import_dir
+        },
+        load_retry: LoadRetry {
+            refuse_after: args.refuse_after_load_failures.max(1),
+            ..LoadRetry::default()
         },
     };
     rbee_daemon::main("hive", &nats, |bus, shutdown| rbee_hive::run(config, bus, shutdown)).await

@@ -5,13 +5,18 @@
 //! last [`MAX_ENDED`], with a failure's text cut to [`MAX_ERROR_LEN`] bytes: the list goes into every
 //! heartbeat, which must stay under the payload limit however many workers have come and gone.
 //!
+//! A worker that goes from `starting` to `failed` counts a load failure of its model, and one that
+//! becomes ready clears them ([`crate::load_failures`], read through [`RunningWorkers::load_failures`]).
+//!
 //! A spawn first [`RunningWorkers::reserve`]s its worker id (in secure mode: its pool identity) and
 //! holds the [`Reservation`] until the process is registered, so two spawns at once never pick the
 //! same id: the check and the reservation happen under one lock.
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use rbee_bus::{HiveWorkerStatus, HiveWorkerSummary, ModelId, WorkerId};
+use rbee_bus::{HiveWorkerStatus, HiveWorkerSummary, LoadFailures, ModelId, WorkerId};
+
+use crate::load_failures::{LoadFailureTable, LoadRetry};
 
 /// How many ended workers stay listed (the oldest go first).
 pub const MAX_ENDED: usize = 16;
@@ -84,6 +89,8 @@ pub struct RunningWorkers {
     workers: Arc<RwLock<HashMap<WorkerId, WorkerEntry>>>,
     /// Ids a spawn in progress has claimed; only changed with `workers` write-locked.
     reserved: Arc<Mutex<HashSet<WorkerId>>>,
+    /// Models whose workers failed before they were ready; only changed with `workers` write-locked.
+    load_failures: Arc<Mutex<LoadFailureTable>>,
 }
 
 /// A worker id claimed by a spawn in progress; released when dropped (by then the worker is
@@ -111,6 +118,30 @@ impl RunningWorkers {
     /// None yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// None yet, with this retry policy for models that fail to load.
+    pub fn with_load_retry(policy: LoadRetry) -> Self {
+        Self { load_failures: Arc::new(Mutex::new(LoadFailureTable::new(policy))), ..Self::default() }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, LoadFailureTable> {
+        self.load_failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What holds off a spawn of `model_id` now (see [`LoadFailureTable::state`]).
+    pub fn load_failures(&self, model_id: &ModelId) -> Option<LoadFailures> {
+        self.failures().state(model_id, rbee_bus::now_ms())
+    }
+
+    /// Why a spawn of `model_id` is refused now, for a person; `None` when it may go ahead.
+    pub fn load_refusal(&self, model_id: &ModelId) -> Option<String> {
+        self.failures().refusal(model_id, rbee_bus::now_ms())
+    }
+
+    /// The model's file was imported or pulled again: its failures are forgotten.
+    pub fn forget_load_failures(&self, model_id: &ModelId) {
+        self.failures().clear(model_id);
     }
 
     fn read(&self) -> RwLockReadGuard<'_, HashMap<WorkerId, WorkerEntry>> {
@@ -169,6 +200,13 @@ impl RunningWorkers {
     pub fn update_status(&self, id: &WorkerId, status: WorkerStatus) -> Result<(), RunningWorkersError> {
         let mut workers = self.write();
         let worker = workers.get_mut(id).ok_or_else(|| RunningWorkersError::NotFound(id.clone()))?;
+        match (&worker.status, &status) {
+            (WorkerStatus::Starting, WorkerStatus::Failed { error }) => {
+                self.failures().failed(&worker.model_id, error, rbee_bus::now_ms())
+            }
+            (_, WorkerStatus::Ready | WorkerStatus::Busy) => self.failures().clear(&worker.model_id),
+            _ => {}
+        }
         worker.status = status;
         if let WorkerStatus::Failed { error } = &mut worker.status {
             truncate_at_char(error, MAX_ERROR_LEN);

@@ -150,6 +150,7 @@ async fn embed_batch(
                 request_spawn(queen, &hive_id, model_id, &device);
                 wait_for_change(queen, QUEUE_RECHECK).await;
             }
+            Placement::Unavailable { reason } => return Err(EmbedFailure::Unavailable(reason)),
             Placement::Queue { reason } | Placement::Refuse { reason } => {
                 let timeout = queen.config.queue_timeout;
                 if started.elapsed() > timeout {

@@ -45,6 +45,10 @@ pub enum ApiError {
     /// Nothing can serve now (503, Retry-After).
     #[error("{0}")]
     Unavailable(String),
+    /// Every hive with the model refuses it after its workers failed to load (503, no Retry-After:
+    /// someone has to replace the file).
+    #[error("{0}")]
+    ModelFailing(String),
     /// Missing or wrong API key (401).
     #[error("missing or invalid api key")]
     Unauthorized,
@@ -69,6 +73,7 @@ impl ApiError {
             Some(ErrorCode::InvalidParams) => ApiError::invalid("", message),
             Some(ErrorCode::BadRequest) => ApiError::BadRequest(message),
             Some(ErrorCode::QueueFull) => ApiError::Unavailable(message),
+            Some(ErrorCode::ModelFailing) => ApiError::ModelFailing(message),
             _ => ApiError::JobFailed(message),
         }
     }
@@ -85,6 +90,7 @@ impl ApiError {
                     ErrorCode::UnknownModel => ApiError::UnknownModel(message),
                     ErrorCode::NotFound => ApiError::NotFound(message),
                     ErrorCode::Conflict => ApiError::Conflict(message),
+                    ErrorCode::ModelFailing => ApiError::ModelFailing(message),
                     ErrorCode::InvalidParams => {
                         ApiError::invalid(error.error.field.unwrap_or_default(), message)
                     }
@@ -113,6 +119,7 @@ impl ApiError {
             }
             ApiError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "queue_full"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable"),
+            ApiError::ModelFailing(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "model_failing"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error", "admin_key_required"),
             ApiError::JobFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "job_failed"),
@@ -129,6 +136,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::PromptTooLarge(_) => ApiError::PromptTooLarge(message),
             SubmitError::UnknownModel(_) => ApiError::UnknownModel(message),
             SubmitError::QueueFull(_) => ApiError::QueueFull(message),
+            SubmitError::ModelFailing(_) => ApiError::ModelFailing(message),
         }
     }
 }
@@ -144,7 +152,8 @@ impl IntoResponse for ApiError {
             "error": { "message": self.to_string(), "type": kind, "param": param, "code": code }
         });
         let mut response = (status, axum::Json(body)).into_response();
-        if matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) {
+        let retry = matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE);
+        if retry && !matches!(self, ApiError::ModelFailing(_)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if matches!(self, ApiError::BodyTooLarge(_)) {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use rbee_bus::{subject, HiveHeartbeat, QueenHello, WorkerHeartbeat, WorkerLifecycle, SCHEMA_VERSION};
+use rbee_bus::{
+    subject, HiveHeartbeat, LifecycleEvent, QueenHello, WorkerHeartbeat, WorkerLifecycle, SCHEMA_VERSION,
+};
 use rbee_daemon::Tasks;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +74,17 @@ async fn fold(
                     match registry
                         .check_lifecycle_claims(subject::token(subject, 2).unwrap_or_default(), &event)
                     {
-                        Ok(()) => registry.apply_lifecycle(&event, now),
+                        Ok(()) => {
+                            let changes = registry.apply_lifecycle(&event, now);
+                            drop(registry);
+                            if let LifecycleEvent::Failed { .. } = event.event {
+                                // The worker a spawn asked for may be this one: nothing is loading
+                                // there any more, and the scheduler may decide again at once.
+                                queen.spawns().end(&event.hive_id, &event.model_id);
+                                queen.registry_changed.notify_waiters();
+                            }
+                            changes
+                        }
                         Err(reason) => {
                             drop(registry);
                             reject(&queen, subject, &reason)

@@ -29,16 +29,23 @@
 //!    process would only split the same cores and make both slower (on a 2-core machine an extra
 //!    worker cut aggregate throughput several times over in `make bench`). The job waits for a slot
 //!    there instead; an explicit `POST /v1/workers` still starts one.
-//! 5. **Queue** with a reason a person can act on, always naming the model: waiting for a slot on N
-//!    workers; no hive is online; no hive has the model; every hive with it is offline or leaving; or
-//!    the model does not fit (needs N MiB, most free M MiB).
+//!    A hive whose listing says the model's workers keep failing to load there (`load_failures`: it
+//!    waits before the next try, or refuses the model) is no place for a spawn.
+//! 5. **Unavailable** when nothing serves the model, nothing is loading it and every online hive
+//!    with it refuses it after its workers failed to load: waiting would not help.
+//! 6. **Queue** with a reason a person can act on, always naming the model: waiting for a slot on N
+//!    workers; no hive is online; no hive has the model; every hive with it is offline or leaving; its
+//!    workers failed to load (and when the hive tries again); or the model does not fit (needs N MiB,
+//!    most free M MiB).
 //!
 //! Cost: one pass over the snapshot's workers and one over the hives' devices, O(workers + devices);
 //! excluded ids are looked up in a hash set once there are more than a few.
 
 use std::collections::HashSet;
 
-use rbee_bus::{DeviceKind, HiveId, HiveWorkerStatus, ModelId, ModelSummary, WorkerId, WorkerState};
+use rbee_bus::{
+    DeviceKind, HiveId, HiveWorkerStatus, LoadFailures, ModelId, ModelSummary, WorkerId, WorkerState,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::membership::{least_loaded_first, Liveness, RegistrySnapshot, WorkerView};
@@ -121,6 +128,11 @@ pub enum Placement {
         /// Why, for a person.
         reason: String,
     },
+    /// Fail the job: no hive will run the model (each refuses it after its workers failed to load).
+    Unavailable {
+        /// Why, for a person, with the last load error.
+        reason: String,
+    },
 }
 
 /// Memory a new worker of this model needs, by the one estimate ([`rbee_bus::sizing`]): the file
@@ -197,15 +209,21 @@ pub fn schedule(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Plac
     if let Some(spawn) = hives.best_spawn {
         return Placement::Spawn { hive_id: spawn.hive_id.clone(), device: spawn.device.to_owned() };
     }
-    Placement::Queue { reason: queue_reason(model_id, &tally, &hives) }
+    let reason = queue_reason(model_id, &tally, &hives);
+    if hives.all_refuse() && tally.full == 0 && tally.unusable().is_empty() {
+        return Placement::Unavailable { reason };
+    }
+    Placement::Queue { reason }
 }
 
 /// Where a new worker of the model goes, ignoring the workers there are: the best device with room.
 fn spawn_anywhere(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Placement {
     let hives = survey_hives(snapshot, request, &HashSet::new());
+    let reason = || queue_reason(&request.model_id, &WorkerTally::default(), &hives);
     match hives.best_spawn {
         Some(spawn) => Placement::Spawn { hive_id: spawn.hive_id.clone(), device: spawn.device.to_owned() },
-        None => Placement::Queue { reason: queue_reason(&request.model_id, &WorkerTally::default(), &hives) },
+        None if hives.all_refuse() => Placement::Unavailable { reason: reason() },
+        None => Placement::Queue { reason: reason() },
     }
 }
 
@@ -316,6 +334,8 @@ struct HiveSurvey<'a> {
     with_model: usize,
     /// Online, non-leaving hives whose catalog has the model.
     eligible: usize,
+    /// Eligible hives that hold off the model because its workers failed to load there.
+    failing: Vec<(&'a HiveId, &'a LoadFailures)>,
     /// The smallest estimate among eligible hives, in bytes.
     needed_bytes: Option<u64>,
     /// The largest free device memory among eligible hives, in bytes.
@@ -348,6 +368,15 @@ impl SpawnCandidate<'_> {
     }
 }
 
+impl HiveSurvey<'_> {
+    /// True when there are eligible hives and each refuses the model.
+    fn all_refuse(&self) -> bool {
+        self.eligible > 0
+            && self.failing.len() == self.eligible
+            && self.failing.iter().all(|(_, failures)| failures.refused)
+    }
+}
+
 fn survey_hives<'a>(
     snapshot: &'a RegistrySnapshot,
     request: &PlacementRequest,
@@ -365,6 +394,10 @@ fn survey_hives<'a>(
             continue;
         }
         survey.eligible += 1;
+        if let Some(failures) = &model.load_failures {
+            survey.failing.push((&hive.hive_id, failures));
+            continue;
+        }
         let needed = request.estimated_bytes.unwrap_or_else(|| estimate_spawn_bytes(model));
         survey.needed_bytes = Some(survey.needed_bytes.map_or(needed, |n| n.min(needed)));
         for device in &hive.devices {
@@ -400,6 +433,18 @@ fn queue_reason(model_id: &ModelId, tally: &WorkerTally, hives: &HiveSurvey<'_>)
         format!(
             "no online hive has model {model_id} ({} with it offline or leaving)",
             plural(hives.with_model, "hive")
+        )
+    } else if let Some((hive_id, failures)) =
+        hives.failing.first().filter(|_| hives.failing.len() == hives.eligible)
+    {
+        let retry = match failures.retry_at_ms {
+            Some(_) => "it waits before it tries again".to_owned(),
+            None => "it refuses the model until it is imported or pulled again".to_owned(),
+        };
+        format!(
+            "workers of model {model_id} failed to load on hive {hive_id} ({} in a row; {retry}): {}",
+            plural(failures.failures as usize, "failure"),
+            failures.last_error
         )
     } else if hives.occupied_cpus > 0 {
         format!("every cpu with room for model {model_id} already runs a worker of it")

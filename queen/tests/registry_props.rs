@@ -54,6 +54,7 @@ fn hive_beat(hive: usize, epoch: &str, seq: u64, interval_ms: u64, state: HiveSt
             parameter_count: 135_000_000,
             quantization: "Q4_1".into(),
             context_length: Some(8192),
+            load_failures: None,
         }],
     }
 }

@@ -44,6 +44,7 @@ fn model(n: usize, size_bytes: u64) -> ModelSummary {
         parameter_count: size_bytes * 2,
         quantization: "Q4_1".into(),
         context_length: Some(8192),
+        load_failures: None,
     }
 }
 
@@ -359,7 +360,8 @@ struct HiveSpec {
     age_ms: u64,
     leaving: bool,
     devices: Vec<(bool, u64)>,
-    models: Vec<(usize, u64)>,
+    /// Model, size, and its load failures there: 0 none, 1 waiting before the next try, 2 refused.
+    models: Vec<(usize, u64, u8)>,
     starting: Option<usize>,
 }
 
@@ -415,7 +417,8 @@ fn age() -> impl Strategy<Value = u64> {
 fn hive_spec() -> impl Strategy<Value = HiveSpec> {
     let devices = prop::collection::vec((any::<bool>(), free_bytes()), 0..3);
     let sizes = prop::sample::select(vec![50 * MIB, 100 * MIB, 500 * MIB, GIB, 4 * GIB, 8 * GIB]);
-    let models = prop::collection::vec((0..MODELS - 1, sizes), 0..3);
+    let failing = prop_oneof![6 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)];
+    let models = prop::collection::vec((0..MODELS - 1, sizes, failing), 0..3);
     (age(), prop::bool::weighted(0.2), devices, models, prop::option::weighted(0.15, 0..MODELS)).prop_map(
         |(age_ms, leaving, devices, models, starting)| HiveSpec {
             age_ms,
@@ -506,7 +509,19 @@ fn build(scenario: &Scenario) -> (Registry, Instant) {
                 }
             })
             .collect();
-        let models = spec.models.iter().map(|(m, size)| model(*m, *size)).collect();
+        let models = spec
+            .models
+            .iter()
+            .map(|(m, size, failing)| ModelSummary {
+                load_failures: (*failing > 0).then(|| rbee_bus::LoadFailures {
+                    failures: u32::from(*failing),
+                    last_error: "exit status: 1".into(),
+                    retry_at_ms: (*failing == 1).then_some(1),
+                    refused: *failing == 2,
+                }),
+                ..model(*m, *size)
+            })
+            .collect();
         let state = if spec.leaving { HiveState::Leaving } else { HiveState::Online };
         let mut beat = hive_beat(n, state, devices, models);
         if let Some(m) = spec.starting {
@@ -577,7 +592,7 @@ fn loading(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> usize {
 /// True when some online, non-leaving hive with the model has a device that fits it.
 fn spawnable(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> bool {
     snapshot.hives.iter().filter(|h| h.liveness == Liveness::Online && !h.leaving).any(|hive| {
-        hive.model(&request.model_id).is_some_and(|model| {
+        hive.model(&request.model_id).filter(|model| model.load_failures.is_none()).is_some_and(|model| {
             let needed = request.estimated_bytes.unwrap_or_else(|| estimate_spawn_bytes(model));
             hive.devices.iter().any(|device| {
                 device.free_bytes >= needed
@@ -678,6 +693,10 @@ fn check_placement(scenario: &Scenario) -> Result<(), TestCaseError> {
                 prop_assert!(hive.liveness == Liveness::Online && !hive.leaving);
                 let model = hive.model(&request.model_id);
                 prop_assert!(model.is_some(), "spawn on a hive without the model");
+                prop_assert!(
+                    model.is_some_and(|m| m.load_failures.is_none()),
+                    "spawn on a hive that holds the model off"
+                );
                 let needed =
                     request.estimated_bytes.unwrap_or_else(|| model.map_or(u64::MAX, estimate_spawn_bytes));
                 let fits = hive.devices.iter().any(|d| &d.id == device && d.free_bytes >= needed);
@@ -704,6 +723,33 @@ fn check_placement(scenario: &Scenario) -> Result<(), TestCaseError> {
         Placement::Refuse { reason } => {
             prop_assert!(reason.contains(request.model_id.as_str()), "reason {:?}", reason);
         }
+        Placement::Unavailable { reason } => {
+            // Only when nothing serves or loads the model and every online hive with it refuses it.
+            prop_assert!(candidates.is_empty() && !queue_full);
+            prop_assert_eq!(loading(&snapshot, &request), 0);
+            let with_model: Vec<_> = snapshot
+                .hives
+                .iter()
+                .filter(|h| h.liveness == Liveness::Online && !h.leaving)
+                .filter_map(|h| h.model(&request.model_id))
+                .collect();
+            prop_assert!(!with_model.is_empty());
+            prop_assert!(with_model.iter().all(|m| m.load_failures.as_ref().is_some_and(|f| f.refused)));
+            prop_assert!(reason.contains("failed to load"), "reason {:?}", reason);
+        }
+    }
+    // Every online hive with the model refusing it, and nothing else to wait for: the job fails.
+    let refusing = snapshot
+        .hives
+        .iter()
+        .filter(|h| h.liveness == Liveness::Online && !h.leaving)
+        .filter_map(|h| h.model(&request.model_id))
+        .collect::<Vec<_>>();
+    let all_refuse =
+        !refusing.is_empty() && refusing.iter().all(|m| m.load_failures.as_ref().is_some_and(|f| f.refused));
+    if all_refuse && candidates.is_empty() && !queue_full && loading(&snapshot, &request) == 0 {
+        let waiting_for_slot = matches!(&decision, Placement::Queue { reason } if reason.contains("slot") || reason.contains("usable"));
+        prop_assert!(matches!(decision, Placement::Unavailable { .. }) || waiting_for_slot, "{:?}", decision);
     }
 
     // `place` decides the same and, when it assigns, holds the slot.

@@ -226,3 +226,94 @@ async fn administration_needs_the_admin_key() {
     assert_eq!(call(Method::POST, "/v1/chat/completions", admin, chat.clone()).await, 200);
     assert_eq!(call(Method::POST, "/v1/chat/completions", Some("wrong"), chat).await, 401);
 }
+
+/// A model whose GGUF header reads but whose weights do not load (the file is cut short) is tried
+/// a bounded number of times with waits in between, then refused (issue 15 item 8: before, queued
+/// jobs made the queen spawn it every few seconds for as long as they waited). The refusal is a 503
+/// `model_failing` with the worker's own error, `GET /v1/models` shows it, a later job is refused at
+/// once without a new spawn, and the hive's other model still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_keeps_failing_to_load_is_backed_off_then_refused() {
+    use futures::StreamExt;
+    use rbee_bus::{subject, LifecycleEvent, WorkerLifecycle};
+    use rbee_hive::load_failures::LoadRetry;
+    use rbee_hive::ModelImport;
+
+    let server = rbee_testkit::NatsServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let good = rbee_testkit::gguf::tiny_llama_in(dir.path()).expect("tiny model");
+    let broken = dir.path().join("broken.gguf");
+    let bytes = std::fs::read(&good).expect("read");
+    std::fs::write(&broken, &bytes[..bytes.len() - bytes.len() / 4]).expect("write a cut-off copy");
+    let catalog = dir.path().join("catalog");
+    let mut hive = cluster::hive_config(&server, "hive-failing", &catalog);
+    hive.import_models.push(ModelImport { path: broken, id: Some("broken".parse().expect("id")) });
+    let refuse_after = 3;
+    hive.load_retry = LoadRetry {
+        first_wait: Duration::from_millis(300),
+        max_wait: Duration::from_millis(600),
+        refuse_after,
+    };
+    let watcher = rbee_bus::connect(&rbee_bus::NatsConfig::url(server.url())).await.expect("connect");
+    let mut lifecycle = watcher.client().subscribe(subject::WORKER_LIFECYCLE_ALL).await.expect("sub");
+    let hive_stop = cluster::run_hive(&server, hive).await;
+    let (queen_stop, _queen, base) = cluster::start_queen(&server, QueenConfig::default()).await;
+    let http = reqwest::Client::new();
+    let chat = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let models = || async {
+        let r = http.get(format!("{base}/v1/models")).send().await.expect("models");
+        r.json::<Value>().await.expect("json")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !models().await.to_string().contains("\"broken\"") {
+        assert!(Instant::now() < deadline, "the hive's models never showed up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let started = Instant::now();
+    let r =
+        http.post(format!("{base}/v1/chat/completions")).json(&chat("broken")).send().await.expect("post");
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "model_failing", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("failed to load") && message.contains("imported or pulled again"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(60), "refused after {:?}", started.elapsed());
+    eprintln!("refused after {:?}: {message}", started.elapsed());
+
+    let mut failed = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), lifecycle.next()).await {
+        if let Ok(event) = rbee_bus::rpc::decode::<WorkerLifecycle>(&msg.subject, &msg.payload) {
+            if matches!(event.event, LifecycleEvent::Failed { .. }) && event.model_id.as_str() == "broken" {
+                failed.push(event.worker_id);
+            }
+        }
+    }
+    assert_eq!(failed.len(), refuse_after as usize, "tried exactly {refuse_after} times: {failed:?}");
+
+    let listing = models().await;
+    let entry = listing["data"].as_array().and_then(|d| d.iter().find(|m| m["id"] == "broken")).cloned();
+    let failures = &entry.as_ref().expect("broken is listed")["load_failures"][0];
+    assert_eq!(
+        (failures["hive_id"].as_str(), failures["refused"].as_bool()),
+        (Some("hive-failing"), Some(true))
+    );
+    assert_eq!(failures["failures"], refuse_after, "{failures}");
+    assert!(!failures["last_error"].as_str().unwrap_or_default().is_empty(), "{failures}");
+
+    // Refused at once now, and nothing is spawned for it.
+    let again = Instant::now();
+    let r =
+        http.post(format!("{base}/v1/chat/completions")).json(&chat("broken")).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(again.elapsed() < Duration::from_secs(2), "refused after {:?}", again.elapsed());
+    let spawned = tokio::time::timeout(Duration::from_secs(2), lifecycle.next()).await;
+    assert!(spawned.is_err(), "a worker was started for a refused model");
+
+    // The hive's other model still serves.
+    let r = http.post(format!("{base}/v1/chat/completions")).json(&chat(MODEL)).send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap_or_default());
+    hive_stop.cancel();
+    queen_stop.cancel();
+}

@@ -38,6 +38,9 @@ pub enum ErrorCode {
     /// The request clashes with what is there: an id already stored, a download of it already running,
     /// a model a running worker still uses.
     Conflict,
+    /// The model's workers keep failing to load on this hive: it waits before the next try, or refuses
+    /// the model until its file is imported or pulled again.
+    ModelFailing,
 }
 
 impl ErrorCode {
@@ -58,6 +61,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::ModelFailing => "model_failing",
         }
     }
 }

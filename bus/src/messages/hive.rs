@@ -112,6 +112,25 @@ pub struct ModelSummary {
     pub quantization: String,
     /// Trained context length.
     pub context_length: Option<u64>,
+    /// Present while the hive holds off spawning the model because its workers failed to load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_failures: Option<LoadFailures>,
+}
+
+/// Workers of a model that exited before they were ready, one after another, on one hive: the hive
+/// waits before it spawns the model again (the wait doubles each time) and, after a bound, refuses it
+/// until the model is imported or pulled again (or the hive restarts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LoadFailures {
+    /// Failures in a row (a worker that becomes ready resets them).
+    pub failures: u32,
+    /// The last one's exit status and stderr.
+    pub last_error: String,
+    /// While waiting: when the hive spawns the model again, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+    /// True once the hive refuses the model.
+    pub refused: bool,
 }
 
 /// Which kind of worker binary to start.

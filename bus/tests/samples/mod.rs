@@ -43,6 +43,19 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         parameter_count: 134_515_008,
         quantization: "Q4_1".into(),
         context_length: Some(8192),
+        load_failures: None,
+    };
+    let failing = ModelSummary {
+        model_id: id("broken"),
+        load_failures: Some(LoadFailures {
+            failures: 2,
+            last_error:
+                "exit status: 1; stderr: error loading model: tensor data is not within the file bounds"
+                    .into(),
+            retry_at_ms: Some(1_700_000_010_000),
+            refused: false,
+        }),
+        ..model.clone()
     };
     let pull_event = |progress| ModelPullEvent {
         v: SCHEMA_VERSION,
@@ -170,7 +183,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
             "WorkerList",
             j(&WorkerList { v: SCHEMA_VERSION, workers: vec![worker_summary(HiveWorkerStatus::Busy)] }),
         ),
-        ("ModelList", j(&ModelList { v: SCHEMA_VERSION, models: vec![model.clone()] })),
+        ("ModelList", j(&ModelList { v: SCHEMA_VERSION, models: vec![model.clone(), failing] })),
         ("DeviceList", j(&DeviceList { v: SCHEMA_VERSION, cpu, ram, devices: vec![device] })),
         (
             "ModelImportRequest",

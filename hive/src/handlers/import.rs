@@ -68,6 +68,7 @@ pub async fn import(hive: &Hive, req: ModelImportRequest) -> Result<ModelReply, 
             }
             e => catalog_error(e),
         })?;
+    hive.workers.forget_load_failures(&entry.id);
     Ok(ModelReply {
         v: SCHEMA_VERSION,
         sha256: entry.sha256.clone().unwrap_or_default(),

@@ -28,12 +28,17 @@ pub fn summary(m: &ModelEntry) -> ModelSummary {
         parameter_count: m.parameter_count,
         quantization: m.quantization.clone(),
         context_length: m.context_length,
+        load_failures: None,
     }
 }
 
 /// Every model in the catalog, as listed on the bus.
 pub fn summaries(hive: &Hive) -> Vec<ModelSummary> {
-    hive.models.list().iter().map(summary).collect()
+    hive.models
+        .list()
+        .iter()
+        .map(|m| ModelSummary { load_failures: hive.workers.load_failures(&m.id), ..summary(m) })
+        .collect()
 }
 
 /// The model listing.
@@ -232,6 +237,7 @@ impl PullTask {
                 })
                 .await;
                 tracing::info!(pull_id = %self.req.pull_id, model_id = %id, size = entry.size, "model pull done");
+                self.hive.workers.forget_load_failures(&entry.id);
                 self.publish(PullProgress::Done { model: summary(&entry) }).await;
             }
             Some(Err(e)) => {
@@ -277,6 +283,7 @@ pub fn remove(hive: &Hive, req: ModelRemoveRequest) -> Result<ModelRemoveReply, 
         ));
     }
     hive.models.remove(&req.model_id).map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+    hive.workers.forget_load_failures(&req.model_id);
     tracing::info!(model_id = %req.model_id, freed = entry.size, "model removed");
     Ok(ModelRemoveReply { v: SCHEMA_VERSION, model_id: req.model_id, freed_bytes: entry.size })
 }

@@ -55,6 +55,9 @@ pub async fn spawn(hive: &Hive, req: SpawnRequest) -> Result<SpawnReply, WireErr
             ),
         )
     })?;
+    if let Some(refusal) = hive.workers.load_refusal(&model.id) {
+        return Err(WireError::new(ErrorCode::ModelFailing, refusal));
+    }
     let slots = req.slots.unwrap_or(DEFAULT_SLOTS);
     if !(1..=64).contains(&slots) {
         return Err(WireError::invalid_field("slots", format!("invalid slots: {slots} is outside [1, 64]")));

@@ -55,6 +55,7 @@ pub async fn spawn(
                 Placement::Queue { reason } | Placement::Refuse { reason } => {
                     return Err(ApiError::Unavailable(reason))
                 }
+                Placement::Unavailable { reason } => return Err(ApiError::ModelFailing(reason)),
                 Placement::Assign { .. } => {
                     return Err(ApiError::Unavailable("no hive can spawn this model".to_owned()))
                 }

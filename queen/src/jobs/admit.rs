@@ -65,6 +65,9 @@ pub enum SubmitError {
     /// The queue is full and no worker has a free slot.
     #[error("{0}")]
     QueueFull(String),
+    /// Every hive with the model refuses it after its workers failed to load.
+    #[error("{0}")]
+    ModelFailing(String),
 }
 
 impl From<SubmitError> for WireError {
@@ -76,6 +79,7 @@ impl From<SubmitError> for WireError {
             SubmitError::PromptTooLarge(_) => WireError::new(ErrorCode::PromptTooLong, message),
             SubmitError::UnknownModel(_) => WireError::new(ErrorCode::UnknownModel, message),
             SubmitError::QueueFull(_) => WireError::new(ErrorCode::QueueFull, message),
+            SubmitError::ModelFailing(_) => WireError::new(ErrorCode::ModelFailing, message),
         }
     }
 }
@@ -90,10 +94,18 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
     let job = queen.jobs().create(job_id.clone(), request.model_id.clone(), rbee_bus::now_ms())?;
     let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
     let first = dispatch::place(queen, &request.model_id, &[], &prefix, queue_len);
-    if let Placement::Refuse { reason } = &first {
-        queen.jobs().fail_unannounced(&job_id, reason.clone(), rbee_bus::now_ms());
-        queen.metrics.refused();
-        return Err(SubmitError::QueueFull(reason.clone()));
+    match &first {
+        Placement::Refuse { reason } => {
+            queen.jobs().fail_unannounced(&job_id, reason.clone(), rbee_bus::now_ms());
+            queen.metrics.refused();
+            return Err(SubmitError::QueueFull(reason.clone()));
+        }
+        Placement::Unavailable { reason } => {
+            queen.jobs().fail_unannounced(&job_id, reason.clone(), rbee_bus::now_ms());
+            queen.metrics.refused();
+            return Err(SubmitError::ModelFailing(reason.clone()));
+        }
+        _ => {}
     }
     queen.metrics.submitted();
     let started = Instant::now();

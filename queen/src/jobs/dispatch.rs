@@ -127,6 +127,11 @@ async fn steps(
             Placement::Queue { reason } | Placement::Refuse { reason } => {
                 queue_step(queen, job, &model_id, reason, &mut attempts).await
             }
+            Placement::Unavailable { reason } => {
+                job.set_failure(ErrorCode::ModelFailing);
+                fail(queen, &job.job_id, &model_id, reason, None).await;
+                Step::Done
+            }
         };
         if let Step::Done = step {
             return;

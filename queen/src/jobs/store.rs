@@ -123,7 +123,8 @@ where
                 }
             }
             Ok(Some(Err(e))) => {
-                report.error = Some(format!("reading the stream failed after sequence {}: {e}", report.read_to));
+                report.error =
+                    Some(format!("reading the stream failed after sequence {}: {e}", report.read_to));
                 break;
             }
             Ok(None) => {
@@ -131,11 +132,8 @@ where
                 break;
             }
             Err(_) => {
-                report.error = Some(format!(
-                    "no message for {} s after sequence {}",
-                    idle.as_secs(),
-                    report.read_to
-                ));
+                report.error =
+                    Some(format!("no message for {} s after sequence {}", idle.as_secs(), report.read_to));
                 break;
             }
         }
@@ -183,7 +181,10 @@ mod tests {
         assert!(!report.complete);
         assert_eq!(report.events, broken_at as usize - 1, "everything before the error is kept");
         assert_eq!(report.read_to, broken_at - 1);
-        assert!(report.error.as_deref().is_some_and(|e| e.contains("consumer heartbeat missed")), "{report:?}");
+        assert!(
+            report.error.as_deref().is_some_and(|e| e.contains("consumer heartbeat missed")),
+            "{report:?}"
+        );
         assert!(batches.iter().all(|&n| n <= REPLAY_BATCH), "{batches:?}");
     }
 
@@ -203,10 +204,9 @@ mod tests {
         let report = fold(futures::stream::iter(items), 10, Duration::from_secs(1), |b| b.len()).await;
         assert!(!report.complete);
         assert_eq!(report.events, 3);
-        let stalled = fold(futures::stream::pending::<Result<_, String>>(), 10, Duration::from_millis(50), |b| {
-            b.len()
-        })
-        .await;
+        let stalled =
+            fold(futures::stream::pending::<Result<_, String>>(), 10, Duration::from_millis(50), |b| b.len())
+                .await;
         assert!(stalled.error.as_deref().is_some_and(|e| e.contains("no message")), "{stalled:?}");
     }
 }

@@ -157,23 +157,42 @@ fn created() -> u64 {
     rbee_bus::now_ms() / 1000
 }
 
-/// `GET /v1/models`: every model served by a worker or present in a hive's catalog.
+/// `GET /v1/models`: every model served by a worker or present in a hive's catalog, with the hives
+/// that hold it off because its workers failed to load there (`load_failures`, when any).
 pub async fn models(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
     let now = Instant::now();
     let registry = queen.registry();
-    let mut models: std::collections::BTreeMap<String, (usize, Vec<String>)> = Default::default();
+    #[derive(Default)]
+    struct Listed {
+        workers: usize,
+        hives: Vec<String>,
+        failures: Vec<serde_json::Value>,
+    }
+    let mut models: std::collections::BTreeMap<String, Listed> = Default::default();
     for w in registry.list_workers(now) {
-        models.entry(w.model_id.to_string()).or_default().0 += 1;
+        models.entry(w.model_id.to_string()).or_default().workers += 1;
     }
     for h in registry.list_hives(now) {
         for m in &h.models {
-            models.entry(m.model_id.to_string()).or_default().1.push(h.hive_id.to_string());
+            let listed = models.entry(m.model_id.to_string()).or_default();
+            match &m.load_failures {
+                Some(f) => {
+                    let mut failure = serde_json::to_value(f).unwrap_or_default();
+                    failure["hive_id"] = serde_json::json!(h.hive_id);
+                    listed.failures.push(failure);
+                }
+                None => listed.hives.push(h.hive_id.to_string()),
+            }
         }
     }
     let data: Vec<_> = models
         .into_iter()
-        .map(|(id, (workers, hives))| {
-            serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "rbee", "workers": workers, "spawnable_on": hives})
+        .map(|(id, listed)| {
+            let mut model = serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "rbee", "workers": listed.workers, "spawnable_on": listed.hives});
+            if !listed.failures.is_empty() {
+                model["load_failures"] = serde_json::Value::Array(listed.failures);
+            }
+            model
         })
         .collect();
     Json(serde_json::json!({"object": "list", "data": data}))
