@@ -78,6 +78,7 @@ impl EchoWorker {
                         bus.clone(),
                         stamper.clone(),
                         job.job_id,
+                        job.attempt_key,
                         job.params.max_tokens,
                         pace,
                         published.clone(),
@@ -124,8 +125,14 @@ fn heartbeat(stamper: &EventStamper, state: WorkerState) -> WorkerHeartbeat {
     }
 }
 
-/// A token chunk like a worker's: `{i:05} ` as text (one token).
-pub fn chunk(stamper: &EventStamper, job_id: &JobId, worker_id: &WorkerId, i: u64) -> TokenChunk {
+/// A token chunk like a worker's: `{i:05} ` as text (one token), with the assignment's key.
+pub fn chunk(
+    stamper: &EventStamper,
+    job_id: &JobId,
+    worker_id: &WorkerId,
+    attempt_key: Option<String>,
+    i: u64,
+) -> TokenChunk {
     TokenChunk {
         v: SCHEMA_VERSION,
         meta: stamper.next(),
@@ -136,6 +143,7 @@ pub fn chunk(stamper: &EventStamper, job_id: &JobId, worker_id: &WorkerId, i: u6
         tokens: 1,
         total_tokens: u32::try_from(i + 1).unwrap_or(u32::MAX),
         attempt: 0,
+        attempt_key,
         tool_calls: Vec::new(),
         logprobs: Vec::new(),
     }
@@ -145,6 +153,7 @@ async fn stream_job(
     bus: Bus,
     stamper: Arc<EventStamper>,
     job_id: JobId,
+    attempt_key: Option<String>,
     n: u32,
     pace: Duration,
     published: Stamps,
@@ -158,6 +167,7 @@ async fn stream_job(
         model_id: model_id.clone(),
         state,
         attempt: 0,
+        attempt_key: attempt_key.clone(),
     };
     let status_subject = subject::job_status(&job_id);
     let accepted = status(JobState::Accepted { worker_id: worker_id.clone(), prompt_tokens: 1 });
@@ -174,8 +184,10 @@ async fn stream_job(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for i in 0..u64::from(n) {
         tick.tick().await;
-        let payload =
-            Bytes::from(serde_json::to_vec(&chunk(&stamper, &job_id, &worker_id, i)).unwrap_or_default());
+        let payload = Bytes::from(
+            serde_json::to_vec(&chunk(&stamper, &job_id, &worker_id, attempt_key.clone(), i))
+                .unwrap_or_default(),
+        );
         let at = Instant::now();
         if let Some(slot) = lock(&published).get_mut(i as usize) {
             *slot = Some(at);

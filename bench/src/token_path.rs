@@ -114,7 +114,7 @@ pub async fn section(
     echo.stop().await;
     relay.stop(Duration::from_secs(2));
     let stamper = rbee_bus::EventStamper::new("bench-raw");
-    let sample = chunk(&stamper, &rbee_bus::JobId::generate(), &ECHO_WORKER.parse()?, 123);
+    let sample = chunk(&stamper, &rbee_bus::JobId::generate(), &ECHO_WORKER.parse()?, None, 123);
     let tp = TokenPath {
         raw: Summary::of(&raw),
         relay: Summary::of(&relayed),
@@ -224,7 +224,7 @@ pub async fn nats_run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for i in 0..u64::from(n) {
         tick.tick().await;
-        let payload = Bytes::from(serde_json::to_vec(&chunk(&stamper, &job_id, &worker_id, i))?);
+        let payload = Bytes::from(serde_json::to_vec(&chunk(&stamper, &job_id, &worker_id, None, i))?);
         published[i as usize] = Some(Instant::now());
         publisher.client().publish(publish_to.to_owned(), payload).await?;
     }

@@ -29,9 +29,9 @@ pub use messages::hive::{
     WorkerKind, WorkerList,
 };
 pub use messages::job::{
-    ChatMessage, FinishReason, JobAccepted, JobAssignment, JobCancel, JobState, JobStatus, LogitBias,
-    ParamError, Prompt, ResponseFormat, SamplingParams, SubmitJob, SubmitJobReply, TokenChunk, TokenLogprob,
-    ToolCall, ToolCallChunk, ToolChoice, ToolDef, TopLogprob, Usage,
+    new_attempt_key, ChatMessage, FinishReason, JobAccepted, JobAssignment, JobCancel, JobState, JobStatus,
+    LogitBias, ParamError, Prompt, ResponseFormat, SamplingParams, SubmitJob, SubmitJobReply, TokenChunk,
+    TokenLogprob, ToolCall, ToolCallChunk, ToolChoice, ToolDef, TopLogprob, Usage,
 };
 pub use messages::lifecycle::{LifecycleEvent, WorkerLifecycle};
 pub use messages::models::{

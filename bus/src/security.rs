@@ -28,8 +28,10 @@
 //! The hive hands a pool identity to the worker it spawns (user on the command line, password in the
 //! environment, never in argv). Limits, stated plainly: a hive holds its workers' passwords, so a
 //! compromised hive can act as any worker of its own pool (not of another hive); a hive runs at most
-//! as many workers as its pool has identities; and job ids are not bound to workers, so a worker may
-//! publish tokens and status for any job id; likewise a cli may cancel any job. Passwords are kept in
+//! as many workers as its pool has identities; and job ids are not bound to workers by permissions, so
+//! a worker may publish tokens and status for any job id (the queen takes them only with the attempt's
+//! `attempt_key`, which no identity that may publish job events can read); likewise a cli may cancel
+//! any job. Passwords are kept in
 //! plain text in the generated file, which is written with mode 0600; TLS is configured separately.
 //!
 //! How it is wired: `rbee secure init` (and `rbee up --secure`) writes this configuration with TLS, one

@@ -317,3 +317,103 @@ async fn a_model_that_keeps_failing_to_load_is_backed_off_then_refused() {
     hive_stop.cancel();
     queen_stop.cancel();
 }
+
+/// Chunks and an end forged in the assigned worker's name, by a publisher that never received the
+/// assignment (it does not know the attempt's key), reach neither the client nor the job's record
+/// (issue 15 item 14: before, a chunk naming the assigned worker and attempt was taken as its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_forged_in_the_assigned_workers_name_are_dropped() {
+    use futures::StreamExt;
+    use rbee_bus::{subject, EventMeta, FinishReason, JobState, JobStatus, TokenChunk, Usage};
+
+    let c = Cluster::start("hive-forge", QueenConfig::default()).await;
+    c.wait_until("the hive with the model", |hives, _| hives.to_string().contains(MODEL)).await;
+    let forger = rbee_bus::connect(&rbee_bus::NatsConfig::url(c.server.url())).await.expect("connect");
+    let mut statuses = forger.client().subscribe(subject::JOB_STATUS_ALL).await.expect("sub");
+    let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "Count from one to twenty."}],
+        "max_tokens": 48, "temperature": 0});
+    let request = tokio::spawn({
+        let (http, base) = (c.http.clone(), c.base.clone());
+        async move {
+            let r = http.post(format!("{base}/v1/chat/completions")).json(&chat).send().await.expect("post");
+            (r.status().as_u16(), r.json::<Value>().await.expect("json"))
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (job_id, worker_id) = loop {
+        assert!(Instant::now() < deadline, "the job was never scheduled");
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), statuses.next()).await else {
+            continue;
+        };
+        let Ok(status) = rbee_bus::rpc::decode::<JobStatus>(&msg.subject, &msg.payload) else { continue };
+        if let JobState::Scheduled { worker_id } = &status.state {
+            assert!(status.attempt_key.is_some(), "the scheduled status names the attempt's key");
+            break (status.job_id.clone(), worker_id.clone());
+        }
+    };
+    let meta = |seq| EventMeta {
+        publisher: worker_id.to_string(),
+        epoch: "forged".into(),
+        seq,
+        sent_at_ms: rbee_bus::now_ms(),
+    };
+    for i in 0..5u64 {
+        let chunk = TokenChunk {
+            v: 1,
+            meta: meta(i + 1),
+            job_id: job_id.clone(),
+            worker_id: worker_id.clone(),
+            seq: i,
+            text: " FORGED".into(),
+            tokens: 1,
+            total_tokens: i as u32 + 1,
+            attempt: 1,
+            attempt_key: (i % 2 == 1).then(|| "a guess".to_owned()),
+            tool_calls: Vec::new(),
+            logprobs: Vec::new(),
+        };
+        forger.publish(subject::job_tokens(&job_id), &chunk).await.expect("publish");
+    }
+    let end = JobStatus {
+        v: 1,
+        meta: meta(10),
+        job_id: job_id.clone(),
+        model_id: Some(MODEL.parse().expect("id")),
+        state: JobState::Finished {
+            finish_reason: FinishReason::Stop,
+            usage: Usage::default(),
+            error: None,
+            worker_id: Some(worker_id.clone()),
+        },
+        attempt: 1,
+        attempt_key: None,
+    };
+    forger.publish(subject::job_status(&job_id), &end).await.expect("publish");
+    // And a status in the queen's own name.
+    let in_queens_name = JobStatus {
+        meta: EventMeta {
+            publisher: "queen".into(),
+            epoch: "forged".into(),
+            seq: u64::MAX / 2,
+            sent_at_ms: 0,
+        },
+        state: JobState::Finished {
+            finish_reason: FinishReason::Error,
+            usage: Usage::default(),
+            error: Some("forged".into()),
+            worker_id: None,
+        },
+        ..end.clone()
+    };
+    forger.publish(subject::job_status(&job_id), &in_queens_name).await.expect("publish");
+
+    let (status, body) = request.await.expect("request");
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    assert!(!text.contains("FORGED"), "forged chunks reached the client: {text}");
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 5, "the real worker's usage: {body}");
+    let (_, record) = c.get(&format!("/v1/jobs/{job_id}")).await;
+    assert_eq!(record["state"]["phase"], "completed", "{record}");
+    c.hive_stop.cancel();
+    c.queen_stop.cancel();
+}

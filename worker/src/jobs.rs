@@ -1,7 +1,7 @@
 //! The token path: takes assignments on `rbee.worker.<id>.jobs`, replies accept or refuse at once, then
 //! streams each job's tokens on `rbee.job.<id>.tokens` and its status on `rbee.job.<id>.status`.
 //!
-//! Every chunk and status of a job carries its assignment's `attempt`, so a consumer can drop the
+//! Every chunk and status of a job carries its assignment's `attempt` and `attempt_key`, so a consumer can drop the
 //! output of a placement the queen superseded. An assignment for a job cancelled shortly before
 //! ([`crate::cancels`]) is accepted and ends `cancelled` at once. A job task that panics still ends
 //! its job with an `error` status.
@@ -134,6 +134,7 @@ pub fn handle_assignment(
             model_id: assignment.model_id,
             prompt_tokens: 0,
             attempt: assignment.attempt,
+            attempt_key: assignment.attempt_key,
         };
         tasks.spawn("job", stream.end_cancelled());
         return Ok(accepted);
@@ -171,6 +172,7 @@ pub fn handle_assignment(
         model_id: assignment.model_id,
         prompt_tokens: generation.prompt_tokens,
         attempt: assignment.attempt,
+        attempt_key: assignment.attempt_key,
     };
     tasks.spawn("job", stream.run_guarded(generation.events));
     Ok(accepted)
@@ -193,8 +195,9 @@ struct JobStream {
     job_id: JobId,
     model_id: rbee_bus::ModelId,
     prompt_tokens: u32,
-    /// The assignment's attempt, copied into every chunk and status.
+    /// The assignment's attempt and its key, copied into every chunk and status.
     attempt: u32,
+    attempt_key: Option<String>,
 }
 
 impl JobStream {
@@ -206,6 +209,7 @@ impl JobStream {
             model_id: Some(self.model_id.clone()),
             state,
             attempt: self.attempt,
+            attempt_key: self.attempt_key.clone(),
         };
         if let Err(e) = self.shared.bus.publish(subject::job_status(&self.job_id), &status).await {
             tracing::warn!(job_id = %self.job_id, error = %e, "cannot publish job status");
@@ -309,6 +313,7 @@ impl JobStream {
                 tokens,
                 total_tokens: total,
                 attempt: self.attempt,
+                attempt_key: self.attempt_key.clone(),
                 tool_calls,
                 logprobs,
             };

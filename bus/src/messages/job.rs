@@ -278,13 +278,33 @@ pub struct JobAssignment {
     /// worker copies it into every [`TokenChunk`] and [`JobStatus`] it publishes for this job.
     #[serde(default)]
     pub attempt: u32,
+    /// A secret of this attempt, chosen by the queen: the worker copies it into every chunk and status
+    /// it publishes for the job, and the queen takes none without it. In secure mode only the queen
+    /// and the assigned worker's identity can read an assignment, and no identity that may publish
+    /// token or status events may read them, so another worker cannot forge this attempt's events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_key: Option<String>,
 }
 
 impl JobAssignment {
-    /// A new assignment at the current schema version (attempt 0: not counted).
+    /// A new assignment at the current schema version (attempt 0: not counted, no key).
     pub fn new(job_id: JobId, model_id: ModelId, prompt: Prompt, params: SamplingParams) -> Self {
-        Self { v: SCHEMA_VERSION, job_id, model_id, prompt, params, deadline_ms: None, attempt: 0 }
+        Self {
+            v: SCHEMA_VERSION,
+            job_id,
+            model_id,
+            prompt,
+            params,
+            deadline_ms: None,
+            attempt: 0,
+            attempt_key: None,
+        }
     }
+}
+
+/// A fresh attempt key: 128 random bits, hex.
+pub fn new_attempt_key() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// A worker's reply: the job holds a slot and will stream.
@@ -326,6 +346,10 @@ pub struct TokenChunk {
     /// when the queen did not count. Drop the chunk unless it is the job's latest scheduled attempt.
     #[serde(default)]
     pub attempt: u32,
+    /// The assignment's `attempt_key`, when it had one: a chunk whose key is not the one of the job's
+    /// latest `scheduled` status is not that attempt's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_key: Option<String>,
     /// Tool calls completed in this chunk (their text is not in `text`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallChunk>,
@@ -447,6 +471,10 @@ pub struct JobStatus {
     /// counted (queued, or an older publisher).
     #[serde(default)]
     pub attempt: u32,
+    /// On the queen's `scheduled` status: the key it gave the attempt; on a worker's status: the key of
+    /// the assignment it answers. Absent where there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_key: Option<String>,
 }
 
 /// A request to cancel a job, published on `rbee.job.<job_id>.cancel`.

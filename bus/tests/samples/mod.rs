@@ -81,6 +81,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         model_id: Some(id("smollm2-135m-instruct")),
         state,
         attempt: 1,
+        attempt_key: Some("5f0c2a9e8d3b4c1a9e7f6d5c4b3a2918".into()),
     };
     let chat = Prompt::chat(vec![ChatMessage::new("user", "What is the capital of France?")]);
     let params = SamplingParams { seed: Some(7), stop: vec!["\n".into()], ..SamplingParams::default() };
@@ -315,6 +316,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 tokens: 14,
                 total_tokens: 15,
                 attempt: 1,
+                attempt_key: Some("5f0c2a9e8d3b4c1a9e7f6d5c4b3a2918".into()),
                 tool_calls: vec![ToolCallChunk {
                     index: 0,
                     id: "call_00000000abc00".into(),
@@ -374,6 +376,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 tokens: 2,
                 total_tokens: 2,
                 attempt: 1,
+                attempt_key: Some("5f0c2a9e8d3b4c1a9e7f6d5c4b3a2918".into()),
                 tool_calls: Vec::new(),
                 logprobs: Vec::new(),
             }),

@@ -11,16 +11,18 @@ use crate::Queen;
 
 /// Applies and publishes a status the queen decided.
 pub async fn announce(queen: &Queen, job_id: &JobId, model_id: &ModelId, state: JobState) {
-    announce_attempt(queen, job_id, model_id, state, 0).await;
+    announce_attempt(queen, job_id, model_id, state, 0, None).await;
 }
 
-/// [`announce`] of a status that belongs to one placement (`scheduled`, numbered from 1).
+/// [`announce`] of a status that belongs to one placement (`scheduled`, numbered from 1, with the
+/// attempt's key).
 pub async fn announce_attempt(
     queen: &Queen,
     job_id: &JobId,
     model_id: &ModelId,
     state: JobState,
     attempt: u32,
+    attempt_key: Option<String>,
 ) {
     let status = JobStatus {
         v: SCHEMA_VERSION,
@@ -29,6 +31,7 @@ pub async fn announce_attempt(
         model_id: Some(model_id.clone()),
         state,
         attempt,
+        attempt_key,
     };
     relay::take(queen, JobEvent::Status(status.clone()));
     if let Err(e) = queen.bus.publish(subject::job_status(job_id), &status).await {

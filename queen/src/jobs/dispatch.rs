@@ -153,9 +153,11 @@ async fn assign(
     attempts.placed += 1;
     let attempt = attempts.placed;
     let scheduled = JobState::Scheduled { worker_id: worker_id.clone() };
-    announce_attempt(queen, job_id, model_id, scheduled, attempt).await;
+    let key = rbee_bus::new_attempt_key();
+    announce_attempt(queen, job_id, model_id, scheduled, attempt, Some(key.clone())).await;
     let mut assignment = request.assignment(job_id);
     assignment.attempt = attempt;
+    assignment.attempt_key = Some(key);
     let reply: Result<JobAccepted, BusError> =
         queen.bus.request(subject::worker_jobs(&worker_id), &assignment, ASSIGN_TIMEOUT).await;
     match reply {

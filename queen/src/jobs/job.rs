@@ -66,9 +66,9 @@ struct State {
     last_token_at: Option<Instant>,
     cancel_requested: bool,
     failure: Option<ErrorCode>,
-    /// The worker and attempt number of the latest `scheduled` status: only that attempt's chunks and
-    /// statuses are taken.
-    placement: Option<(WorkerId, u32)>,
+    /// The worker, attempt number and attempt key of the latest `scheduled` status: only that
+    /// attempt's chunks and statuses are taken.
+    placement: Option<(WorkerId, u32, Option<String>)>,
     /// Events dropped as another attempt's (or a stranger's).
     superseded: u64,
 }
@@ -117,7 +117,7 @@ impl Job {
                 return Applied::default();
             }
             if let JobState::Scheduled { worker_id } = &status.state {
-                state.placement = Some((worker_id.clone(), status.attempt));
+                state.placement = Some((worker_id.clone(), status.attempt, status.attempt_key.clone()));
             }
             state.record.apply(&status.state, now_ms);
             applied.finished = state.record.state.is_terminal();
@@ -221,17 +221,20 @@ impl State {
     /// True unless the event is a worker's for another attempt than the latest placement (a chunk or
     /// status of an abandoned attempt, or of a publisher that was never assigned the job). Attempt 0
     /// (not counted by an older queen or worker) matches any attempt of the same worker. A job this
-    /// queen owns takes no worker event before it placed the job.
+    /// queen owns takes no worker event before it placed the job. When the placement has a key, the
+    /// event must carry the same: a worker that was never given the assignment cannot know it.
     fn is_current_attempt(&self, event: &JobEvent, owned: bool) -> bool {
-        let (publisher, attempt) = match event {
-            JobEvent::Token(chunk) => (chunk.worker_id.as_str(), chunk.attempt),
+        let (publisher, attempt, key) = match event {
+            JobEvent::Token(chunk) => (chunk.worker_id.as_str(), chunk.attempt, &chunk.attempt_key),
             JobEvent::Status(status) if status.meta.publisher == QUEEN_PUBLISHER => return true,
-            JobEvent::Status(status) => (status.meta.publisher.as_str(), status.attempt),
+            JobEvent::Status(status) => (status.meta.publisher.as_str(), status.attempt, &status.attempt_key),
         };
         match &self.placement {
             None => !owned,
-            Some((worker_id, placed)) => {
-                worker_id.as_str() == publisher && (attempt == 0 || *placed == 0 || attempt == *placed)
+            Some((worker_id, placed, placed_key)) => {
+                worker_id.as_str() == publisher
+                    && (attempt == 0 || *placed == 0 || attempt == *placed)
+                    && (placed_key.is_none() || placed_key == key)
             }
         }
     }

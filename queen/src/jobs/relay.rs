@@ -77,6 +77,13 @@ fn token(queen: &Queen, chunk: TokenChunk) {
 }
 
 fn status(queen: &Queen, status: JobStatus) {
+    if status.meta.publisher == crate::QUEEN_PUBLISHER
+        && queen.jobs().get(&status.job_id).is_some_and(|job| job.owned)
+    {
+        // This queen took its own statuses when it decided them: one on the bus in its name is the
+        // echo, or someone else's forgery.
+        return;
+    }
     // The worker's own statuses (accepted, running, finished) are signs of life too.
     if let Ok(worker_id) = WorkerId::new(status.meta.publisher.as_str()) {
         worker_alive(queen, &worker_id, &status.meta.epoch);

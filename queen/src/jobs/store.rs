@@ -158,6 +158,7 @@ mod tests {
             model_id: Some("m".parse::<ModelId>().expect("id")),
             state: JobState::Queued { reason: "test".into() },
             attempt: 0,
+            attempt_key: None,
         }
     }
 

@@ -292,6 +292,7 @@ mod tests {
             model_id: Some(id("smol")),
             state,
             attempt: 0,
+            attempt_key: None,
         })
     }
 
@@ -378,6 +379,7 @@ mod tests {
             tokens: 1,
             total_tokens: 1,
             attempt: n,
+            attempt_key: None,
             tool_calls: Vec::new(),
             logprobs: Vec::new(),
         })
@@ -402,6 +404,33 @@ mod tests {
             .apply(attempt(status("j1", "w2", 1, finished(FinishReason::Stop, None)), 2), 8)
             .is_some());
         assert_eq!((job.phase(), job.token_count(), job.superseded()), (JobPhaseKind::Completed, 2, 4));
+    }
+
+    #[test]
+    fn a_keyed_attempt_takes_only_events_with_its_key() {
+        let mut jobs = JobTable::new(JobRetention::default());
+        let job = jobs.create(id("j1"), id("smol"), 0).expect("new id");
+        let keyed = |event: JobEvent, key: Option<&str>| match event {
+            JobEvent::Status(mut status) => {
+                status.attempt_key = key.map(str::to_owned);
+                JobEvent::Status(status)
+            }
+            JobEvent::Token(mut chunk) => {
+                chunk.attempt_key = key.map(str::to_owned);
+                JobEvent::Token(chunk)
+            }
+        };
+        let scheduled = attempt(status("j1", "queen", 1, JobState::Scheduled { worker_id: id("w1") }), 1);
+        jobs.apply(keyed(scheduled, Some("k1")), 1);
+        // Another worker forging w1's chunks and end, without the key or with a guess.
+        assert!(jobs.apply(token("j1", "w1", 1), 2).is_none(), "a chunk without the key");
+        assert!(jobs.apply(keyed(token("j1", "w1", 1), Some("guess")), 3).is_none(), "a wrong key");
+        let forged_end = attempt(status("j1", "w1", 1, finished(FinishReason::Stop, None)), 1);
+        assert!(jobs.apply(forged_end, 4).is_none(), "an end without the key");
+        assert!(jobs.apply(keyed(token("j1", "w1", 1), Some("k1")), 5).is_some());
+        let end = attempt(status("j1", "w1", 2, finished(FinishReason::Stop, None)), 1);
+        assert!(jobs.apply(keyed(end, Some("k1")), 6).is_some());
+        assert_eq!((job.phase(), job.token_count(), job.superseded()), (JobPhaseKind::Completed, 1, 3));
     }
 
     #[test]
