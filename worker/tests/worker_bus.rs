@@ -387,6 +387,7 @@ async fn attempts_early_cancels_and_bad_input_while_a_job_runs() {
         SamplingParams { temperature: 0.8, max_tokens: 120, seed: Some(3), ..Default::default() },
     );
     long.attempt = 7;
+    long.attempt_key = Some("key-of-attempt-7".into());
     let mut tokens = bus.client().subscribe(subject::job_tokens(&long.job_id)).await.expect("sub");
     let mut status = bus.client().subscribe(subject::job_status(&long.job_id)).await.expect("sub");
     bus.round_trip().await.expect("rt");
@@ -395,6 +396,13 @@ async fn attempts_early_cancels_and_bad_input_while_a_job_runs() {
     let first = tokio::time::timeout(Duration::from_secs(20), tokens.next()).await.expect("tokens in time");
     let first: TokenChunk = rpc::decode("t", &first.expect("open").payload).expect("chunk decodes");
     assert_eq!(first.attempt, 7, "the chunk carries the assignment's attempt");
+    assert_eq!(first.attempt_key.as_deref(), Some("key-of-attempt-7"), "and its key");
+
+    // A cancel that names another worker (the queen cancelling an abandoned attempt elsewhere) leaves
+    // this worker's attempt running.
+    let elsewhere =
+        JobCancel { worker_id: Some("wrk-elsewhere".parse().expect("id")), ..cancel_of(&long.job_id) };
+    bus.publish(subject::job_cancel(&long.job_id), &elsewhere).await.expect("cancel");
 
     // While it runs: an assignment whose invalid prompt kind holds a line break (`\n` escaped in the
     // JSON), which serde's decode error quotes as is. It gets an error reply and nothing else happens.
@@ -450,11 +458,18 @@ async fn attempts_early_cancels_and_bad_input_while_a_job_runs() {
     let (states, mut chunks) = statuses_until_finished(&mut status, &mut tokens).await;
     chunks.insert(0, first);
     match &states.last().expect("a status").state {
-        JobState::Finished { finish_reason, .. } => assert_ne!(*finish_reason, FinishReason::Error),
+        JobState::Finished { finish_reason, .. } => {
+            assert!(
+                !matches!(finish_reason, FinishReason::Error | FinishReason::Cancelled),
+                "{finish_reason:?}"
+            )
+        }
         other => panic!("not finished: {other:?}"),
     }
-    assert!(states.iter().all(|s| s.attempt == 7), "{states:?}");
-    assert!(chunks.iter().all(|c| c.attempt == 7 && c.worker_id == worker.id));
+    assert!(states.iter().all(|s| s.attempt == 7 && s.attempt_key == long.attempt_key), "{states:?}");
+    assert!(chunks
+        .iter()
+        .all(|c| c.attempt == 7 && c.worker_id == worker.id && c.attempt_key == long.attempt_key));
     assert!(chunks.iter().enumerate().all(|(i, c)| c.seq == i as u64), "chunk sequence has gaps");
     // And the worker still heartbeats.
     let idle = wait_for_state(&bus, &worker.id, WorkerState::Idle).await;
