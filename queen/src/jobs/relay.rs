@@ -2,8 +2,8 @@
 //! tokens and its final status arrive in the order the worker published them) hands every token chunk
 //! and status to its job in the [`JobTable`](super::table::JobTable), and nothing else: readers (SSE
 //! clients, non-streaming waiters, the dispatcher) follow the job's buffer. Every chunk or status a
-//! worker published also counts in the membership view as a sign of life of that worker (its current
-//! epoch), like a heartbeat.
+//! worker published that its job took (the current attempt's, with its key) also counts in the
+//! membership view as a sign of life of that worker (its current epoch), like a heartbeat.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,10 +70,14 @@ async fn relay(queen: Arc<Queen>, mut sub: async_nats::Subscriber, stop: Cancell
 }
 
 fn token(queen: &Queen, chunk: TokenChunk) {
-    if chunk.meta.publisher == chunk.worker_id.as_str() {
-        worker_alive(queen, &chunk.worker_id, &chunk.meta.epoch);
+    let sender = (chunk.meta.publisher == chunk.worker_id.as_str())
+        .then(|| (chunk.worker_id.clone(), chunk.meta.epoch.clone()));
+    // Only a chunk its job took (the current attempt's, with its key) speaks for the worker.
+    if take(queen, JobEvent::Token(chunk)).is_some() {
+        if let Some((worker_id, epoch)) = sender {
+            worker_alive(queen, &worker_id, &epoch);
+        }
     }
-    take(queen, JobEvent::Token(chunk));
 }
 
 fn status(queen: &Queen, status: JobStatus) {
@@ -84,11 +88,13 @@ fn status(queen: &Queen, status: JobStatus) {
         // echo, or someone else's forgery.
         return;
     }
-    // The worker's own statuses (accepted, running, finished) are signs of life too.
-    if let Ok(worker_id) = WorkerId::new(status.meta.publisher.as_str()) {
-        worker_alive(queen, &worker_id, &status.meta.epoch);
+    // The worker's own statuses (accepted, running, finished) are signs of life too, once taken.
+    let sender = WorkerId::new(status.meta.publisher.as_str()).ok().map(|w| (w, status.meta.epoch.clone()));
+    if take(queen, JobEvent::Status(status)).is_some() {
+        if let Some((worker_id, epoch)) = sender {
+            worker_alive(queen, &worker_id, &epoch);
+        }
     }
-    take(queen, JobEvent::Status(status));
 }
 
 /// Hands an event to its job and counts it in the metrics when the job took it; the one way events
