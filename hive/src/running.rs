@@ -89,7 +89,8 @@ pub struct RunningWorkers {
     workers: Arc<RwLock<HashMap<WorkerId, WorkerEntry>>>,
     /// Ids a spawn in progress has claimed; only changed with `workers` write-locked.
     reserved: Arc<Mutex<HashSet<WorkerId>>>,
-    /// Models whose workers failed before they were ready; only changed with `workers` write-locked.
+    /// Models whose workers failed before they were ready (its own lock, taken after `workers` when
+    /// both are held).
     load_failures: Arc<Mutex<LoadFailureTable>>,
 }
 

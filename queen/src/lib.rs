@@ -59,7 +59,7 @@ pub struct Queen {
     /// Cancelled when the queen starts draining: nothing new is waited for (spawn markers end).
     pub draining: CancellationToken,
     /// What the warm start read of the JetStream job history (none before it ran, or without it).
-    pub history: Mutex<Option<jobs::store::ReplayReport>>,
+    pub history: std::sync::OnceLock<jobs::store::ReplayReport>,
     registry: Mutex<Registry>,
     jobs: Mutex<JobTable>,
     spawns: Mutex<SpawnsInFlight>,
@@ -81,7 +81,7 @@ impl Queen {
             registry_changed: Notify::new(),
             tasks: Tasks::new(),
             draining: CancellationToken::new(),
-            history: Mutex::new(None),
+            history: std::sync::OnceLock::new(),
             registry: Mutex::new(Registry::new(RegistryConfig::default())),
             jobs: Mutex::new(JobTable::new(retention)),
             spawns: Mutex::new(SpawnsInFlight::default()),
@@ -155,7 +155,7 @@ pub async fn serve(
                         "job history replayed in part"
                     );
                 }
-                *queen.history.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
+                let _ = queen.history.set(report);
             }
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "job history not durable (jetstream unavailable)")

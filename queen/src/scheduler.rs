@@ -438,8 +438,8 @@ fn queue_reason(model_id: &ModelId, tally: &WorkerTally, hives: &HiveSurvey<'_>)
         hives.failing.first().filter(|_| hives.failing.len() == hives.eligible)
     {
         let retry = match failures.retry_at_ms {
-            Some(_) => "it waits before it tries again".to_owned(),
-            None => "it refuses the model until it is imported or pulled again".to_owned(),
+            Some(_) => "it waits before it tries again",
+            None => "it refuses the model until it is imported or pulled again",
         };
         format!(
             "workers of model {model_id} failed to load on hive {hive_id} ({} in a row; {retry}): {}",

@@ -22,14 +22,13 @@ pub async fn health(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
     } else {
         axum::http::StatusCode::SERVICE_UNAVAILABLE
     };
-    let history = queen.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let body = serde_json::json!({
         "status": if nats == "connected" { "ok" } else { "degraded" },
         "nats": nats,
         "hives": stats.hives.total(),
         "workers": stats.workers.total(),
         "version": env!("CARGO_PKG_VERSION"),
-        "job_history": history,
+        "job_history": queen.history.get(),
     });
     (status, Json(body))
 }

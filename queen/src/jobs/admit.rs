@@ -94,18 +94,15 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
     let job = queen.jobs().create(job_id.clone(), request.model_id.clone(), rbee_bus::now_ms())?;
     let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
     let first = dispatch::place(queen, &request.model_id, &[], &prefix, queue_len);
-    match &first {
-        Placement::Refuse { reason } => {
-            queen.jobs().fail_unannounced(&job_id, reason.clone(), rbee_bus::now_ms());
-            queen.metrics.refused();
-            return Err(SubmitError::QueueFull(reason.clone()));
-        }
-        Placement::Unavailable { reason } => {
-            queen.jobs().fail_unannounced(&job_id, reason.clone(), rbee_bus::now_ms());
-            queen.metrics.refused();
-            return Err(SubmitError::ModelFailing(reason.clone()));
-        }
-        _ => {}
+    let refusal = match &first {
+        Placement::Refuse { reason } => Some(SubmitError::QueueFull(reason.clone())),
+        Placement::Unavailable { reason } => Some(SubmitError::ModelFailing(reason.clone())),
+        Placement::Assign { .. } | Placement::Spawn { .. } | Placement::Queue { .. } => None,
+    };
+    if let Some(refusal) = refusal {
+        queen.jobs().fail_unannounced(&job_id, refusal.to_string(), rbee_bus::now_ms());
+        queen.metrics.refused();
+        return Err(refusal);
     }
     queen.metrics.submitted();
     let started = Instant::now();

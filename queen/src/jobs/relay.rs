@@ -72,12 +72,7 @@ async fn relay(queen: Arc<Queen>, mut sub: async_nats::Subscriber, stop: Cancell
 fn token(queen: &Queen, chunk: TokenChunk) {
     let sender = (chunk.meta.publisher == chunk.worker_id.as_str())
         .then(|| (chunk.worker_id.clone(), chunk.meta.epoch.clone()));
-    // Only a chunk its job took (the current attempt's, with its key) speaks for the worker.
-    if take(queen, JobEvent::Token(chunk)).is_some() {
-        if let Some((worker_id, epoch)) = sender {
-            worker_alive(queen, &worker_id, &epoch);
-        }
-    }
+    take_from(queen, JobEvent::Token(chunk), sender);
 }
 
 fn status(queen: &Queen, status: JobStatus) {
@@ -88,9 +83,16 @@ fn status(queen: &Queen, status: JobStatus) {
         // echo, or someone else's forgery.
         return;
     }
-    // The worker's own statuses (accepted, running, finished) are signs of life too, once taken.
+    // The worker's own statuses (accepted, running, finished) are signs of life too.
     let sender = WorkerId::new(status.meta.publisher.as_str()).ok().map(|w| (w, status.meta.epoch.clone()));
-    if take(queen, JobEvent::Status(status)).is_some() {
+    take_from(queen, JobEvent::Status(status), sender);
+}
+
+/// [`take`] of an event a worker published (`sender`: its id and epoch, when the event names its
+/// publisher as a worker): only an event its job took (the current attempt's, with its key) speaks
+/// for the worker's life.
+fn take_from(queen: &Queen, event: JobEvent, sender: Option<(WorkerId, String)>) {
+    if take(queen, event).is_some() {
         if let Some((worker_id, epoch)) = sender {
             worker_alive(queen, &worker_id, &epoch);
         }

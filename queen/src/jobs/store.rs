@@ -96,7 +96,7 @@ pub async fn replay(queen: &Queen) -> anyhow::Result<ReplayReport> {
 /// Reads `(sequence, status)` pairs until sequence `last`, handing them to `apply` a batch at a
 /// time. A read error, the end of the messages or `idle` without one ends the replay early, and the
 /// report says so.
-pub async fn fold<S, E>(
+async fn fold<S, E>(
     messages: S,
     last: u64,
     idle: Duration,
