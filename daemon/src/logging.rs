@@ -2,11 +2,13 @@
 //! the same way (`panic`, with its message and location), so it shows in the process's log even where
 //! a guard turns it into an error reply and the process goes on.
 
-/// Sets up `tracing` to stderr. `RUST_LOG` overrides `default_filter`; `RBEE_LOG_FORMAT=json` gives one
-/// JSON object per line.
+/// Sets up `tracing` to stderr. `RUST_LOG` overrides `default_filter`, to which this crate's own
+/// `info` is always added (its lines are the daemon's start, stop and the error it exits with: a worker
+/// whose model fails to load says why there); `RBEE_LOG_FORMAT=json` gives one JSON object per line.
 pub fn init(default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_filter},{}=info", env!("CARGO_CRATE_NAME"))));
     // A write error (stderr a pipe to a hive that died) is dropped: with the default, tracing reports
     // it with `eprintln!`, which panics on the same broken pipe and takes down the task that logged
     // (a worker then never handled its SIGTERM).

@@ -23,6 +23,8 @@ use crate::running::{RunningWorkers, WorkerEntry, WorkerStatus};
 const STDERR_TAIL: usize = 20;
 /// The longest stderr line kept in the tail, in bytes (the tail goes into lifecycle events).
 const STDERR_LINE_MAX: usize = 512;
+/// How long an exited worker's stderr may take to reach its end before its tail is read.
+const STDERR_DRAIN: Duration = Duration::from_secs(1);
 
 /// Everything needed to start one worker process (kept to restart it).
 #[derive(Debug, Clone)]
@@ -237,10 +239,11 @@ impl Supervisor {
 
         // Keep the last lines of stderr, and pass them on to the hive's log.
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        let mut reader = None;
         if let Some(stderr) = child.stderr.take() {
             let tail = tail.clone();
             let worker_id = plan.worker_id.clone();
-            tokio::spawn(async move {
+            reader = Some(tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     tracing::info!(target: "rbee_hive::worker_log", %worker_id, "{line}");
@@ -256,7 +259,7 @@ impl Supervisor {
                     }
                     tail.push_back(line);
                 }
-            });
+            }));
         }
 
         let this = self.clone();
@@ -265,8 +268,11 @@ impl Supervisor {
                 Ok(s) => describe_exit(s),
                 Err(e) => format!("wait failed: {e}"),
             };
-            // Let the stderr reader take the last lines.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Let the stderr reader take the last lines: it ends at the pipe's end, which a child the
+            // worker left behind could hold open, so not for long.
+            if let Some(reader) = reader {
+                let _ = tokio::time::timeout(STDERR_DRAIN, reader).await;
+            }
             let requested = stop_requested.load(std::sync::atomic::Ordering::SeqCst);
             let _ = std::fs::remove_file(&pid_file);
             let stderr_tail: Vec<String> =

@@ -279,6 +279,7 @@ async fn a_model_that_keeps_failing_to_load_is_backed_off_then_refused() {
     assert_eq!(body["error"]["code"], "model_failing", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("failed to load") && message.contains("imported or pulled again"), "{message}");
+    assert!(message.contains("cannot load the model"), "the worker's own error is named: {message}");
     assert!(started.elapsed() < Duration::from_secs(60), "refused after {:?}", started.elapsed());
     eprintln!("refused after {:?}: {message}", started.elapsed());
 
