@@ -106,7 +106,13 @@ pub async fn direct_run_each(
     let mut tasks = Vec::new();
     for (prompt, params) in jobs {
         let sent = Instant::now();
-        let request = GenerationRequest { prompt, params, cancel: CancellationToken::new(), deadline: None };
+        let request = GenerationRequest {
+            prompt,
+            params,
+            cancel: CancellationToken::new(),
+            deadline: None,
+            resume: None,
+        };
         let mut generation = engine.submit(request).map_err(|e| anyhow::anyhow!("direct submit: {e}"))?;
         tasks.push(tokio::spawn(async move {
             let (mut first, mut last) = (None, None);

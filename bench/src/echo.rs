@@ -146,6 +146,7 @@ pub fn chunk(
         attempt_key,
         tool_calls: Vec::new(),
         logprobs: Vec::new(),
+        token_ids: Vec::new(),
     }
 }
 

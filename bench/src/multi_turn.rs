@@ -107,6 +107,7 @@ pub async fn direct(engine: &Engine) -> anyhow::Result<Vec<Turn>> {
             },
             cancel: CancellationToken::new(),
             deadline: None,
+            resume: None,
         };
         let mut generation = engine.submit(request).map_err(|e| anyhow::anyhow!("direct submit: {e}"))?;
         let (mut text, mut first) = (String::new(), None);

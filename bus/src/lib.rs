@@ -30,8 +30,8 @@ pub use messages::hive::{
 };
 pub use messages::job::{
     new_attempt_key, ChatMessage, FinishReason, JobAccepted, JobAssignment, JobCancel, JobState, JobStatus,
-    LogitBias, ParamError, Prompt, ResponseFormat, SamplingParams, SubmitJob, SubmitJobReply, TokenChunk,
-    TokenLogprob, ToolCall, ToolCallChunk, ToolChoice, ToolDef, TopLogprob, Usage,
+    LogitBias, ParamError, Prompt, ResponseFormat, Resume, SamplingParams, SubmitJob, SubmitJobReply,
+    TokenChunk, TokenLogprob, ToolCall, ToolCallChunk, ToolChoice, ToolDef, TopLogprob, Usage,
 };
 pub use messages::lifecycle::{LifecycleEvent, WorkerLifecycle};
 pub use messages::models::{

@@ -243,6 +243,7 @@ fn decoded(subject: &str, payload: &[u8]) -> Option<(Kind, String)> {
 fn job_status(status: &JobStatus) -> (Kind, String) {
     match &status.state {
         JobState::Queued { reason } => (Kind::Status, format!("queued: {reason}")),
+        JobState::Migrating { reason, .. } => (Kind::Error, format!("migrating: {reason}")),
         JobState::Finished { finish_reason, usage, error, .. } => {
             let kind =
                 if error.is_some() || finish_reason.as_str() == "error" { Kind::Error } else { Kind::Status };

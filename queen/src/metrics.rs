@@ -46,6 +46,7 @@ impl Histogram {
 pub struct Metrics {
     submitted: AtomicU64,
     refused: AtomicU64,
+    migrated: AtomicU64,
     tokens: AtomicU64,
     finished_stop: AtomicU64,
     finished_length: AtomicU64,
@@ -68,6 +69,11 @@ impl Metrics {
     /// A job was refused (queue full).
     pub fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A job moved to another worker after its worker was lost mid-stream.
+    pub fn migrated(&self) {
+        self.migrated.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A malformed message was dropped.
@@ -134,6 +140,13 @@ impl Metrics {
             "jobs refused because the queue was full",
             "",
             self.refused.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rbee_jobs_migrated_total",
+            "jobs moved to another worker after theirs was lost mid-stream",
+            "",
+            self.migrated.load(Ordering::Relaxed),
         );
         let _ = writeln!(out, "# HELP rbee_jobs_finished_total jobs finished, by reason\n# TYPE rbee_jobs_finished_total counter");
         for (reason, c) in [

@@ -372,6 +372,7 @@ async fn events_forged_in_the_assigned_workers_name_are_dropped() {
             attempt_key: (i % 2 == 1).then(|| "a guess".to_owned()),
             tool_calls: Vec::new(),
             logprobs: Vec::new(),
+            token_ids: Vec::new(),
         };
         forger.publish(subject::job_tokens(&job_id), &chunk).await.expect("publish");
     }

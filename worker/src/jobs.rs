@@ -135,6 +135,8 @@ pub fn handle_assignment(
             prompt_tokens: 0,
             attempt: assignment.attempt,
             attempt_key: assignment.attempt_key,
+            first_seq: 0,
+            generated_before: 0,
         };
         tasks.spawn("job", stream.end_cancelled());
         return Ok(accepted);
@@ -148,6 +150,7 @@ pub fn handle_assignment(
         params: assignment.params.clone(),
         cancel: cancel.clone(),
         deadline,
+        resume: assignment.resume.clone(),
     };
     let generation = match engine.submit(request) {
         Ok(g) => g,
@@ -160,7 +163,14 @@ pub fn handle_assignment(
         worker_id: shared.config.worker_id.clone(),
         prompt_tokens: generation.prompt_tokens,
     };
-    tracing::info!(job_id = %assignment.job_id, prompt_tokens = generation.prompt_tokens, "job accepted");
+    let (first_seq, generated_before) =
+        assignment.resume.as_ref().map_or((0, 0), |r| (r.next_seq, r.completion_tokens));
+    tracing::info!(
+        job_id = %assignment.job_id,
+        prompt_tokens = generation.prompt_tokens,
+        resumed_at_seq = assignment.resume.is_some().then_some(first_seq),
+        "job accepted"
+    );
     shared.active.insert(assignment.job_id.clone(), cancel.clone());
     // A cancel that came between the check above and the insert was remembered, not delivered.
     if shared.early_cancels.contains(&assignment.job_id, Instant::now()) {
@@ -173,6 +183,8 @@ pub fn handle_assignment(
         prompt_tokens: generation.prompt_tokens,
         attempt: assignment.attempt,
         attempt_key: assignment.attempt_key,
+        first_seq,
+        generated_before,
     };
     tasks.spawn("job", stream.run_guarded(generation.events));
     Ok(accepted)
@@ -198,6 +210,9 @@ struct JobStream {
     /// The assignment's attempt and its key, copied into every chunk and status.
     attempt: u32,
     attempt_key: Option<String>,
+    /// A resumed job's chunks continue the earlier attempts' `seq` and `total_tokens`.
+    first_seq: u64,
+    generated_before: u32,
 }
 
 impl JobStream {
@@ -254,8 +269,8 @@ impl JobStream {
             .await;
         let window = self.shared.config.coalesce_window;
         let tokens_subject = subject::job_tokens(&self.job_id);
-        let mut seq = 0u64;
-        let mut total = 0u32;
+        let mut seq = self.first_seq;
+        let mut total = self.generated_before;
         let mut last_publish: Option<Instant> = None;
         let mut finished = None;
         while finished.is_none() {
@@ -266,12 +281,14 @@ impl JobStream {
             let mut text = String::new();
             let mut tokens = 0u32;
             let mut logprobs = Vec::new();
+            let mut token_ids = Vec::new();
             let mut tool_calls = Vec::new();
             let mut absorb = |event: GenEvent, finished: &mut Option<_>| match event {
-                GenEvent::Token { text: piece, logprobs: lp } => {
+                GenEvent::Token { text: piece, logprobs: lp, token_ids: ids } => {
                     text.push_str(&piece);
                     logprobs.extend(lp);
-                    tokens = tokens.saturating_add(1);
+                    tokens = tokens.saturating_add(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+                    token_ids.extend(ids);
                 }
                 GenEvent::ToolCalls { calls } => tool_calls.extend(calls),
                 GenEvent::Finished { reason, usage, error } => *finished = Some((reason, usage, error)),
@@ -296,11 +313,11 @@ impl JobStream {
                     }
                 }
             }
-            if tokens == 0 && tool_calls.is_empty() {
+            if text.is_empty() && tokens == 0 && tool_calls.is_empty() {
                 continue;
             }
             total = total.saturating_add(tokens);
-            if seq == 0 {
+            if seq == self.first_seq {
                 self.status(JobState::Running { worker_id: worker_id.clone() }).await;
             }
             let chunk = TokenChunk {
@@ -316,6 +333,7 @@ impl JobStream {
                 attempt_key: self.attempt_key.clone(),
                 tool_calls,
                 logprobs,
+                token_ids,
             };
             if let Err(e) = self.shared.bus.publish(tokens_subject.clone(), &chunk).await {
                 tracing::warn!(job_id = %self.job_id, error = %e, "cannot publish tokens");

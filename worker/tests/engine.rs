@@ -57,7 +57,7 @@ fn greedy(max_tokens: u32) -> SamplingParams {
 }
 
 fn request(prompt: Prompt, params: SamplingParams) -> GenerationRequest {
-    GenerationRequest { prompt, params, cancel: CancellationToken::new(), deadline: None }
+    GenerationRequest { prompt, params, cancel: CancellationToken::new(), deadline: None, resume: None }
 }
 
 /// Everything one generation produced.
@@ -540,4 +540,72 @@ async fn a_job_copies_the_prompt_a_running_slot_has_read_and_greedy_text_is_unch
     assert!(rest.usage.completion_tokens > 24, "the first job ran beside the second: {:?}", rest.usage);
     assert!(format!("{head}{}", rest.text).starts_with(&alone.text), "the source job is unharmed");
     engine.shutdown();
+}
+
+/// The events of one generation, kept as they came (text and token ids per piece).
+async fn pieces(mut generation: Generation) -> (Vec<(String, Vec<u32>)>, Usage) {
+    let mut out = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(120), generation.events.recv())
+            .await
+            .expect("an event within 120 s")
+            .expect("the stream ends with Finished");
+        match event {
+            GenEvent::Token { text, token_ids, .. } => out.push((text, token_ids)),
+            GenEvent::ToolCalls { .. } => {}
+            GenEvent::Finished { usage, .. } => return (out, usage),
+        }
+    }
+}
+
+/// A job moved mid-stream (what the queen does when a worker is lost): another engine given the text
+/// and token ids streamed so far goes on from there, and at temperature 0 the whole reply equals the
+/// uninterrupted one, counted once; with the ids dropped (text only) it still goes on from the text.
+#[tokio::test]
+async fn a_resumed_job_goes_on_from_what_was_streamed() {
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(2, 1024).await else { return };
+    let prompt = chat("Write a short story about a dragon who learns to bake bread.");
+    let stop = SamplingParams { stop: vec!["\n\n".into()], ..greedy(80) };
+    let (whole, usage) = pieces(engine.submit(request(prompt.clone(), stop.clone())).expect("submit")).await;
+    let full: String = whole.iter().map(|(t, _)| t.as_str()).collect();
+    let ids: usize = whole.iter().map(|(_, ids)| ids.len()).sum();
+    eprintln!("uninterrupted: {} pieces, {ids} ids, usage {usage:?}: {full:?}", whole.len());
+    assert!(whole.len() > 20, "too short to cut: {full:?}");
+    // Every released token's id came with its text; the tokens of the stop sequence never do.
+    let held = usage.completion_tokens - ids as u32;
+    assert!(held <= 4, "{ids} ids for {} tokens", usage.completion_tokens);
+    for (cut, with_ids) in [(7, true), (whole.len() / 2, false)] {
+        let before = &whole[..cut];
+        let resume = rbee_bus::Resume {
+            text: before.iter().map(|(t, _)| t.as_str()).collect(),
+            token_ids: if with_ids {
+                before.iter().flat_map(|(_, ids)| ids.clone()).collect()
+            } else {
+                vec![]
+            },
+            next_seq: cut as u64,
+            completion_tokens: before.iter().map(|(_, ids)| ids.len() as u32).sum(),
+        };
+        let mut req = request(prompt.clone(), stop.clone());
+        req.resume = Some(resume.clone());
+        let generation = engine.submit(req).expect("resume accepted");
+        let (rest, resumed_usage) = pieces(generation).await;
+        let rest: String = rest.iter().map(|(t, _)| t.as_str()).collect();
+        eprintln!("cut at piece {cut} (ids {with_ids}): usage {resumed_usage:?}");
+        assert_eq!(
+            format!("{}{rest}", resume.text),
+            full,
+            "resumed text differs (cut {cut}, ids {with_ids})"
+        );
+        assert_eq!(resumed_usage.prompt_tokens, usage.prompt_tokens, "the prompt is counted as before");
+        assert_eq!(resumed_usage.completion_tokens, usage.completion_tokens, "tokens counted once");
+    }
+    // A job with a response format cannot be resumed: refused, not run unconstrained.
+    let mut req = request(
+        prompt,
+        SamplingParams { response_format: rbee_bus::ResponseFormat::JsonObject, ..greedy(8) },
+    );
+    req.resume = Some(rbee_bus::Resume { text: "{".into(), ..Default::default() });
+    assert!(matches!(engine.submit(req), Err(SubmitError::InvalidParams(_))));
 }

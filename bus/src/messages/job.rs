@@ -284,6 +284,28 @@ pub struct JobAssignment {
     /// token or status events may read them, so another worker cannot forge this attempt's events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt_key: Option<String>,
+    /// Set when the job moves here mid-stream from a worker that was lost: what clients already
+    /// received. The worker decodes it after the prompt, as if it had generated it, and goes on from
+    /// there; its chunks continue the job's `seq` and `total_tokens`. A job with tools or a
+    /// `response_format` is never resumed (its parser and grammar state would have to travel too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+}
+
+/// What earlier attempts of a job already streamed to clients ([`JobAssignment::resume`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Resume {
+    /// Every chunk's text so far, in order.
+    pub text: String,
+    /// The token ids the chunks carried ([`TokenChunk::token_ids`]), in order: the tokens of a prefix
+    /// of `text` when the model is the same. The worker uses the longest run of them whose text is a
+    /// prefix of `text` and tokenizes the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_ids: Vec<u32>,
+    /// The `seq` of the next chunk (chunks received so far).
+    pub next_seq: u64,
+    /// Tokens generated so far (the last chunk's `total_tokens`).
+    pub completion_tokens: u32,
 }
 
 impl JobAssignment {
@@ -298,6 +320,7 @@ impl JobAssignment {
             deadline_ms: None,
             attempt: 0,
             attempt_key: None,
+            resume: None,
         }
     }
 }
@@ -356,6 +379,11 @@ pub struct TokenChunk {
     /// Per generated token of this chunk, when the job asked for `logprobs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logprobs: Vec<TokenLogprob>,
+    /// The ids of the tokens whose text this chunk releases, in the model's vocabulary (so that a job
+    /// moved to another worker of the same model goes on from exactly these tokens). Absent from older
+    /// workers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_ids: Vec<u32>,
 }
 
 /// Why a job ended.
@@ -429,6 +457,16 @@ pub enum JobState {
     Running {
         /// The worker.
         worker_id: WorkerId,
+    },
+    /// Its worker was lost mid-stream: the queen places it again and the next worker goes on from what
+    /// clients received ([`JobAssignment::resume`]); a `scheduled` status follows.
+    Migrating {
+        /// The worker that was lost.
+        from_worker: WorkerId,
+        /// Tokens generated before.
+        completion_tokens: u32,
+        /// What happened, for a person.
+        reason: String,
     },
     /// Terminal: done, for the reason given.
     Finished {

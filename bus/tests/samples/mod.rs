@@ -240,6 +240,20 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         ),
         (
             "JobAssignment",
+            j(&JobAssignment {
+                attempt: 2,
+                attempt_key: Some("5f0c2a9e8d3b4c1a9e7f6d5c4b3a2918".into()),
+                resume: Some(Resume {
+                    text: "The capital of France".into(),
+                    token_ids: vec![504, 3575, 282, 4649],
+                    next_seq: 3,
+                    completion_tokens: 4,
+                }),
+                ..JobAssignment::new(id("job-1"), id("smollm2-135m-instruct"), chat.clone(), params.clone())
+            }),
+        ),
+        (
+            "JobAssignment",
             j(&JobAssignment::new(
                 id("job-2"),
                 id("smollm2-135m-instruct"),
@@ -333,6 +347,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                         logprob: -2.5,
                     }],
                 }],
+                token_ids: Vec::new(),
             }),
         ),
         (
@@ -379,10 +394,19 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 attempt_key: Some("5f0c2a9e8d3b4c1a9e7f6d5c4b3a2918".into()),
                 tool_calls: Vec::new(),
                 logprobs: Vec::new(),
+                token_ids: vec![504, 3575],
             }),
         ),
         ("JobStatus", j(&status(JobState::Queued { reason: "waiting for a slot on 2 workers".into() }))),
         ("JobStatus", j(&status(JobState::Scheduled { worker_id: id("wrk-1") }))),
+        (
+            "JobStatus",
+            j(&status(JobState::Migrating {
+                from_worker: id("wrk-1"),
+                completion_tokens: 4,
+                reason: "worker wrk-1 was lost after 4 tokens".into(),
+            })),
+        ),
         ("JobStatus", j(&status(JobState::Accepted { worker_id: id("wrk-1"), prompt_tokens: 12 }))),
         ("JobStatus", j(&status(JobState::Running { worker_id: id("wrk-1") }))),
         (

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rbee_bus::{BusError, ErrorCode, JobAssignment, JobId, ModelId, Prompt, SamplingParams, WireError};
+use rbee_bus::{
+    BusError, ErrorCode, JobAssignment, JobId, ModelId, Prompt, ResponseFormat, SamplingParams, ToolChoice,
+    WireError,
+};
 
 use super::dispatch;
 use super::job::Job;
@@ -39,6 +42,13 @@ impl JobRequest {
         );
         assignment.deadline_ms = self.deadline_ms;
         assignment
+    }
+
+    /// True when another worker can go on from what a lost one streamed: no tool calls the model may
+    /// make and no response format (their parser and grammar state do not travel).
+    pub fn resumable(&self) -> bool {
+        (self.prompt.tools().is_empty() || self.params.tool_choice == ToolChoice::None)
+            && self.params.response_format == ResponseFormat::Text
     }
 }
 

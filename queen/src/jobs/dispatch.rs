@@ -2,8 +2,11 @@
 //! ([`place`]) and carries the decision out: [`assign`] it to a worker over NATS and follow it to its
 //! end, ask a hive to spawn a worker ([`spawn_step`]), or keep it queued with a reason a person can
 //! read ([`queue_step`]). A worker that refuses, does not answer, or dies before the first token is
-//! fenced at once and the job is tried once elsewhere; a worker that dies mid-job fails the job with
-//! a clear reason. The queen's decisions reach the job through [`announce`].
+//! fenced at once and the job is tried once elsewhere. A worker lost mid-stream is fenced and the job
+//! migrates: a `migrating` status, then placed again with what clients received so far
+//! (`JobAssignment.resume`), so the next worker goes on from there and the client's stream continues
+//! (jobs with tools or a response format cannot, and fail with a clear reason). The queen's decisions
+//! reach the job through [`announce`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +25,10 @@ use crate::Queen;
 
 /// How long a worker has to accept or refuse an assignment.
 const ASSIGN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts per job on different workers.
+/// Attempts per job on different workers (counted again after each migration).
 const MAX_ATTEMPTS: u32 = 2;
+/// Times one job may move to another worker after losing its worker mid-stream.
+const MAX_MIGRATIONS: u32 = 3;
 /// A queued job re-checks at least this often (and whenever the membership view changes).
 pub(crate) const QUEUE_RECHECK: Duration = Duration::from_millis(500);
 /// A worker that said it had no free slot is asked again after its next heartbeat, or this long.
@@ -41,8 +46,10 @@ enum Step {
 struct Attempts {
     /// Workers that refused or died for it.
     exclude: Vec<WorkerId>,
-    /// Assignments that counted.
+    /// Assignments that counted (since the last migration).
     made: u32,
+    /// Moves to another worker after a loss mid-stream.
+    migrations: u32,
     /// Assignments sent, each numbered (`JobAssignment.attempt`, from 1).
     placed: u32,
     /// The queue reason last announced.
@@ -98,8 +105,14 @@ async fn steps(
     started: Instant,
 ) {
     let model_id = request.model_id.clone();
-    let mut attempts =
-        Attempts { exclude: Vec::new(), made: 0, placed: 0, last_reason: String::new(), started };
+    let mut attempts = Attempts {
+        exclude: Vec::new(),
+        made: 0,
+        migrations: 0,
+        placed: 0,
+        last_reason: String::new(),
+        started,
+    };
     let mut next = Some(first);
     loop {
         if job.is_finished() {
@@ -158,6 +171,9 @@ async fn assign(
     let mut assignment = request.assignment(job_id);
     assignment.attempt = attempt;
     assignment.attempt_key = Some(key);
+    // Taken after the `scheduled` status: no chunk of an earlier attempt gets in any more, so this is
+    // exactly what clients received.
+    assignment.resume = job.resume_point();
     let reply: Result<JobAccepted, BusError> =
         queen.bus.request(subject::worker_jobs(&worker_id), &assignment, ASSIGN_TIMEOUT).await;
     match reply {
@@ -167,7 +183,7 @@ async fn assign(
                 cancel_attempt(queen, job_id, &worker_id, "cancelled while the assignment was in flight")
                     .await;
             }
-            return follow(queen, job, model_id, worker_id, attempts).await;
+            return follow(queen, job, request, worker_id, attempts).await;
         }
         Err(BusError::Remote { error, .. }) => {
             queen.registry().release_slot(&worker_id);
@@ -215,11 +231,12 @@ async fn assign(
 async fn follow(
     queen: &Queen,
     job: &Job,
-    model_id: &ModelId,
+    request: &JobRequest,
     worker_id: WorkerId,
     attempts: &mut Attempts,
 ) -> Step {
-    let job_id = &job.job_id;
+    let (job_id, model_id) = (&job.job_id, &request.model_id);
+    let resumable = request.resumable();
     match watch_worker(queen, job, &worker_id, job_id).await {
         WorkerOutcome::Finished => Step::Done,
         WorkerOutcome::Lost => {
@@ -236,9 +253,30 @@ async fn follow(
             attempts.exclude.push(worker_id);
             retry_or_fail(queen, job, model_id, attempts).await
         }
+        WorkerOutcome::Died { tokens } if resumable && attempts.migrations < MAX_MIGRATIONS => {
+            fence(queen, &worker_id, "died during a job");
+            cancel_attempt(queen, job_id, &worker_id, "the worker was taken for dead").await;
+            let completion_tokens = job.resume_point().map_or(0, |r| r.completion_tokens);
+            let reason = format!(
+                "worker {worker_id} was lost after {tokens} token chunks: moving the job to another worker"
+            );
+            tracing::warn!(%job_id, %worker_id, tokens, "worker lost mid-job, migrating");
+            let state = JobState::Migrating { from_worker: worker_id.clone(), completion_tokens, reason };
+            announce(queen, job_id, model_id, state).await;
+            attempts.exclude.push(worker_id);
+            attempts.migrations += 1;
+            attempts.made = 0;
+            queen.metrics.migrated();
+            Step::Again
+        }
         WorkerOutcome::Died { tokens } => {
             fence(queen, &worker_id, "died during a job");
-            let message = format!("worker {worker_id} died mid-job after {tokens} token chunks");
+            let why = if resumable {
+                format!("after {MAX_MIGRATIONS} migrations")
+            } else {
+                "(a job with tools or a response_format cannot move to another worker)".to_owned()
+            };
+            let message = format!("worker {worker_id} died mid-job after {tokens} token chunks {why}");
             fail(queen, job_id, model_id, message, Some(worker_id)).await;
             Step::Done
         }

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use rbee_bus::{ErrorCode, EventMeta, JobId, JobState, JobStatus, TokenChunk, WorkerId};
+use rbee_bus::{ErrorCode, EventMeta, JobId, JobState, JobStatus, Resume, TokenChunk, WorkerId};
 use tokio::sync::watch;
 
 use super::record::{JobPhaseKind, JobRecord};
@@ -184,6 +184,22 @@ impl Job {
     pub fn token_count(&self) -> usize {
         let state = self.lock();
         state.events.iter().flatten().filter(|e| matches!(e, JobEvent::Token(_))).count()
+    }
+
+    /// What clients have received so far, for the next attempt to go on from: the text and token ids
+    /// of every chunk taken, in order; `None` before the first chunk.
+    pub fn resume_point(&self) -> Option<Resume> {
+        let state = self.lock();
+        let mut resume: Option<Resume> = None;
+        for event in state.events.iter().flatten() {
+            let JobEvent::Token(chunk) = event else { continue };
+            let r = resume.get_or_insert_with(Resume::default);
+            r.text.push_str(&chunk.text);
+            r.token_ids.extend_from_slice(&chunk.token_ids);
+            r.next_seq = r.next_seq.max(chunk.seq.saturating_add(1));
+            r.completion_tokens = r.completion_tokens.max(chunk.total_tokens);
+        }
+        resume
     }
 
     /// True once the job is over.

@@ -143,6 +143,9 @@ pub struct JobRecord {
     pub prompt_tokens: Option<u32>,
     /// Why it waits, while queued.
     pub queue_reason: Option<String>,
+    /// Times it moved to another worker mid-stream after its worker was lost.
+    #[serde(default)]
+    pub migrations: u32,
 }
 
 impl JobRecord {
@@ -161,6 +164,7 @@ impl JobRecord {
             attempts: 0,
             prompt_tokens: None,
             queue_reason: None,
+            migrations: 0,
         }
     }
 
@@ -173,6 +177,11 @@ impl JobRecord {
             JobState::Queued { reason } => {
                 self.state = JobPhase::Queued;
                 self.queue_reason = Some(reason.clone());
+            }
+            JobState::Migrating { reason, .. } => {
+                self.state = JobPhase::Queued;
+                self.queue_reason = Some(reason.clone());
+                self.migrations += 1;
             }
             JobState::Scheduled { worker_id } => {
                 self.state = JobPhase::Scheduled;

@@ -382,6 +382,7 @@ mod tests {
             attempt_key: None,
             tool_calls: Vec::new(),
             logprobs: Vec::new(),
+            token_ids: Vec::new(),
         })
     }
 

@@ -408,6 +408,9 @@ impl BatchLoop<'_> {
                 let id = usize::try_from(token.0).unwrap_or(usize::MAX);
                 slot.logprobs.push(logprobs::entry(self.ctx.get_logits_ith(at), id, top, piece_of));
             }
+            if !eog {
+                slot.held_ids.push(u32::try_from(token.0).unwrap_or_default());
+            }
             let outcome = slot.job.output.on_token(&piece, eog, Instant::now());
             // A closed receiver is noticed by `reap_interrupted` before the next step.
             slot.send(outcome.emit, outcome.calls);

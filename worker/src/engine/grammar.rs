@@ -229,6 +229,16 @@ impl ConstrainedSampler {
         Ok(Self { chain, grammar })
     }
 
+    /// Has the chain take tokens generated before (a resumed job's), as if sampled here; only for a
+    /// job without a grammar (whose state could not take tokens it did not choose).
+    pub(crate) fn accept_resumed(&mut self, tokens: &[LlamaToken]) {
+        if self.grammar.is_none() {
+            for &token in tokens {
+                self.chain.accept(token);
+            }
+        }
+    }
+
     /// Samples the token at batch index `idx`; both samplers have accepted it on return.
     pub(crate) fn sample(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> LlamaToken {
         let Some(grammar) = self.grammar.as_mut() else {

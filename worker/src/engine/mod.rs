@@ -39,7 +39,7 @@ use std::time::Instant;
 
 use llama_cpp_2::model::LlamaModel;
 use rbee_bus::{
-    FinishReason, ParamError, Prompt, SamplingParams, TokenLogprob, ToolCallChunk, ToolChoice, Usage,
+    FinishReason, ParamError, Prompt, Resume, SamplingParams, TokenLogprob, ToolCallChunk, ToolChoice, Usage,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
@@ -108,6 +108,9 @@ pub struct GenerationRequest {
     pub cancel: CancellationToken,
     /// Past this instant the generation ends with [`FinishReason::Cancelled`].
     pub deadline: Option<Instant>,
+    /// What earlier attempts on another worker generated: decoded after the prompt, counted as
+    /// generated, and continued from. Refused for a job with tools or a grammar.
+    pub resume: Option<Resume>,
 }
 
 /// An accepted generation: its prompt size and its event stream.
@@ -130,6 +133,9 @@ pub enum GenEvent {
         /// Per token of the text, when the job asked for log probabilities (tokens whose text was
         /// held back come with the text that releases them).
         logprobs: Vec<TokenLogprob>,
+        /// The ids of the tokens this text releases (like `logprobs`, held-back tokens come with the
+        /// text that releases them).
+        token_ids: Vec<u32>,
     },
     /// Tool calls the reply completed (their text is never sent as [`GenEvent::Token`]).
     ToolCalls {
@@ -409,15 +415,34 @@ impl Engine {
             .then(|| inner.renderer.tool_syntax())
             .flatten();
         let constraint = grammar::for_job(&req.params, syntax.as_ref().map(|s| (tools, s)))?;
+        let resumed = match &req.resume {
+            None => Vec::new(),
+            Some(_) if syntax.is_some() || constraint.is_some() => {
+                return Err(SubmitError::InvalidParams(ParamError {
+                    field: "resume",
+                    message: "a job with tools or a response_format cannot be resumed".to_owned(),
+                }))
+            }
+            Some(resume) => prompt::resume_tokens(&inner.model, resume),
+        };
+        let all = prompt_tokens.saturating_add(u32::try_from(resumed.len()).unwrap_or(u32::MAX));
+        if all > max {
+            return Err(SubmitError::PromptTooLong { prompt_tokens: all, max });
+        }
         let chain = sampler::build(&req.params, inner.facts.n_vocab, seed)?;
-        let sampler = ConstrainedSampler::new(chain, &inner.model, constraint.as_ref())?;
-        let mut output = Output::new(prompt_tokens, req.params.max_tokens, &req.params.stop, submitted_at);
+        let mut sampler = ConstrainedSampler::new(chain, &inner.model, constraint.as_ref())?;
+        // The penalties count what was generated before, as if this worker had sampled it.
+        sampler.accept_resumed(&resumed);
+        let mut output = Output::new(prompt_tokens, req.params.max_tokens, &req.params.stop, submitted_at)
+            .resumed(u32::try_from(resumed.len()).unwrap_or(u32::MAX));
         if let Some(syntax) = syntax {
             let stream = ToolStream::new(syntax, seed);
             let forced = matches!(req.params.tool_choice, ToolChoice::Required | ToolChoice::Function { .. });
             output = output.with_tools(if forced { stream.calls_only() } else { stream });
         }
         let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let mut tokens = tokens;
+        tokens.extend_from_slice(&resumed);
         let prompt = tokens.clone();
         let mut job = Some(Job {
             seq: -1,
@@ -425,6 +450,7 @@ impl Engine {
             restore: None,
             fingerprints: rbee_bus::prefix::fingerprints(&req.prompt),
             chat: matches!(req.prompt, Prompt::Chat { .. }),
+            reply: req.resume.map(|r| r.text).unwrap_or_default(),
             sampler,
             logprobs: req.params.logprobs.then_some(req.params.top_logprobs),
             output,

@@ -59,6 +59,12 @@ impl Output {
         }
     }
 
+    /// Counts `tokens` generated before, by earlier attempts of the job (toward `max_tokens` and usage).
+    pub(crate) fn resumed(mut self, tokens: u32) -> Self {
+        self.completion_tokens = tokens;
+        self
+    }
+
     /// Splits tool calls out of the reply with `tools`.
     pub(crate) fn with_tools(mut self, tools: ToolStream) -> Self {
         self.tools = Some(tools);

@@ -5,7 +5,7 @@
 
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
-use rbee_bus::{ChatMessage, Prompt, ToolDef};
+use rbee_bus::{ChatMessage, Prompt, Resume, ToolDef};
 use rbee_template::{ChatTemplate, ToolSyntax};
 use serde_json::{json, Value};
 
@@ -134,6 +134,37 @@ pub(crate) fn tokenize(model: &LlamaModel, text: &str) -> Vec<LlamaToken> {
     let bos = vocab.bos();
     if tokens.len() >= 2 && tokens[0] == bos && tokens[1] == bos {
         tokens.remove(0);
+    }
+    tokens
+}
+
+/// The tokens of what earlier attempts of a job generated ([`Resume`]), to decode after the prompt:
+/// the longest run of its token ids (when they are ids of this vocabulary) whose text is a prefix of
+/// the streamed text, then the rest of the text tokenized as plain text (no BOS, no special tokens).
+pub(crate) fn resume_tokens(model: &LlamaModel, resume: &Resume) -> Vec<LlamaToken> {
+    let vocab = model.vocab();
+    let n_vocab = u32::try_from(vocab.n_tokens()).unwrap_or(0);
+    let text = resume.text.as_bytes();
+    let mut tokens = Vec::with_capacity(resume.token_ids.len());
+    let mut covered = 0;
+    for &id in &resume.token_ids {
+        let Ok(raw) = i32::try_from(id) else { break };
+        if id >= n_vocab {
+            break;
+        }
+        let token = LlamaToken(raw);
+        if vocab.is_eog(token) {
+            break;
+        }
+        let piece = vocab.token_to_piece(token, false, None);
+        if !text[covered..].starts_with(&piece) {
+            break;
+        }
+        covered += piece.len();
+        tokens.push(token);
+    }
+    if covered < text.len() {
+        tokens.extend(vocab.tokenize(&text[covered..], false, false));
     }
     tokens
 }

@@ -223,6 +223,8 @@ pub(crate) struct Job {
     /// The last chat message of the prompt was followed by this reply when it is a chat (the slot then
     /// also holds the conversation with the reply, which the next turn starts with).
     pub(crate) chat: bool,
+    /// The reply so far: what earlier attempts streamed, for a resumed job; empty otherwise.
+    pub(crate) reply: String,
     pub(crate) tokens: Vec<LlamaToken>,
     pub(crate) sampler: ConstrainedSampler,
     /// Send log probabilities, with this many alternatives.
@@ -253,6 +255,8 @@ pub(crate) struct Slot {
     pub(crate) reply: String,
     /// Log probabilities of tokens whose text is still held back.
     pub(crate) logprobs: Vec<rbee_bus::TokenLogprob>,
+    /// Ids of the tokens whose text is still held back.
+    pub(crate) held_ids: Vec<u32>,
 }
 
 impl Slot {
@@ -262,7 +266,8 @@ impl Slot {
         if !text.is_empty() {
             self.reply.push_str(&text);
             let logprobs = std::mem::take(&mut self.logprobs);
-            let _ = self.job.events.send(GenEvent::Token { text, logprobs });
+            let token_ids = std::mem::take(&mut self.held_ids);
+            let _ = self.job.events.send(GenEvent::Token { text, logprobs, token_ids });
         }
         if !calls.is_empty() {
             let _ = self.job.events.send(GenEvent::ToolCalls { calls });
@@ -270,7 +275,8 @@ impl Slot {
     }
 
     /// A slot starting its prompt.
-    pub(crate) fn new(job: Job) -> Self {
+    pub(crate) fn new(mut job: Job) -> Self {
+        let reply = std::mem::take(&mut job.reply);
         Self {
             job,
             prefilled: 0,
@@ -279,8 +285,9 @@ impl Slot {
             logits_at: None,
             in_batch: false,
             fed: Vec::new(),
-            reply: String::new(),
+            reply,
             logprobs: Vec::new(),
+            held_ids: Vec::new(),
         }
     }
 
