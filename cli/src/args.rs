@@ -30,6 +30,7 @@ impl Cli {
     pub fn flags(&self) -> Flags {
         let data_dir = match &self.command {
             Command::Up(up) => up.data_dir.clone(),
+            Command::Join(join) => join.data_dir.clone(),
             _ => None,
         };
         Flags {
@@ -46,6 +47,9 @@ impl Cli {
 pub enum Command {
     /// Start a local cluster: nats-server, queen, hive and one worker; ctrl-c stops it all.
     Up(UpArgs),
+    /// Join this machine to a cluster another machine started with `rbee up --host`: a nats-server
+    /// that joins the cluster and a hive; ctrl-c stops both.
+    Join(JoinArgs),
     /// Run a prompt and stream the answer.
     Infer(InferArgs),
     /// Show hives, devices, workers and recent jobs.
@@ -103,6 +107,27 @@ pub struct UpArgs {
     /// permissions, and an HTTP API key (files under <data_dir>/secure).
     #[arg(long)]
     pub secure: bool,
+    /// This machine's address on the network the other machines share: NATS takes clients and
+    /// cluster routes there, the API listens there as well as on 127.0.0.1, and
+    /// <data_dir>/join.toml says how to join.
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<std::net::IpAddr>,
+}
+
+/// `rbee join`
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The join file `rbee up --host` wrote (<data_dir>/join.toml on the first machine).
+    pub file: PathBuf,
+    /// This machine's address on the network the other machines share.
+    #[arg(long, value_name = "ADDR")]
+    pub host: std::net::IpAddr,
+    /// The id of this machine's hive (default: the host name).
+    #[arg(long, value_name = "ID")]
+    pub hive_id: Option<String>,
+    /// Where this machine keeps its catalog and logs (default: data_dir, else <project>/.rbee/data).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// `rbee secure ...`

@@ -57,12 +57,13 @@ pub fn main() -> ExitCode {
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(&cli.flags(), &config::process_env)?;
-    if !matches!(cli.command, Command::Up(_) | Command::Secure { .. }) {
+    if !matches!(cli.command, Command::Up(_) | Command::Join(_) | Command::Secure { .. }) {
         secure::apply_local(&mut config);
     }
     match cli.command {
         Command::Secure { command } => secure::run(command)?,
         Command::Up(args) => up::run(&config, args).await?,
+        Command::Join(args) => up::join::run(&config, args).await?,
         Command::Infer(args) => infer::run(&config, args).await?,
         Command::Status(args) => status::run(&config, args).await?,
         Command::Workers { command } => workers::run(&config, command).await?,

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub struct QueenConfig {
     /// Where the HTTP API listens; 127.0.0.1:7833 by default.
     pub http_addr: SocketAddr,
+    /// More addresses the same API listens on (a machine's cluster address next to 127.0.0.1).
+    pub also_http_addrs: Vec<SocketAddr>,
     /// Bearer key required on the HTTP API, when set.
     pub api_key: Option<String>,
     /// When set, the only key that may administer (spawn and stop workers, import, pull and remove
@@ -52,6 +54,7 @@ impl Default for QueenConfig {
     fn default() -> Self {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7833)),
+            also_http_addrs: Vec::new(),
             api_key: None,
             admin_key: None,
             queue_capacity: 256,

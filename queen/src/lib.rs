@@ -117,10 +117,13 @@ impl Queen {
 /// Runs a queen until `shutdown`: warm-starts the view (hello) and the job history (JetStream),
 /// then serves NATS submissions and HTTP. Returns after it drained (see [`serve`]).
 pub async fn run(config: QueenConfig, bus: Bus, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-    serve(config, bus, listener, shutdown).await
+    let mut listeners = Vec::new();
+    for addr in std::iter::once(config.http_addr).chain(config.also_http_addrs.iter().copied()) {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        listeners.push(listener);
+    }
+    serve_on(config, bus, listeners, shutdown).await
 }
 
 /// [`run`] on a listener the caller bound (tests bind port 0). At `shutdown`: HTTP stops taking
@@ -131,6 +134,16 @@ pub async fn serve(
     config: QueenConfig,
     bus: Bus,
     listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_on(config, bus, vec![listener], shutdown).await
+}
+
+/// [`serve`] with the same API on several listeners.
+async fn serve_on(
+    config: QueenConfig,
+    bus: Bus,
+    listeners: Vec<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let durable = config.durable_jobs;
@@ -166,11 +179,16 @@ pub async fn serve(
         .await
         .context("cannot subscribe to heartbeats")?;
     submit::serve(queen.clone(), &services, stop_submit.clone()).await?;
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "queen serving http");
     let app = http::router(queen.clone());
-    let stop = shutdown.clone();
-    axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+    let servers = listeners.into_iter().map(|listener| {
+        let addr = listener.local_addr().ok();
+        tracing::info!(addr = ?addr, "queen serving http");
+        let stop = shutdown.clone();
+        axum::serve(listener, app.clone()).with_graceful_shutdown(async move { stop.cancelled().await })
+    });
+    for result in futures::future::join_all(servers.map(|s| async move { s.await })).await {
+        result?;
+    }
     stop_submit.cancel();
     drain_jobs(&queen).await;
     services.cancel_and_drain(SERVICES_STOP).await;

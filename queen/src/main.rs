@@ -14,6 +14,10 @@ struct Args {
     /// HTTP listen address.
     #[arg(long, env = "RBEE_HTTP_ADDR", default_value = "127.0.0.1:7833")]
     http_addr: SocketAddr,
+    /// Another address the HTTP API listens on as well (repeatable), e.g. the machine's cluster
+    /// address next to 127.0.0.1.
+    #[arg(long = "also-http-addr", value_name = "ADDR")]
+    also_http_addrs: Vec<SocketAddr>,
     /// Require this bearer key on the HTTP API (never logged).
     #[arg(long, env = "RBEE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -44,6 +48,7 @@ async fn main() -> std::process::ExitCode {
     let nats = args.nats.config("rbee-queen");
     let config = QueenConfig {
         http_addr: args.http_addr,
+        also_http_addrs: args.also_http_addrs,
         api_key: args.api_key.filter(|k| !k.is_empty()),
         admin_key: args.admin_key.filter(|k| !k.is_empty()),
         queue_capacity: args.queue_capacity,

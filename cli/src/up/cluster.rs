@@ -9,7 +9,7 @@ use rbee_daemon::signal::{self, Signal};
 use serde_json::Value;
 
 use super::procs::{Child, KillList};
-use super::{HIVE_ID, TAIL_LINES};
+use super::TAIL_LINES;
 use crate::client::Queen;
 use crate::render::{self, Style};
 
@@ -27,6 +27,8 @@ pub(super) struct Cluster {
     pub worker_pids: Vec<i32>,
     /// Everything to SIGKILL on a second ctrl-c.
     pub kill_list: KillList,
+    /// The hive this command started.
+    pub hive_id: String,
 }
 
 /// Fails when a child has exited, naming it and showing its log tail.
@@ -58,7 +60,7 @@ impl Cluster {
         let style = Style::stderr();
         if let (Some(api), Some(queen)) = (&self.api, &mut self.queen) {
             if queen.exited().is_none() {
-                let stopped = stop_workers(api).await;
+                let stopped = stop_workers(api, &self.hive_id).await;
                 if stopped > 0 {
                     errln!("{}", style.dim(format!("asked the queen to stop {stopped} worker(s)")));
                 }
@@ -79,13 +81,13 @@ impl Cluster {
     }
 }
 
-/// `DELETE /v1/workers/{id}` for every worker of the local hive, best effort, within about 2 s.
-async fn stop_workers(api: &Queen) -> usize {
+/// `DELETE /v1/workers/{id}` for every worker of this command's hive, best effort, within about 2 s.
+async fn stop_workers(api: &Queen, hive_id: &str) -> usize {
     let short = Duration::from_millis(800);
     let Ok(workers) = api.json(reqwest::Method::GET, "/v1/workers", None, short).await else { return 0 };
     let ids: Vec<String> = render::list(&workers, "workers")
         .iter()
-        .filter(|w| w.get("hive_id").and_then(Value::as_str).is_none_or(|h| h == HIVE_ID))
+        .filter(|w| w.get("hive_id").and_then(Value::as_str).is_none_or(|h| h == hive_id))
         .filter_map(|w| w.get("worker_id").and_then(Value::as_str).map(str::to_owned))
         .collect();
     let deletes = ids.iter().map(|id| {
@@ -104,9 +106,13 @@ pub(super) async fn supervise(cluster: &mut Cluster) -> anyhow::Result<()> {
     }
 }
 
-pub(super) async fn wait_for_port(cluster: &mut Cluster, port: u16) -> anyhow::Result<()> {
+pub(super) async fn wait_for_port(
+    cluster: &mut Cluster,
+    ip: std::net::IpAddr,
+    port: u16,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((ip, port)).is_err() {
         cluster.check()?;
         if Instant::now() > deadline {
             bail!("nats-server did not accept connections on port {port} within 15 s");
@@ -133,12 +139,13 @@ pub(super) async fn wait_for_health(cluster: &mut Cluster, api: &Queen) -> anyho
 /// Waits until the hive is in `GET /v1/hives` with `model` among its models.
 pub(super) async fn wait_for_hive(cluster: &mut Cluster, api: &Queen, model: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(90);
+    let hive_id = cluster.hive_id.clone();
     loop {
         cluster.check()?;
         if let Ok(hives) = api.json(reqwest::Method::GET, "/v1/hives", None, Duration::from_secs(2)).await {
             let hive = render::list(&hives, "hives")
                 .iter()
-                .find(|h| h.get("hive_id").and_then(Value::as_str) == Some(HIVE_ID))
+                .find(|h| h.get("hive_id").and_then(Value::as_str) == Some(hive_id.as_str()))
                 .cloned();
             if let Some(hive) = hive {
                 if has_model(&hive, model) {
@@ -148,7 +155,7 @@ pub(super) async fn wait_for_hive(cluster: &mut Cluster, api: &Queen, model: &st
         }
         if Instant::now() > deadline {
             bail!(
-                "hive {HIVE_ID} did not register with model {model} within 90 s; see {}",
+                "hive {hive_id} did not register with model {model} within 90 s; see {}",
                 log_of(&cluster.hive)
             );
         }

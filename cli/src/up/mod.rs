@@ -3,13 +3,19 @@
 //! to use it, and on ctrl-c stops everything in order: workers, hive, queen, nats; each with a
 //! deadline after which its process group is killed. A second ctrl-c kills everything at once. If a
 //! child dies on its own, `rbee up` says which, shows its log tail, stops the rest and fails.
+//!
+//! With `--host ADDR` the machine is the first of several: nats-server takes clients and cluster
+//! routes on ADDR, the API listens on ADDR too, and `<data_dir>/join.toml` tells `rbee join` ([`join`])
+//! on the other machines where to go.
 
 pub mod banner;
 mod cluster;
+pub mod join;
+pub mod join_file;
 pub mod procs;
 pub mod root;
 
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -76,6 +82,8 @@ struct Plan {
     api_key: Option<String>,
     /// `--secure`: TLS, per-process identities and an API key.
     secure: bool,
+    /// `--host`: this machine's address on the cluster's network.
+    host: Option<IpAddr>,
 }
 
 /// Runs the command until ctrl-c or a child's death.
@@ -105,7 +113,17 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
             .then(|| (config.nats_url.value.clone(), config.nats_url.source.to_string())),
         api_key: config.api_key.value.clone(),
         secure: args.secure,
+        host: args.host,
     };
+    if plan.host.is_some() && plan.secure {
+        bail!(
+            "--host with --secure is not done yet: a machine that joins needs a certificate of its own; \
+             run plain mode on a network you trust, or see the README's multi-machine section"
+        );
+    }
+    if plan.host.is_some() && plan.external_nats.is_some() {
+        bail!("--host starts its own nats-server that other machines join; leave nats_url unset");
+    }
     if plan.secure && plan.external_nats.is_some() {
         bail!(
             "--secure starts its own nats-server with generated permissions; for an existing server use \
@@ -118,8 +136,15 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
 
     let kill_list = KillList::default();
     let mut interrupt = Interrupt::install(kill_list.clone())?;
-    let mut cluster =
-        Cluster { nats: None, queen: None, hive: None, api: None, worker_pids: Vec::new(), kill_list };
+    let mut cluster = Cluster {
+        nats: None,
+        queen: None,
+        hive: None,
+        api: None,
+        worker_pids: Vec::new(),
+        kill_list,
+        hive_id: HIVE_ID.to_owned(),
+    };
     let started = tokio::select! {
         result = start(&mut cluster, &plan) => Some(result),
         _ = interrupt.wait() => None,
@@ -127,6 +152,10 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
     let result = match started {
         Some(Ok(ready)) => {
             banner::print(&ready)?;
+            if let Some(host) = plan.host {
+                let join = write_join_file(&plan, host)?;
+                outln!("other machines join with:  rbee join {} --host <their address>", join.display());
+            }
             tokio::select! {
                 result = supervise(&mut cluster) => result,
                 _ = interrupt.wait() => Ok(()),
@@ -163,8 +192,11 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
         }
         None => {
             let nats_bin = root::setup_file(&plan.root, root::NATS_SERVER)?;
-            let port = if TcpListener::bind(("127.0.0.1", NATS_PORT)).is_ok() {
+            let ip = plan.host.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            let port = if TcpListener::bind((ip, NATS_PORT)).is_ok() {
                 NATS_PORT
+            } else if plan.host.is_some() {
+                bail!("port {NATS_PORT} on {ip} is taken: the machines of a cluster all use it for NATS");
             } else {
                 let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
                 errln!(
@@ -190,25 +222,27 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
                 );
                 secure = Some(bundle);
             }
-            let args = match &secure {
+            let mut args = match &secure {
                 Some(bundle) => vec!["-c".to_owned(), bundle.nats_conf.display().to_string()],
-                None => ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]
+                None => ["-a", &ip.to_string(), "-p", &port.to_string(), "-js", "-sd"]
                     .iter()
                     .map(|s| s.to_string())
                     .chain([plan.data_dir.join("nats").display().to_string()])
                     .collect::<Vec<_>>(),
             };
+            if plan.host.is_some() {
+                // JetStream in a cluster wants routes: the first machine's names itself (nats-server
+                // skips a route to itself) until others join.
+                let own = format!("nats-route://{}", std::net::SocketAddr::new(ip, join_file::ROUTE_PORT));
+                args.extend(join::cluster_args(ip, &[own]));
+            }
             let child =
                 Child::spawn("nats", &nats_bin, &args, &[], &logs.join("nats.log"), &cluster.kill_list)?;
-            errln!(
-                "started nats-server on 127.0.0.1:{port} (pid {}, log {})",
-                child.pid(),
-                child.log.display()
-            );
+            errln!("started nats-server on {ip}:{port} (pid {}, log {})", child.pid(), child.log.display());
             cluster.nats = Some(child);
-            wait_for_port(cluster, port).await?;
+            wait_for_port(cluster, ip, port).await?;
             let scheme = if secure.is_some() { "tls" } else { "nats" };
-            format!("{scheme}://127.0.0.1:{port}")
+            format!("{scheme}://{ip}:{port}")
         }
     };
 
@@ -228,7 +262,11 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
         queen_env.extend(api_key.iter().map(|key| ("RBEE_API_KEY".to_owned(), key.clone())));
     }
     let envs: Vec<(&str, String)> = queen_env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    let args = vec!["--http-addr".to_owned(), http_addr.clone(), "--nats-url".to_owned(), nats_url.clone()];
+    let mut args =
+        vec!["--http-addr".to_owned(), http_addr.clone(), "--nats-url".to_owned(), nats_url.clone()];
+    if let Some(host) = plan.host {
+        args.extend(["--also-http-addr".to_owned(), std::net::SocketAddr::new(host, plan.port).to_string()]);
+    }
     let queen = Child::spawn("queen", &queen_bin, &args, &envs, &logs.join("queen.log"), &cluster.kill_list)?;
     errln!("started queen on {http_addr} (pid {}, log {})", queen.pid(), queen.log.display());
     cluster.queen = Some(queen);
@@ -294,4 +332,17 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
             .map(|exe| root::rbee_command(&exe, std::env::var_os("PATH").as_deref()))
             .unwrap_or_else(|_| "rbee".to_owned()),
     })
+}
+
+/// Writes `<data_dir>/join.toml` for the other machines; returns its path.
+fn write_join_file(plan: &Plan, host: IpAddr) -> anyhow::Result<PathBuf> {
+    let path = plan.data_dir.join("join.toml");
+    let file = join_file::JoinFile {
+        routes: vec![format!("nats-route://{}", std::net::SocketAddr::new(host, join_file::ROUTE_PORT))],
+        nats_port: NATS_PORT,
+        api: format!("http://{}", std::net::SocketAddr::new(host, plan.port)),
+        model: plan.model.clone(),
+    };
+    file.write(&path)?;
+    Ok(path)
 }

@@ -1,0 +1,157 @@
+//! `rbee join FILE --host ADDR`: this machine joins a cluster another machine started with `rbee up
+//! --host`. Starts a nats-server that joins the cluster's routes (clients on ADDR:4222, routes on
+//! ADDR:6222) and a hive on it, with the default model when this machine has its file; waits until
+//! the queen lists the hive; on ctrl-c stops the hive (and its workers) and nats-server.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::cluster::{supervise, wait_for_port, Cluster};
+use super::join_file::{JoinFile, CLUSTER_NAME, ROUTE_PORT};
+use super::procs::{Child, KillList};
+use super::{root, Interrupt};
+use crate::args::JoinArgs;
+use crate::client::Queen;
+use crate::config::{self, Config};
+
+/// nats-server flags that make it a node of the cluster on `ip`, soliciting `routes`.
+pub fn cluster_args(ip: IpAddr, routes: &[String]) -> Vec<String> {
+    let mut args = vec![
+        "--cluster".to_owned(),
+        format!("nats://{}", std::net::SocketAddr::new(ip, ROUTE_PORT)),
+        "--cluster_name".to_owned(),
+        CLUSTER_NAME.to_owned(),
+        "--server_name".to_owned(),
+        format!("rbee-{ip}"),
+    ];
+    if !routes.is_empty() {
+        args.extend(["--routes".to_owned(), routes.join(",")]);
+    }
+    args
+}
+
+/// The machine's host name as a hive id (what `rbee-hive` defaults to as well).
+fn host_name_id() -> anyhow::Result<rbee_bus::HiveId> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let id: String = name
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .collect();
+    rbee_bus::HiveId::new(id).context("cannot make a hive id of the host name: give --hive-id")
+}
+
+/// Runs the command until ctrl-c or a child's death.
+pub async fn run(config: &Config, args: JoinArgs) -> anyhow::Result<()> {
+    let file = JoinFile::read(&args.file)?;
+    let root = root::find_root(&config::process_env)?;
+    let data_dir = config.data_dir.value.clone().unwrap_or_else(|| root::default_data_dir(&root));
+    let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
+    for sub in ["logs", "catalog"] {
+        std::fs::create_dir_all(data_dir.join(sub))
+            .with_context(|| format!("cannot create {}", data_dir.join(sub).display()))?;
+    }
+    let hive_id = match args.hive_id {
+        Some(id) => rbee_bus::HiveId::new(id)?,
+        None => host_name_id()?,
+    };
+    let kill_list = KillList::default();
+    let mut interrupt = Interrupt::install(kill_list.clone())?;
+    let mut cluster = Cluster {
+        nats: None,
+        queen: None,
+        hive: None,
+        api: None,
+        worker_pids: Vec::new(),
+        kill_list,
+        hive_id: hive_id.to_string(),
+    };
+    let started = tokio::select! {
+        result = start(&mut cluster, &root, &data_dir, &file, args.host) => Some(result),
+        _ = interrupt.wait() => None,
+    };
+    let result = match started {
+        Some(Ok(())) => {
+            outln!("joined: hive {hive_id} on {}, queen at {}; ctrl-c leaves", args.host, file.api);
+            tokio::select! {
+                result = supervise(&mut cluster) => result,
+                _ = interrupt.wait() => Ok(()),
+            }
+        }
+        Some(Err(e)) => Err(e),
+        None => Ok(()),
+    };
+    cluster.stop().await;
+    result
+}
+
+async fn start(
+    cluster: &mut Cluster,
+    root: &std::path::Path,
+    data_dir: &std::path::Path,
+    file: &JoinFile,
+    host: IpAddr,
+) -> anyhow::Result<()> {
+    let logs = data_dir.join("logs");
+    let nats_bin = root::setup_file(root, root::NATS_SERVER)?;
+    let hive_bin = root::sibling_binary("rbee-hive")?;
+    if std::net::TcpListener::bind((host, file.nats_port)).is_err() {
+        bail!(
+            "cannot listen on {host}:{}: is {host} this machine's address, and the port free?",
+            file.nats_port
+        );
+    }
+    let mut args = vec!["-a".to_owned(), host.to_string(), "-p".to_owned(), file.nats_port.to_string()];
+    args.extend(cluster_args(host, &file.routes));
+    let nats = Child::spawn("nats", &nats_bin, &args, &[], &logs.join("nats.log"), &cluster.kill_list)?;
+    errln!(
+        "started nats-server on {host}:{} (pid {}, log {})",
+        file.nats_port,
+        nats.pid(),
+        nats.log.display()
+    );
+    cluster.nats = Some(nats);
+    wait_for_port(cluster, host, file.nats_port).await?;
+    let nats_url = format!("nats://{host}:{}", file.nats_port);
+
+    let mut args = vec![
+        "--hive-id".to_owned(),
+        cluster.hive_id.clone(),
+        "--nats-url".to_owned(),
+        nats_url,
+        "--catalog-dir".to_owned(),
+        data_dir.join("catalog").display().to_string(),
+    ];
+    match root::setup_file(root, root::DEFAULT_MODEL_FILE) {
+        Ok(model_file) => {
+            args.extend(["--import-model".to_owned(), format!("{}={}", model_file.display(), file.model)])
+        }
+        Err(_) => errln!("this machine has no copy of {}: the hive starts with its catalog only", file.model),
+    }
+    let hive = Child::spawn("hive", &hive_bin, &args, &[], &logs.join("hive.log"), &cluster.kill_list)?;
+    errln!("started hive {} (pid {}, log {})", cluster.hive_id, hive.pid(), hive.log.display());
+    cluster.hive = Some(hive);
+
+    // Joined once the queen lists the hive (its heartbeats crossed the cluster).
+    let api = Queen::with_url(&file.api, None)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        cluster.check()?;
+        let hives = api.json(reqwest::Method::GET, "/v1/hives", None, Duration::from_secs(2)).await;
+        let listed = hives.as_ref().is_ok_and(|h| {
+            crate::render::list(h, "hives")
+                .iter()
+                .any(|h| h.get("hive_id").and_then(serde_json::Value::as_str) == Some(&cluster.hive_id))
+        });
+        if listed {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let why = hives.err().map(|e| format!(" ({e:#})")).unwrap_or_default();
+            bail!("the queen at {} did not list hive {} within 60 s{why}", file.api, cluster.hive_id);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
