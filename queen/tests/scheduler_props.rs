@@ -206,6 +206,48 @@ fn spawn_prefers_an_accelerator_then_the_most_free_memory() {
 }
 
 #[test]
+fn spawn_prefers_the_hive_measured_fastest_and_replicas_skip_hives_taken() {
+    let now = Instant::now();
+    let mut registry = Registry::new(RegistryConfig::default());
+    for hive in 0..3 {
+        let free = if hive == 0 { 20 * GIB } else { 10 * GIB };
+        registry.apply_hive(
+            &hive_beat(
+                hive,
+                HiveState::Online,
+                vec![device("cpu", DeviceKind::Cpu, free)],
+                vec![model(0, GIB)],
+            ),
+            now,
+        );
+    }
+    // Unmeasured: the most free memory.
+    let explicit = PlacementRequest { spawn_only: true, ..request(0) };
+    assert_eq!(
+        schedule(&registry.snapshot(now), &explicit),
+        Placement::Spawn { hive_id: hive_id(0), device: "cpu".into() }
+    );
+    // Hive 2 decoded the model at 60 tok/s per stream, hive 0 at 20 (2 streams at 40): hive 2 first,
+    // even after its worker is gone.
+    registry.apply_worker(&worker_beat(7, 2, 0, WorkerState::Busy, 4, 1, 60.0), now);
+    registry.apply_worker(&worker_beat(8, 0, 0, WorkerState::Busy, 4, 2, 40.0), now);
+    registry.remove_worker(&worker_id(7));
+    registry.remove_worker(&worker_id(8));
+    assert_eq!(
+        schedule(&registry.snapshot(now), &explicit),
+        Placement::Spawn { hive_id: hive_id(2), device: "cpu".into() }
+    );
+    // Replicas: hives already taken are skipped, fastest next.
+    let second = PlacementRequest { exclude_hives: vec![hive_id(2)], ..explicit.clone() };
+    assert_eq!(
+        schedule(&registry.snapshot(now), &second),
+        Placement::Spawn { hive_id: hive_id(0), device: "cpu".into() }
+    );
+    let none = PlacementRequest { exclude_hives: (0..3).map(hive_id).collect(), ..explicit };
+    assert!(matches!(schedule(&registry.snapshot(now), &none), Placement::Queue { .. }));
+}
+
+#[test]
 fn a_prompt_goes_to_the_worker_holding_its_prefix_unless_that_one_is_much_busier() {
     let now = Instant::now();
     let mut registry = Registry::new(RegistryConfig::default());
@@ -636,6 +678,7 @@ fn check_placement(scenario: &Scenario) -> Result<(), TestCaseError> {
         prefix: if scenario.with_prefix { conversation() } else { Vec::new() },
         spawns_in_flight: 0,
         spawn_only: false,
+        exclude_hives: Vec::new(),
     };
     let snapshot = registry.snapshot(now);
     let decision = schedule(&snapshot, &request);

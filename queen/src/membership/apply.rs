@@ -78,6 +78,7 @@ impl Registry {
                     return Vec::new();
                 }
                 vacant.insert(WorkerEntry::new(heartbeat, now, &self.config));
+                self.speeds.observe(heartbeat);
                 self.note_applied(now);
                 return vec![Change::WorkerAdded {
                     worker_id: worker_id.clone(),
@@ -136,6 +137,7 @@ impl Registry {
             entry.reservations.retain(|reserved_at| now.saturating_duration_since(*reserved_at) < settle);
         }
         entry.set_heartbeat(heartbeat);
+        self.speeds.observe(heartbeat);
         self.note_applied(now);
         changes
     }
@@ -196,6 +198,7 @@ impl Registry {
         }
         for hive_id in expired_hives {
             self.hives.remove(&hive_id);
+            self.speeds.forget(&hive_id);
             changes.push(Change::HiveRemoved { hive_id, reason: RemovalReason::Expired });
         }
         let mut expired_workers = Vec::new();
@@ -274,6 +277,7 @@ impl Registry {
         if self.hives.remove(hive_id).is_none() {
             return Vec::new();
         }
+        self.speeds.forget(hive_id);
         let mut changes =
             vec![Change::HiveRemoved { hive_id: hive_id.clone(), reason: RemovalReason::Removed }];
         changes.extend(self.drop_workers_of_hive(hive_id, now, RemovalReason::Removed));

@@ -58,10 +58,12 @@ impl HiveEntry {
             liveness: self.heard.liveness(now, config),
             presence: presence(&self.sequence, &self.heard, heartbeat.interval_ms, now),
             schedulable: self.schedulable(now, config),
+            draining: false,
             cpu: heartbeat.cpu.clone(),
             ram: heartbeat.ram.clone(),
             devices: heartbeat.devices.clone(),
             models: heartbeat.models.clone(),
+            decode_tokens_per_second: Default::default(),
             reported_workers: heartbeat.workers.clone(),
             workers,
         }

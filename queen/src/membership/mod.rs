@@ -96,6 +96,7 @@ mod config;
 mod entry;
 mod liveness;
 mod queries;
+mod speeds;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};
@@ -135,12 +136,32 @@ pub struct Registry {
     stale_ignored: u64,
     /// Receive time of the most recent heartbeat.
     last_heartbeat_at: Option<Instant>,
+    /// Hives drained by an operator (`POST /v1/hives/{id}/drain`): treated as leaving, whatever they
+    /// announce, until undrained.
+    drained: std::collections::BTreeSet<HiveId>,
+    /// Measured decode speed by hive and model, from busy workers' heartbeats.
+    speeds: speeds::Speeds,
 }
 
 impl Registry {
     /// An empty registry with these thresholds (normalized, see [`RegistryConfig::normalized`]).
     pub fn new(config: RegistryConfig) -> Self {
         Self { config: config.normalized(), ..Self::default() }
+    }
+
+    /// Drains a hive (`on`) or takes it back: nothing new is placed or spawned on a drained hive. True
+    /// when that changed anything.
+    pub fn set_drained(&mut self, hive_id: &HiveId, on: bool) -> bool {
+        if on {
+            self.drained.insert(hive_id.clone())
+        } else {
+            self.drained.remove(hive_id)
+        }
+    }
+
+    /// True while the hive is drained.
+    pub fn is_drained(&self, hive_id: &HiveId) -> bool {
+        self.drained.contains(hive_id)
     }
 
     /// The thresholds in force.

@@ -221,7 +221,7 @@ impl Registry {
 
     /// True when the hive is known and announced it is leaving.
     fn hive_leaving(&self, hive_id: &HiveId) -> bool {
-        self.hives.get(hive_id).is_some_and(|entry| entry.leaving())
+        self.drained.contains(hive_id) || self.hives.get(hive_id).is_some_and(|entry| entry.leaving())
     }
 
     /// A worker's view at `now`.
@@ -248,7 +248,13 @@ impl Registry {
             .iter()
             .map(|(hive_id, entry)| {
                 let workers = with_totals.then(|| totals.remove(hive_id).unwrap_or_default());
-                entry.view(now, &self.config, workers)
+                let mut view = entry.view(now, &self.config, workers);
+                view.decode_tokens_per_second = self.speeds.of_hive(hive_id);
+                if self.drained.contains(hive_id) {
+                    view.draining = true;
+                    view.schedulable = false;
+                }
+                view
             })
             .filter(|view| keep(view))
             .collect()

@@ -152,8 +152,10 @@ pub struct HiveView {
     /// Its heartbeats: interval, epoch, sequence, age.
     #[serde(flatten)]
     pub presence: Presence,
-    /// True when workers may be spawned there: online and not leaving.
+    /// True when workers may be spawned there: online, not leaving and not drained.
     pub schedulable: bool,
+    /// True while an operator drains it: nothing new goes there, its workers stop once idle.
+    pub draining: bool,
     /// The CPU.
     pub cpu: CpuInfo,
     /// System memory.
@@ -162,6 +164,9 @@ pub struct HiveView {
     pub devices: Vec<DeviceInfo>,
     /// Models in its catalog.
     pub models: Vec<ModelSummary>,
+    /// Per-stream decode tokens per second its workers reported while busy, by model, smoothed; it
+    /// outlives the workers. The scheduler places a model's next worker on the fastest host.
+    pub decode_tokens_per_second: std::collections::BTreeMap<ModelId, f64>,
     /// Worker processes as the hive itself reports them.
     pub reported_workers: Vec<HiveWorkerSummary>,
     /// Workers heartbeating for this hive, summed; `None` in a `snapshot_for_model`.
