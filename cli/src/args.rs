@@ -54,6 +54,12 @@ pub enum Command {
     Infer(InferArgs),
     /// Show hives, devices, workers and recent jobs.
     Status(StatusArgs),
+    /// List hives; drain one for maintenance and take it back.
+    Hives {
+        /// What to do with hives.
+        #[command(subcommand)]
+        command: HivesCommand,
+    },
     /// List, spawn and stop workers.
     Workers {
         /// What to do with workers.
@@ -206,6 +212,33 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `rbee hives ...`
+#[derive(Debug, Subcommand)]
+pub enum HivesCommand {
+    /// List hives with their devices and memory.
+    Ls {
+        /// Print the queen's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Place nothing new on a hive, let its running jobs finish, then stop its workers.
+    Drain {
+        /// The hive id.
+        hive_id: String,
+        /// Seconds running jobs get before the hive's workers are stopped anyway.
+        #[arg(long, value_name = "SECONDS")]
+        deadline_s: Option<u64>,
+        /// Return at once instead of waiting until the hive has no worker left.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Take a drained hive back: work is placed there again.
+    Undrain {
+        /// The hive id.
+        hive_id: String,
+    },
+}
+
 /// `rbee workers ...`
 #[derive(Debug, Subcommand)]
 pub enum WorkersCommand {
@@ -231,6 +264,10 @@ pub enum WorkersCommand {
         /// Context tokens per slot.
         #[arg(long)]
         ctx_per_slot: Option<u32>,
+        /// Serve the model from this many distinct hives (those already serving it count); the
+        /// queen picks them.
+        #[arg(long, conflicts_with_all = ["hive", "device"])]
+        replicas: Option<u32>,
         /// Return at once instead of waiting until the worker is ready.
         #[arg(long)]
         no_wait: bool,

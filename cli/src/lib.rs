@@ -13,6 +13,7 @@ pub mod render;
 pub mod args;
 pub mod client;
 pub mod config;
+pub mod hives;
 pub mod infer;
 pub mod jobs;
 pub mod models;
@@ -66,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Join(args) => up::join::run(&config, args).await?,
         Command::Infer(args) => infer::run(&config, args).await?,
         Command::Status(args) => status::run(&config, args).await?,
+        Command::Hives { command } => hives::run(&config, command).await?,
         Command::Workers { command } => workers::run(&config, command).await?,
         Command::Models { command } => models::run(&config, command).await?,
         Command::Jobs { command } => jobs::run(&config, command).await?,

@@ -46,7 +46,8 @@ pub async fn run(config: &Config, args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_hives(style: &Style, hives: &[Value]) -> anyhow::Result<()> {
+/// Hives with their devices and memory (shared with `rbee hives ls`).
+pub fn print_hives(style: &Style, hives: &[Value]) -> anyhow::Result<()> {
     outln!("{} ({})", style.bold("hives"), hives.len());
     if hives.is_empty() {
         outln!("  none registered yet (hives heartbeat every few seconds)");
@@ -60,6 +61,9 @@ fn print_hives(style: &Style, hives: &[Value]) -> anyhow::Result<()> {
             render::text(hive, &["hostname"]),
             style.state(&liveness),
         );
+        if hive.get("draining").and_then(Value::as_bool) == Some(true) {
+            line.push_str(&format!("  {}", style.state("draining")));
+        }
         if let Some(models) = models {
             line.push_str(&format!("  {models} model(s)"));
         }

@@ -33,7 +33,36 @@ pub async fn run(config: &Config, command: WorkersCommand) -> anyhow::Result<()>
                 outln!("{}", crate::status::worker_table(workers).join("\n"));
             }
         }
-        WorkersCommand::Spawn { model, hive, device, slots, ctx_per_slot, no_wait } => {
+        WorkersCommand::Spawn { model, replicas: Some(replicas), slots, ctx_per_slot, no_wait, .. } => {
+            let model = ModelId::new(model)?;
+            let mut body = json!({"model": model, "replicas": replicas});
+            if let Some(slots) = slots {
+                body["slots"] = json!(slots);
+            }
+            if let Some(ctx) = ctx_per_slot {
+                body["ctx_per_slot"] = json!(ctx);
+            }
+            let reply = queen
+                .json(reqwest::Method::POST, "/v1/workers", Some(&body), Duration::from_secs(60))
+                .await?;
+            for worker in render::list(&reply, "workers") {
+                let worker_id = render::text(worker, &["worker_id"]);
+                let hive = render::text(worker, &["hive_id"]);
+                if worker.get("spawned").and_then(Value::as_bool) == Some(true) {
+                    outln!("spawned worker {worker_id} on hive {hive}");
+                } else {
+                    outln!("hive {hive} already serves it (worker {worker_id})");
+                }
+            }
+            if !no_wait {
+                for worker in render::list(&reply, "workers") {
+                    let worker_id = render::text(worker, &["worker_id"]);
+                    let ready = wait_ready(&queen, &worker_id, READY_TIMEOUT, &mut || Ok(())).await?;
+                    outln!("worker {worker_id} is {}", render::text(&ready, &["state"]));
+                }
+            }
+        }
+        WorkersCommand::Spawn { model, hive, device, slots, ctx_per_slot, no_wait, replicas: None } => {
             let model = ModelId::new(model)?;
             let hive = hive.map(HiveId::new).transpose()?;
             let reply = spawn(&queen, &model, hive.as_ref(), device, slots, ctx_per_slot).await?;

@@ -7,6 +7,7 @@
 //! [`run`] is the whole queen; `main.rs` only parses flags.
 
 pub mod config;
+pub mod drain;
 pub mod embed;
 pub mod error;
 pub mod heartbeats;
@@ -15,6 +16,7 @@ pub mod jobs;
 pub mod membership;
 pub mod metrics;
 pub mod placement;
+pub mod replicas;
 pub mod scheduler;
 mod sequence;
 pub mod submit;

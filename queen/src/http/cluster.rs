@@ -1,4 +1,4 @@
-//! The cluster: hives, workers, spawn and stop.
+//! The cluster: hives, workers, spawn and stop, draining a hive.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,7 +7,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rbee_bus::{subject, HiveId, SpawnReply, SpawnRequest, StopReply, StopRequest, WorkerId, SCHEMA_VERSION};
+use rbee_bus::{
+    subject, HiveId, ModelId, SpawnReply, SpawnRequest, StopReply, StopRequest, WorkerId, SCHEMA_VERSION,
+};
 use serde::Deserialize;
 
 use super::openai::model_id;
@@ -30,6 +32,7 @@ pub async fn workers(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
 
 /// Body of `POST /v1/workers`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SpawnBody {
     model: String,
     hive: Option<String>,
@@ -37,6 +40,8 @@ pub struct SpawnBody {
     slots: Option<u32>,
     ctx_per_slot: Option<u32>,
     threads: Option<u32>,
+    /// Serve the model from this many distinct hives ([`crate::replicas`]).
+    replicas: Option<u32>,
 }
 
 /// `POST /v1/workers`: spawns a worker on the named hive, or where the scheduler would.
@@ -45,13 +50,18 @@ pub async fn spawn(
     JsonBody(body): JsonBody<SpawnBody>,
 ) -> Result<Response, ApiError> {
     let model = model_id(&body.model)?;
-    let (hive_id, device) = match body.hive {
-        Some(h) => (h.parse::<HiveId>().map_err(|e| ApiError::invalid("hive", e.to_string()))?, body.device),
+    if let Some(replicas) = body.replicas {
+        return spawn_replicas(&queen, model, replicas, body).await;
+    }
+    let (hive_id, device) = match &body.hive {
+        Some(h) => {
+            (h.parse::<HiveId>().map_err(|e| ApiError::invalid("hive", e.to_string()))?, body.device.clone())
+        }
         None => {
             // A new worker whatever serves the model now: the scheduler's spawn rule alone.
             let request = PlacementRequest { spawn_only: true, ..PlacementRequest::new(model.clone()) };
             match place(&mut queen.registry(), &request, Instant::now()) {
-                Placement::Spawn { hive_id, device } => (hive_id, body.device.or(Some(device))),
+                Placement::Spawn { hive_id, device } => (hive_id, body.device.clone().or(Some(device))),
                 Placement::Queue { reason } | Placement::Refuse { reason } => {
                     return Err(ApiError::Unavailable(reason))
                 }
@@ -62,18 +72,87 @@ pub async fn spawn(
             }
         }
     };
+    let reply = spawn_on(&queen, &hive_id, model, device, &body).await?;
+    let body = serde_json::json!({"worker_id": reply.worker_id, "hive_id": hive_id, "pid": reply.pid, "device": reply.device});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// Asks one hive for a worker with the body's sizes.
+async fn spawn_on(
+    queen: &Queen,
+    hive_id: &HiveId,
+    model: ModelId,
+    device: Option<String>,
+    body: &SpawnBody,
+) -> Result<SpawnReply, ApiError> {
     let request = SpawnRequest {
         slots: body.slots,
         ctx_per_slot: body.ctx_per_slot,
         threads: body.threads,
         ..spawn_request(model, device)
     };
-    let reply: SpawnReply = queen
+    queen
         .bus
-        .request(subject::hive_spawn(&hive_id), &request, SPAWN_REPLY_TIMEOUT)
+        .request(subject::hive_spawn(hive_id), &request, SPAWN_REPLY_TIMEOUT)
         .await
-        .map_err(|e| ApiError::from_hive(&hive_id, e))?;
-    let body = serde_json::json!({"worker_id": reply.worker_id, "hive_id": hive_id, "pid": reply.pid, "device": reply.device});
+        .map_err(|e| ApiError::from_hive(hive_id, e))
+}
+
+/// `POST /v1/workers` with `replicas: N`: the model served from N distinct hives; the hives that
+/// already serve it count, the others are spawned on together. 201 with every replica; when a spawn
+/// fails, the error names the replicas that did start (they keep running).
+async fn spawn_replicas(
+    queen: &Queen,
+    model: ModelId,
+    replicas: u32,
+    body: SpawnBody,
+) -> Result<Response, ApiError> {
+    if body.hive.is_some() || body.device.is_some() {
+        return Err(ApiError::invalid(
+            "replicas",
+            "replicas picks the hives: leave out hive and device".to_owned(),
+        ));
+    }
+    if replicas == 0 || replicas > crate::replicas::MAX_REPLICAS {
+        let message = format!("replicas must be 1 to {}, not {replicas}", crate::replicas::MAX_REPLICAS);
+        return Err(ApiError::invalid("replicas", message));
+    }
+    let snapshot = queen.registry().snapshot(Instant::now());
+    let plan = crate::replicas::plan(&snapshot, &model, replicas).map_err(|shortfall| match shortfall {
+        crate::replicas::Shortfall::Unavailable(reason) => ApiError::ModelFailing(reason),
+        other => ApiError::Unavailable(format!("model {model}: {other}")),
+    })?;
+    let spawns = plan.spawn.iter().map(|(hive_id, device)| {
+        let (model, body) = (model.clone(), &body);
+        async move { (hive_id, spawn_on(queen, hive_id, model, Some(device.clone()), body).await) }
+    });
+    let results = futures::future::join_all(spawns).await;
+    let mut workers: Vec<serde_json::Value> = plan
+        .serving
+        .iter()
+        .map(|(hive_id, worker_id)| serde_json::json!({"worker_id": worker_id, "hive_id": hive_id, "spawned": false}))
+        .collect();
+    let mut failed = Vec::new();
+    for (hive_id, result) in results {
+        match result {
+            Ok(reply) => workers.push(serde_json::json!({"worker_id": reply.worker_id, "hive_id": hive_id,
+                "pid": reply.pid, "device": reply.device, "spawned": true})),
+            Err(e) => failed.push(format!("hive {hive_id}: {e}")),
+        }
+    }
+    tracing::info!(%model, replicas, started = workers.len(), failed = failed.len(), "replicas spawned");
+    if !failed.is_empty() {
+        let started: Vec<String> =
+            workers.iter().map(|w| w["hive_id"].as_str().unwrap_or_default().to_owned()).collect();
+        let message = format!(
+            "model {model}: {} of {replicas} replicas failed to spawn ({}); serving on: {}",
+            failed.len(),
+            failed.join("; "),
+            if started.is_empty() { "none".to_owned() } else { started.join(", ") }
+        );
+        return Err(ApiError::Unavailable(message));
+    }
+    let body = serde_json::json!({"model": model, "replicas": replicas, "workers": workers});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -92,4 +171,41 @@ pub async fn stop(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Re
         .await
         .map_err(|e| ApiError::from_hive(&hive_id, e))?;
     Ok(Json(reply).into_response())
+}
+
+/// Query of `POST /v1/hives/{id}/drain`.
+#[derive(Debug, Deserialize)]
+pub struct DrainQuery {
+    /// Seconds running jobs get to finish before the hive's workers are stopped anyway.
+    deadline_s: Option<u64>,
+}
+
+fn known_hive(queen: &Queen, id: &str) -> Result<HiveId, ApiError> {
+    let hive_id: HiveId =
+        id.parse().map_err(|e: rbee_bus::IdError| ApiError::invalid("hive_id", e.to_string()))?;
+    if queen.registry().get_hive(&hive_id, Instant::now()).is_none() {
+        return Err(ApiError::NotFound(format!("no hive {hive_id}")));
+    }
+    Ok(hive_id)
+}
+
+/// `POST /v1/hives/{id}/drain`: nothing new goes to the hive; its workers stop once their jobs end
+/// (or at the deadline).
+pub async fn drain(
+    State(queen): State<Arc<Queen>>,
+    Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<DrainQuery>,
+) -> Result<Response, ApiError> {
+    let hive_id = known_hive(&queen, &id)?;
+    let deadline = query.deadline_s.map_or(crate::drain::DEFAULT_DRAIN_DEADLINE, Duration::from_secs);
+    let workers = crate::drain::start(&queen, hive_id.clone(), deadline);
+    let body = serde_json::json!({"hive_id": hive_id, "draining": true, "workers": workers, "deadline_s": deadline.as_secs()});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `POST /v1/hives/{id}/undrain`: the hive takes work again.
+pub async fn undrain(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let hive_id = known_hive(&queen, &id)?;
+    let was = crate::drain::stop(&queen, &hive_id);
+    Ok(Json(serde_json::json!({"hive_id": hive_id, "draining": false, "was_draining": was})).into_response())
 }

@@ -1,7 +1,7 @@
 //! The HTTP front door (axum): OpenAI-compatible endpoints ([`openai`]), rbee jobs ([`jobs`]), the
 //! cluster ([`cluster`]), model catalogs ([`models`]), and health and metrics ([`ops`]). An optional bearer key guards everything
 //! but `/health`; an optional admin key is then the only one that may administer (spawn and stop
-//! workers, import, pull and remove models).
+//! workers, drain hives, import, pull and remove models).
 
 pub mod cluster;
 pub mod jobs;
@@ -28,6 +28,8 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .route("/v1/models/{id}", delete(models::remove))
         .route("/v1/workers", post(cluster::spawn))
         .route("/v1/workers/{id}", delete(cluster::stop))
+        .route("/v1/hives/{id}/drain", post(cluster::drain))
+        .route("/v1/hives/{id}/undrain", post(cluster::undrain))
         .layer(axum::middleware::from_fn_with_state(queen.clone(), require_admin_key));
     let guarded = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
