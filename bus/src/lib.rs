@@ -22,7 +22,10 @@ pub use messages::embed::{
     EmbedReply, EmbedRequest, MAX_EMBED_INPUTS, MAX_EMBED_INPUT_BYTES, WORKER_EMBED_BATCH,
 };
 pub use messages::error::{ErrorBody, ErrorCode, WireError};
-pub use messages::heartbeat::{Backend, HiveHeartbeat, HiveState, QueenHello, WorkerHeartbeat, WorkerState};
+pub use messages::heartbeat::{
+    Backend, HiveHeartbeat, HiveState, QueenHello, WorkerHeartbeat, WorkerState,
+    DEFAULT_HEARTBEAT_INTERVAL_MS,
+};
 pub use messages::hive::{
     CpuInfo, DeviceInfo, DeviceKind, DeviceList, HiveWorkerStatus, HiveWorkerSummary, ListRequest,
     LoadFailures, MemoryInfo, ModelList, ModelSummary, SpawnReply, SpawnRequest, StopReply, StopRequest,

@@ -77,7 +77,7 @@ impl Default for HiveConfig {
             catalog_root: CatalogPaths::default_root(),
             worker_binary: None,
             import_models: Vec::new(),
-            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(rbee_bus::DEFAULT_HEARTBEAT_INTERVAL_MS),
             stop_deadline: Duration::from_secs(10),
             restart: RestartPolicy::default(),
             worker_nats_args: Vec::new(),

@@ -32,7 +32,7 @@ struct Args {
     #[arg(long = "import-dir")]
     import_dir: Vec<PathBuf>,
     /// Heartbeat interval in milliseconds (also given to workers).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = rbee_bus::DEFAULT_HEARTBEAT_INTERVAL_MS)]
     heartbeat_ms: u64,
     /// Grace period for workers on shutdown, in milliseconds.
     #[arg(long, default_value_t = 10_000)]

@@ -54,7 +54,7 @@ impl Default for WorkerConfig {
             gpu_layers: 999,
             prefix_reuse: true,
             prefix_cache_bytes: crate::engine::DEFAULT_PREFIX_CACHE_MIB << 20,
-            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_millis(rbee_bus::DEFAULT_HEARTBEAT_INTERVAL_MS),
             drain_deadline: Duration::from_secs(10),
             coalesce_window: Duration::from_millis(4),
         }

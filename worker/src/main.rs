@@ -48,7 +48,7 @@ struct Args {
     #[arg(long, default_value_t = rbee_worker::engine::DEFAULT_PREFIX_CACHE_MIB)]
     prefix_cache_mib: usize,
     /// Heartbeat interval in milliseconds.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = rbee_bus::DEFAULT_HEARTBEAT_INTERVAL_MS)]
     heartbeat_ms: u64,
     /// Drain deadline on SIGTERM, in milliseconds.
     #[arg(long, default_value_t = 10_000)]

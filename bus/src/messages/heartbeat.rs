@@ -7,6 +7,12 @@ use crate::ids::{HiveId, ModelId, WorkerId};
 use crate::messages::hive::{CpuInfo, DeviceInfo, HiveWorkerSummary, MemoryInfo, ModelSummary};
 use crate::messages::EventMeta;
 
+/// How often hives and workers heartbeat unless told otherwise (`--heartbeat-ms`), in milliseconds.
+/// The queen takes a publisher for offline after 3 intervals without a sign of life and confirms it
+/// within one more, so a machine that vanishes is out of the view, and its jobs migrating, about 4
+/// intervals later: 2 s at this default. Each interval halved doubles the heartbeats the queen folds.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 500;
+
 /// What a worker is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
