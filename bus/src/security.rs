@@ -116,6 +116,12 @@ pub enum SecurityError {
     /// Two identities have the same user name.
     #[error("user {0} is listed twice")]
     DuplicateUser(String),
+    /// A password given for an identity is not one the generator makes (32 to 128 letters and digits).
+    #[error("the password of user {user} is not a generated one (32 to 128 ASCII letters and digits)")]
+    WeakPassword {
+        /// The user.
+        user: String,
+    },
     /// A worker id derived for a pool is not a valid id.
     #[error("cannot derive worker id for the pool of hive {hive_id}: {reason}")]
     PoolId {
@@ -191,6 +197,18 @@ impl Identity {
             Role::Queen | Role::Observer | Role::Cli => {}
         }
         Ok(Self { role, user, password: random_password() })
+    }
+
+    /// An identity made on another machine, with its password (a joining machine gets its hive's and
+    /// workers' identities in the join file). The password must be a generated one: 32 to 128 ASCII
+    /// alphanumeric characters.
+    pub fn with_password(role: Role, user: impl Into<String>, password: &str) -> Result<Self, SecurityError> {
+        let mut identity = Self::named(role, user)?;
+        if !(32..=128).contains(&password.len()) || !password.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(SecurityError::WeakPassword { user: identity.user });
+        }
+        identity.password = password.to_owned();
+        Ok(identity)
     }
 
     /// Its role.

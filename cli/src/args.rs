@@ -118,6 +118,10 @@ pub struct UpArgs {
     /// <data_dir>/join.toml says how to join.
     #[arg(long, value_name = "ADDR")]
     pub host: Option<std::net::IpAddr>,
+    /// With --host --secure: a machine that will join, as HIVE_ID=ADDR (repeatable). It gets a
+    /// certificate for ADDR and the identities of hive HIVE_ID in join.toml.
+    #[arg(long = "join", value_name = "HIVE_ID=ADDR")]
+    pub joiners: Vec<crate::secure::cluster::Joiner>,
 }
 
 /// `rbee join`

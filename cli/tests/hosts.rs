@@ -11,36 +11,16 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::hosts::{rbee_on, wait_for, Guard};
 use common::{lines_of, read_until};
 use rbee_testkit::hosts::Hosts;
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct";
-
-/// A child killed when the test ends, however it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rbee_on(hosts: &Hosts, i: usize) -> Command {
-    let mut cmd = hosts.command(i, env!("CARGO_BIN_EXE_rbee"));
-    cmd.env("RBEE_HOME", rbee_testkit::paths::workspace_root())
-        .env_remove("RBEE_NATS_URL")
-        .env_remove("RBEE_QUEEN_URL")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    cmd
-}
 
 fn api(hosts: &Hosts, i: usize, method: &str, path: &str, body: Option<Value>) -> Value {
     let url = format!("http://{}:7833{path}", hosts.addr(1));
@@ -78,14 +58,6 @@ fn follow(hosts: &Hosts, i: usize, job_id: &str) -> (Guard, mpsc::Receiver<(Stri
         }
     });
     (Guard(child), rx)
-}
-
-fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -200,7 +172,13 @@ fn three_hosts_join_and_a_lost_machine_does_not_lose_the_answer() {
         }
     };
     let gap = first_after.map(|at| at.duration_since(last_before));
-    eprintln!("stream gap across the lost machine: {gap:?}");
+    let migrating_at = seen
+        .iter()
+        .find(|(e, d, _)| e == "status" && d["state"] == "migrating")
+        .map(|(_, _, at)| at.duration_since(last_before));
+    eprintln!("lost machine: migrating after {migrating_at:?}, stream gap {gap:?}");
+    // The default bound (500 ms heartbeats: offline after 3 silent intervals, confirmed within one).
+    assert!(migrating_at.is_some_and(|d| d <= Duration::from_secs(3)), "migrating only after {migrating_at:?}");
     assert_eq!(last["finish_reason"], "length", "{last}");
     assert_eq!(text, expected, "the answer after the migration differs from the uninterrupted one");
     assert!(
@@ -318,8 +296,9 @@ fn partition_heals(hosts: &Hosts, job: &Value, expected: &str, survivor: usize) 
     eprintln!(
         "partition healed: hive {hive} and worker {cut_worker} online {back:?} after the link came back"
     );
-    // Two heartbeats (1 s each), plus the nats route's reconnect (it retries every second).
-    assert!(back <= Duration::from_secs(4), "back only after {back:?}");
+    // Two heartbeats (500 ms each by default), plus the nats route's reconnect (it retries every
+    // second): back within two heartbeats of the route being up.
+    assert!(back <= Duration::from_secs(3), "back only after {back:?}");
     // The job's record kept what the client got: nothing from the cut attempt after the fact.
     let record = api(hosts, 1, "GET", "/v1/jobs/job-partition", None);
     assert_eq!(record["state"]["phase"], "completed", "{record}");

@@ -115,7 +115,7 @@ fn generated_config_passes_nats_server_t_and_a_broken_one_does_not() {
     let options = ServerOptions {
         listen: Some("127.0.0.1:4222".into()),
         jetstream_store: Some(dir.path().join("js")),
-        tls: None,
+        ..ServerOptions::default()
     };
     let path = dir.path().join("ok.conf");
     server_config::write(&config, &path, &options).expect("write");

@@ -19,6 +19,7 @@
 //! The CA and the keys are kept when the directory already has them (clients that trust the CA
 //! or know the key keep working); identities and the server certificate are made anew each time.
 
+pub mod cluster;
 pub mod server_config;
 
 use std::fmt::Write as _;
@@ -49,6 +50,18 @@ pub struct InitOptions {
     pub listen: String,
     /// JetStream store of the server.
     pub jetstream_store: PathBuf,
+    /// The first machine of several (`rbee up --host --secure`): its node takes routes, and the
+    /// machines named join with what [`Bundle::join`] holds.
+    pub cluster: Option<ClusterPlan>,
+}
+
+/// The first machine's address and the machines that will join it.
+#[derive(Debug, Clone)]
+pub struct ClusterPlan {
+    /// This machine's address.
+    pub host: std::net::IpAddr,
+    /// The others.
+    pub joiners: Vec<cluster::Joiner>,
 }
 
 /// What was written.
@@ -64,6 +77,8 @@ pub struct Bundle {
     pub api_key_file: PathBuf,
     /// The admin key file.
     pub admin_key_file: PathBuf,
+    /// With [`InitOptions::cluster`]: what goes in the join file.
+    pub join: Option<cluster::SecureJoin>,
 }
 
 impl Bundle {
@@ -125,22 +140,33 @@ fn certificate_authority(dir: &Path) -> anyhow::Result<(rcgen::Certificate, rcge
     Ok((cert, key))
 }
 
+/// A nats-server certificate for `hosts` signed by the CA, and its key (PEM). Good for clients' TLS
+/// and for both ends of a cluster route.
+fn issue_certificate(
+    hosts: &[String],
+    ca: &rcgen::Certificate,
+    ca_key: &rcgen::KeyPair,
+) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate().context("cannot generate the server key")?;
+    let mut params =
+        rcgen::CertificateParams::new(hosts.to_vec()).context("invalid host name for the certificate")?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, hosts.last().cloned().unwrap_or_default());
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, ca, ca_key).context("cannot sign the server certificate")?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 fn server_certificate(
     dir: &Path,
     hosts: &[String],
     ca: &rcgen::Certificate,
     ca_key: &rcgen::KeyPair,
 ) -> anyhow::Result<TlsFiles> {
-    let key = rcgen::KeyPair::generate().context("cannot generate the server key")?;
-    let mut params =
-        rcgen::CertificateParams::new(hosts.to_vec()).context("invalid host name for the certificate")?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, hosts.first().cloned().unwrap_or_default());
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, ca, ca_key).context("cannot sign the server certificate")?;
+    let (cert, key) = issue_certificate(hosts, ca, ca_key)?;
     let files = TlsFiles { cert: dir.join("server-cert.pem"), key: dir.join("server-key.pem") };
-    std::fs::write(&files.cert, cert.pem())
-        .with_context(|| format!("cannot write {}", files.cert.display()))?;
-    write_secret(&files.key, &key.serialize_pem())?;
+    std::fs::write(&files.cert, cert).with_context(|| format!("cannot write {}", files.cert.display()))?;
+    write_secret(&files.key, &key)?;
     Ok(files)
 }
 
@@ -197,15 +223,32 @@ pub fn init(options: &InitOptions, nats_server: &Path) -> anyhow::Result<Bundle>
             [("RBEE_HIVE_ID", hive_id.to_string()), ("RBEE_WORKER_POOL", pool_file.display().to_string())];
         write_secret(&dir.join(format!("hive-{hive_id}.env")), &env_text(&hive, &ca_file, &extra))?;
     }
+    let mut join = None;
+    let mut cluster_block = None;
+    if let Some(plan) = &options.cluster {
+        let password = cluster::route_password(&dir)?;
+        let own = format!(
+            "nats-route://{}",
+            std::net::SocketAddr::new(plan.host, crate::up::join_file::ROUTE_PORT)
+        );
+        cluster_block = Some(cluster::cluster_options(plan.host, &[own], &password, &ca_file));
+        let machines =
+            cluster::machines(&config, &plan.joiners, |sans| issue_certificate(sans, &ca, &ca_key))?;
+        let ca_pem = std::fs::read_to_string(&ca_file)
+            .with_context(|| format!("cannot read {}", ca_file.display()))?;
+        join = Some(cluster::SecureJoin { ca: ca_pem, route_password: password, machines });
+    }
     let nats_conf = dir.join("nats.conf");
     let server = ServerOptions {
         listen: Some(options.listen.clone()),
         jetstream_store: Some(options.jetstream_store.clone()),
         tls: Some(tls),
+        cluster: cluster_block,
+        monitor: None,
     };
     server_config::write(&config, &nats_conf, &server)?;
     server_config::check(nats_server, &nats_conf)?;
-    Ok(Bundle { dir, nats_conf, ca: ca_file, api_key_file, admin_key_file })
+    Ok(Bundle { dir, nats_conf, ca: ca_file, api_key_file, admin_key_file, join })
 }
 
 /// `rbee secure init`: writes the files and says which goes where.
@@ -223,8 +266,15 @@ pub fn run(command: crate::args::SecureCommand) -> anyhow::Result<()> {
         }
     }
     let hives = hives.into_iter().map(HiveId::new).collect::<Result<Vec<_>, _>>()?;
-    let options =
-        InitOptions { dir, hosts: all_hosts.clone(), hives: hives.clone(), pool, listen, jetstream_store };
+    let options = InitOptions {
+        dir,
+        hosts: all_hosts.clone(),
+        hives: hives.clone(),
+        pool,
+        listen,
+        jetstream_store,
+        cluster: None,
+    };
     let bundle = init(&options, &nats_server)?;
     let d = bundle.dir.display();
     outln!("wrote the secure cluster files to {d} (checked with nats-server -t)");

@@ -19,6 +19,41 @@ pub struct ServerOptions {
     pub jetstream_store: Option<PathBuf>,
     /// Serves TLS only, with this certificate and key (PEM files).
     pub tls: Option<TlsFiles>,
+    /// A node of a cluster of machines: routes over TLS (both ends show a certificate of the CA) with
+    /// the route password; needs `tls`.
+    pub cluster: Option<ClusterOptions>,
+    /// `http: host:port`: the monitoring endpoint (`rbee join` reads `/routez` on loopback).
+    pub monitor: Option<String>,
+}
+
+/// The cluster block of one machine's nats-server.
+#[derive(Clone)]
+pub struct ClusterOptions {
+    /// `server_name`, unique in the cluster.
+    pub server_name: String,
+    /// The cluster's name.
+    pub name: String,
+    /// Where routes come in (`ADDR:6222`).
+    pub listen: String,
+    /// Routes to solicit (`nats-route://ADDR:6222`); the route user and password are put in.
+    pub routes: Vec<String>,
+    /// The user every route authenticates as.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// The CA both ends of a route check the other's certificate against.
+    pub ca: PathBuf,
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    // The route password never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOptions")
+            .field("server_name", &self.server_name)
+            .field("listen", &self.listen)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The server's certificate and key.
@@ -86,6 +121,34 @@ pub fn render(config: &SecurityConfig, options: &ServerOptions) -> Result<String
             "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 2\n}}",
             tls.cert.display(),
             tls.key.display()
+        );
+    }
+    if let Some(monitor) = &options.monitor {
+        let _ = writeln!(out, "http: \"{monitor}\"");
+    }
+    if let (Some(cluster), Some(tls)) = (&options.cluster, &options.tls) {
+        let routes: Vec<String> = cluster
+            .routes
+            .iter()
+            .map(|r| {
+                r.replacen(
+                    "nats-route://",
+                    &format!("nats-route://{}:{}@", cluster.user, cluster.password),
+                    1,
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "server_name: \"{}\"", cluster.server_name);
+        let _ = writeln!(out, "cluster {{\n  name: \"{}\"\n  listen: \"{}\"", cluster.name, cluster.listen);
+        let _ = writeln!(out, "  authorization {{\n    user: \"{}\"", cluster.user);
+        let _ = writeln!(out, "    password: \"{}\"\n    timeout: 2\n  }}", cluster.password);
+        let _ = writeln!(out, "  routes: {}", list(&routes));
+        let _ = writeln!(
+            out,
+            "  tls {{\n    cert_file: \"{}\"\n    key_file: \"{}\"\n    ca_file: \"{}\"\n    timeout: 2\n  }}\n}}",
+            tls.cert.display(),
+            tls.key.display(),
+            cluster.ca.display()
         );
     }
     if let Some(store) = &options.jetstream_store {

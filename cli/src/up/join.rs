@@ -2,6 +2,12 @@
 //! --host`. Starts a nats-server that joins the cluster's routes (clients on ADDR:4222, routes on
 //! ADDR:6222) and a hive on it, with the default model when this machine has its file; waits until
 //! the queen lists the hive; on ctrl-c stops the hive (and its workers) and nats-server.
+//!
+//! A secure join file ([`crate::secure::cluster`]) has an entry for this machine's address: the node
+//! then serves TLS with that entry's certificate, takes routes over TLS with the route password, lets
+//! in only this hive and its workers, and the hive connects with its own identity. Joined is then
+//! when the node has a route to the cluster (its monitoring endpoint on loopback says so): this
+//! machine holds no key of the queen's API to ask it.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -53,9 +59,30 @@ pub async fn run(config: &Config, args: JoinArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(data_dir.join(sub))
             .with_context(|| format!("cannot create {}", data_dir.join(sub).display()))?;
     }
-    let hive_id = match args.hive_id {
-        Some(id) => rbee_bus::HiveId::new(id)?,
-        None => host_name_id()?,
+    let machine = match &file.secure {
+        Some(secure) => {
+            let Some(machine) = secure.machines.iter().find(|m| m.host == args.host) else {
+                let named: Vec<String> = secure.machines.iter().map(|m| m.host.to_string()).collect();
+                bail!(
+                    "{} has no entry for {}: it was made for {} (name this machine with --join HIVE_ID={} \
+                     on the first one)",
+                    args.file.display(),
+                    args.host,
+                    named.join(", "),
+                    args.host
+                );
+            };
+            Some(machine.clone())
+        }
+        None => None,
+    };
+    let hive_id = match (args.hive_id, &machine) {
+        (Some(id), Some(m)) if id != m.hive_id.as_str() => {
+            bail!("{} names this machine's hive {}, not {id}", args.file.display(), m.hive_id)
+        }
+        (_, Some(m)) => m.hive_id.clone(),
+        (Some(id), None) => rbee_bus::HiveId::new(id)?,
+        (None, None) => host_name_id()?,
     };
     let kill_list = KillList::default();
     let mut interrupt = Interrupt::install(kill_list.clone())?;
@@ -69,7 +96,7 @@ pub async fn run(config: &Config, args: JoinArgs) -> anyhow::Result<()> {
         hive_id: hive_id.to_string(),
     };
     let started = tokio::select! {
-        result = start(&mut cluster, &root, &data_dir, &file, args.host) => Some(result),
+        result = start(&mut cluster, &root, &data_dir, &file, machine.as_ref(), args.host) => Some(result),
         _ = interrupt.wait() => None,
     };
     let result = match started {
@@ -92,6 +119,7 @@ async fn start(
     root: &std::path::Path,
     data_dir: &std::path::Path,
     file: &JoinFile,
+    machine: Option<&crate::secure::cluster::Machine>,
     host: IpAddr,
 ) -> anyhow::Result<()> {
     let logs = data_dir.join("logs");
@@ -103,8 +131,28 @@ async fn start(
             file.nats_port
         );
     }
-    let mut args = vec!["-a".to_owned(), host.to_string(), "-p".to_owned(), file.nats_port.to_string()];
-    args.extend(cluster_args(host, &file.routes));
+    let listen = std::net::SocketAddr::new(host, file.nats_port);
+    let (args, hive_env, monitor) = match (&file.secure, machine) {
+        (Some(secure), Some(machine)) => {
+            let monitor = std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?;
+            let node = crate::secure::cluster::write_node(
+                &data_dir.join("secure"),
+                secure,
+                machine,
+                &file.routes,
+                listen.to_string(),
+                monitor.to_string(),
+                &nats_bin,
+            )?;
+            (vec!["-c".to_owned(), node.nats_conf.display().to_string()], node.hive_env, Some(monitor))
+        }
+        _ => {
+            let mut args =
+                vec!["-a".to_owned(), host.to_string(), "-p".to_owned(), file.nats_port.to_string()];
+            args.extend(cluster_args(host, &file.routes));
+            (args, Vec::new(), None)
+        }
+    };
     let nats = Child::spawn("nats", &nats_bin, &args, &[], &logs.join("nats.log"), &cluster.kill_list)?;
     errln!(
         "started nats-server on {host}:{} (pid {}, log {})",
@@ -114,7 +162,8 @@ async fn start(
     );
     cluster.nats = Some(nats);
     wait_for_port(cluster, host, file.nats_port).await?;
-    let nats_url = format!("nats://{host}:{}", file.nats_port);
+    let scheme = if monitor.is_some() { "tls" } else { "nats" };
+    let nats_url = format!("{scheme}://{listen}");
 
     let mut args = vec![
         "--hive-id".to_owned(),
@@ -130,9 +179,13 @@ async fn start(
         }
         Err(_) => errln!("this machine has no copy of {}: the hive starts with its catalog only", file.model),
     }
-    let hive = Child::spawn("hive", &hive_bin, &args, &[], &logs.join("hive.log"), &cluster.kill_list)?;
+    let envs: Vec<(&str, String)> = hive_env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let hive = Child::spawn("hive", &hive_bin, &args, &envs, &logs.join("hive.log"), &cluster.kill_list)?;
     errln!("started hive {} (pid {}, log {})", cluster.hive_id, hive.pid(), hive.log.display());
     cluster.hive = Some(hive);
+    if let Some(monitor) = monitor {
+        return wait_for_route(cluster, monitor).await;
+    }
 
     // Joined once the queen lists the hive (its heartbeats crossed the cluster).
     let api = Queen::with_url(&file.api, None)?;
@@ -151,6 +204,28 @@ async fn start(
         if Instant::now() > deadline {
             let why = hives.err().map(|e| format!(" ({e:#})")).unwrap_or_default();
             bail!("the queen at {} did not list hive {} within 60 s{why}", file.api, cluster.hive_id);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Secure mode: joined once this machine's node has a route to the cluster (`/routez` of its
+/// monitoring endpoint on loopback) and the hive still runs.
+async fn wait_for_route(cluster: &mut Cluster, monitor: std::net::SocketAddr) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let url = format!("http://{monitor}/routez");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        cluster.check()?;
+        let routes = match client.get(&url).send().await {
+            Ok(reply) => reply.json::<serde_json::Value>().await.ok().and_then(|v| v["num_routes"].as_u64()),
+            Err(_) => None,
+        };
+        if routes.is_some_and(|n| n > 0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("this machine's nats-server has no route to the cluster after 60 s: see its log");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

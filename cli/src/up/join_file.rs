@@ -1,11 +1,15 @@
 //! The join file `rbee up --host` writes to `<data_dir>/join.toml` and `rbee join` reads on another
-//! machine: where the cluster's NATS routes and the queen's API are, and the default model. It holds
-//! no secret (plain mode has none to give).
+//! machine: where the cluster's NATS routes and the queen's API are, and the default model. In plain
+//! mode it holds no secret; in secure mode it also holds what the machines named with `--join` need
+//! ([`SecureJoin`]: CA certificate, route password, each machine's certificate and identities) and is
+//! written mode 0600.
 
 use std::path::Path;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+
+use crate::secure::cluster::SecureJoin;
 
 /// The port nats-server takes cluster routes on, on every machine.
 pub const ROUTE_PORT: u16 = 6222;
@@ -23,6 +27,9 @@ pub struct JoinFile {
     pub api: String,
     /// The model a joining hive imports when the machine has its file.
     pub model: String,
+    /// Secure mode: TLS routes and the joining machines' identities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<SecureJoin>,
 }
 
 impl JoinFile {
@@ -35,6 +42,9 @@ impl JoinFile {
         if file.routes.is_empty() || file.routes.iter().any(|r| !r.starts_with("nats-route://")) {
             anyhow::bail!("{}: routes must be nats-route://HOST:PORT URLs", path.display());
         }
+        if file.secure.as_ref().is_some_and(|s| s.machines.is_empty()) {
+            anyhow::bail!("{}: a secure join file names no machine", path.display());
+        }
         Ok(file)
     }
 
@@ -46,7 +56,11 @@ impl JoinFile {
              #   rbee join {} --host <that machine's address>\n{body}",
             path.display()
         );
-        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+        let written = match self.secure {
+            Some(_) => rbee_bus::security::write_private(path, text.as_bytes()),
+            None => std::fs::write(path, text),
+        };
+        written.with_context(|| format!("cannot write {}", path.display()))
     }
 }
 
@@ -63,6 +77,7 @@ mod tests {
             nats_port: 4222,
             api: "http://198.18.0.1:7833".into(),
             model: "smollm2-135m-instruct".into(),
+            secure: None,
         };
         file.write(&path).expect("write");
         assert_eq!(JoinFile::read(&path).expect("read"), file);

@@ -84,6 +84,8 @@ struct Plan {
     secure: bool,
     /// `--host`: this machine's address on the cluster's network.
     host: Option<IpAddr>,
+    /// `--join`: the machines that will join a secure cluster.
+    joiners: Vec<crate::secure::cluster::Joiner>,
 }
 
 /// Runs the command until ctrl-c or a child's death.
@@ -114,12 +116,27 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
         api_key: config.api_key.value.clone(),
         secure: args.secure,
         host: args.host,
+        joiners: args.joiners,
     };
-    if plan.host.is_some() && plan.secure {
+    let first_of_secure_machines = plan.secure && plan.host.is_some();
+    if !plan.joiners.is_empty() && !first_of_secure_machines {
+        bail!("--join names the machines of a secure cluster: it goes with --host ADDR --secure");
+    }
+    if first_of_secure_machines && plan.joiners.is_empty() {
         bail!(
-            "--host with --secure is not done yet: a machine that joins needs a certificate of its own; \
-             run plain mode on a network you trust, or see the README's multi-machine section"
+            "--host with --secure needs the machines that will join, named up front: --join HIVE_ID=ADDR \
+             for each (join.toml then holds a certificate for each address and the identities of its hive)"
         );
+    }
+    for (i, joiner) in plan.joiners.iter().enumerate() {
+        let twice = plan.joiners[..i].iter().any(|j| j.hive_id == joiner.hive_id || j.host == joiner.host);
+        if twice || joiner.hive_id.as_str() == HIVE_ID || Some(joiner.host) == plan.host {
+            bail!(
+                "--join {}={}: each machine needs a hive id and an address of its own",
+                joiner.hive_id,
+                joiner.host
+            );
+        }
     }
     if plan.host.is_some() && plan.external_nats.is_some() {
         bail!("--host starts its own nats-server that other machines join; leave nats_url unset");
@@ -150,11 +167,21 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
         _ = interrupt.wait() => None,
     };
     let result = match started {
-        Some(Ok(ready)) => {
+        Some(Ok((ready, secure_join))) => {
             banner::print(&ready)?;
             if let Some(host) = plan.host {
-                let join = write_join_file(&plan, host)?;
-                outln!("other machines join with:  rbee join {} --host <their address>", join.display());
+                let join = write_join_file(&plan, host, secure_join)?;
+                if plan.joiners.is_empty() {
+                    outln!("other machines join with:  rbee join {} --host <their address>", join.display());
+                } else {
+                    outln!(
+                        "copy {} to each machine (it is secret: the route password lets a node in), then:",
+                        join.display()
+                    );
+                    for joiner in &plan.joiners {
+                        outln!("  on {}:  rbee join join.toml --host {}", joiner.host, joiner.host);
+                    }
+                }
             }
             tokio::select! {
                 result = supervise(&mut cluster) => result,
@@ -170,7 +197,10 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// Starts every process and waits until the cluster serves.
-async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Ready> {
+async fn start(
+    cluster: &mut Cluster,
+    plan: &Plan,
+) -> anyhow::Result<(banner::Ready, Option<crate::secure::cluster::SecureJoin>)> {
     let style = Style::stderr();
     let logs = plan.data_dir.join("logs");
     let queen_bin = root::sibling_binary("rbee-queen")?;
@@ -206,13 +236,20 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
                 port
             };
             if plan.secure {
+                let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+                hosts.extend(plan.host.map(|h| h.to_string()));
+                let mut hives = vec![rbee_bus::HiveId::new(HIVE_ID)?];
+                hives.extend(plan.joiners.iter().map(|j| j.hive_id.clone()));
                 let options = crate::secure::InitOptions {
                     dir: plan.data_dir.join("secure"),
-                    hosts: vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
-                    hives: vec![rbee_bus::HiveId::new(HIVE_ID)?],
+                    hosts,
+                    hives,
                     pool: crate::secure::DEFAULT_POOL,
-                    listen: format!("127.0.0.1:{port}"),
+                    listen: format!("{ip}:{port}"),
                     jetstream_store: plan.data_dir.join("nats"),
+                    cluster: plan
+                        .host
+                        .map(|host| crate::secure::ClusterPlan { host, joiners: plan.joiners.clone() }),
                 };
                 let bundle = crate::secure::init(&options, &nats_bin)?;
                 errln!(
@@ -230,7 +267,8 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
                     .chain([plan.data_dir.join("nats").display().to_string()])
                     .collect::<Vec<_>>(),
             };
-            if plan.host.is_some() {
+            if plan.host.is_some() && secure.is_none() {
+                // (In secure mode the cluster block is in the configuration: routes over TLS.)
                 // JetStream in a cluster wants routes: the first machine's names itself (nats-server
                 // skips a route to itself) until others join.
                 let own = format!("nats-route://{}", std::net::SocketAddr::new(ip, join_file::ROUTE_PORT));
@@ -318,7 +356,8 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
             crate::workers::wait_ready(&api, &worker_id, crate::workers::READY_TIMEOUT, &mut check).await?;
         worker = Some((worker_id, render::text(&ready, &["device"])));
     }
-    Ok(banner::Ready {
+    let secure_join = secure.as_ref().and_then(|b| b.join.clone());
+    let ready = banner::Ready {
         api: format!("http://{http_addr}"),
         default_port: plan.port == 7833,
         nats_url,
@@ -331,17 +370,23 @@ async fn start(cluster: &mut Cluster, plan: &Plan) -> anyhow::Result<banner::Rea
         rbee: std::env::current_exe()
             .map(|exe| root::rbee_command(&exe, std::env::var_os("PATH").as_deref()))
             .unwrap_or_else(|_| "rbee".to_owned()),
-    })
+    };
+    Ok((ready, secure_join))
 }
 
 /// Writes `<data_dir>/join.toml` for the other machines; returns its path.
-fn write_join_file(plan: &Plan, host: IpAddr) -> anyhow::Result<PathBuf> {
+fn write_join_file(
+    plan: &Plan,
+    host: IpAddr,
+    secure: Option<crate::secure::cluster::SecureJoin>,
+) -> anyhow::Result<PathBuf> {
     let path = plan.data_dir.join("join.toml");
     let file = join_file::JoinFile {
         routes: vec![format!("nats-route://{}", std::net::SocketAddr::new(host, join_file::ROUTE_PORT))],
         nats_port: NATS_PORT,
         api: format!("http://{}", std::net::SocketAddr::new(host, plan.port)),
         model: plan.model.clone(),
+        secure,
     };
     file.write(&path)?;
     Ok(path)

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub mod hosts;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command};
 use std::sync::mpsc;
