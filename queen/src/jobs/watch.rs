@@ -14,6 +14,10 @@ use crate::Queen;
 /// then heartbeat.
 const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 
+/// How often a watched worker's liveness is looked at when nothing in the registry changes (a tenth of
+/// a second against a detection bound of seconds; a registry lookup each time).
+const LIVENESS_POLL: Duration = Duration::from_millis(100);
+
 /// How a placed job ended, as far as its worker goes.
 pub enum WorkerOutcome {
     /// The final status arrived.
@@ -95,7 +99,9 @@ pub async fn watch_worker(
             }
             return WorkerOutcome::Lost;
         }
-        let _ = tokio::time::timeout(Duration::from_millis(250), queen.registry_changed.notified()).await;
+        // Liveness is judged on read, so a silence becomes offline without a registry change: look
+        // again at least every LIVENESS_POLL.
+        let _ = tokio::time::timeout(LIVENESS_POLL, queen.registry_changed.notified()).await;
     }
 }
 
