@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: setup build release install llama-server test test-faults up bench schemas fmt lint clean-data
+.PHONY: setup build release install llama-server test test-faults up bench bench-cluster schemas fmt lint clean-data
 
 ## setup: install what is missing into project-local, git-ignored places (.venv/, .rbee/); idempotent
 setup:
@@ -44,6 +44,10 @@ llama-server: setup
 ## bench: measure every hop against its floor; writes BENCHMARKS.md and BENCHMARKS.json
 bench: release
 	./scripts/bench.sh
+
+## bench-cluster: the cluster across three hosts of their own (network namespaces; needs root and ip)
+bench-cluster: release
+	target/release/rbee-bench --root . $(BENCH_ARGS) hosts
 
 ## schemas: regenerate schemas/ from the Rust types in bus/
 schemas:

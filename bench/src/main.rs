@@ -19,6 +19,7 @@ mod control;
 mod e2e;
 mod echo;
 mod grammar;
+mod hosts;
 mod llama_server;
 mod multi_turn;
 mod notes;
@@ -79,6 +80,9 @@ enum Cmd {
     },
     /// Only the grammar-constrained decoding comparison of `make bench`, printed (no report written).
     Grammar,
+    /// `make bench-cluster`: the cluster across three hosts of their own (needs root and `ip`);
+    /// prints the figures and writes them to `target/bench-cluster.json`.
+    Hosts,
 }
 
 /// Repetitions and sizes of every section.
@@ -130,6 +134,7 @@ async fn main() -> std::process::ExitCode {
     let result = match args.command {
         Some(Cmd::Relay { ref nats, ref from, ref to }) => token_path::relay(nats, from, to).await,
         Some(Cmd::Grammar) => grammar_only(&args).await,
+        Some(Cmd::Hosts) => hosts_only(&args).await,
         None => bench(&args).await,
     };
     match result {
@@ -145,6 +150,22 @@ async fn grammar_only(args: &Args) -> anyhow::Result<()> {
     let env = Env::new(&args.root, args.threads)?;
     let note = grammar::section(&mut Report::default(), &env).await?;
     println!("{note}");
+    Ok(())
+}
+
+async fn hosts_only(args: &Args) -> anyhow::Result<()> {
+    let env = Env::new(&args.root, args.threads)?;
+    let mut report = start_report(&env, args.quick);
+    heading(hosts::SECTION);
+    let plan = hosts::Plan {
+        requests: if args.quick { 2 } else { 6 },
+        max_tokens: if args.quick { 32 } else { 96 },
+    };
+    tokio::task::block_in_place(|| hosts::run(&mut report, &plan, &env.root))?;
+    let json = env.root.join("target").join("bench-cluster.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    println!("wrote {}", json.display());
     Ok(())
 }
 
