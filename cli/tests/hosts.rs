@@ -178,7 +178,10 @@ fn three_hosts_join_and_a_lost_machine_does_not_lose_the_answer() {
         .map(|(_, _, at)| at.duration_since(last_before));
     eprintln!("lost machine: migrating after {migrating_at:?}, stream gap {gap:?}");
     // The default bound (500 ms heartbeats: offline after 3 silent intervals, confirmed within one).
-    assert!(migrating_at.is_some_and(|d| d <= Duration::from_secs(3)), "migrating only after {migrating_at:?}");
+    assert!(
+        migrating_at.is_some_and(|d| d <= Duration::from_secs(3)),
+        "migrating only after {migrating_at:?}"
+    );
     assert_eq!(last["finish_reason"], "length", "{last}");
     assert_eq!(text, expected, "the answer after the migration differs from the uninterrupted one");
     assert!(
