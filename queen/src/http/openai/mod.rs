@@ -75,6 +75,17 @@ impl CancelOnDrop {
     pub(crate) fn new(queen: Arc<Queen>) -> Self {
         Self { queen, jobs: Vec::new(), done: false }
     }
+
+    /// Every job has ended: nothing to cancel on drop. (A method, so that a closure calling it owns
+    /// the whole guard, not a copy of its flag.)
+    pub(crate) fn finish(&mut self) {
+        self.done = true;
+    }
+
+    /// Cancels `job_id` too when dropped before the end.
+    pub(crate) fn push(&mut self, job_id: JobId) {
+        self.jobs.push(job_id);
+    }
 }
 
 impl Drop for CancelOnDrop {
@@ -92,7 +103,11 @@ impl Drop for CancelOnDrop {
 
 /// Waits until a submitted job's worker accepts it (with `read`, until its first token: the prompt is
 /// read): until then a failure is an HTTP error (400/413/503), not a broken stream.
-async fn started(job_id: JobId, reader: Option<JobReader>, read: bool) -> Result<Started, ApiError> {
+pub(crate) async fn started(
+    job_id: JobId,
+    reader: Option<JobReader>,
+    read: bool,
+) -> Result<Started, ApiError> {
     let Some(mut reader) = reader else {
         return Err(ApiError::JobFailed("the job keeps no events".to_owned()));
     };
