@@ -115,22 +115,30 @@ pub struct UpArgs {
     pub secure: bool,
     /// This machine's address on the network the other machines share: NATS takes clients and
     /// cluster routes there, the API listens there as well as on 127.0.0.1, and
-    /// <data_dir>/join.toml says how to join.
+    /// <data_dir>/join.toml (with --secure: one <data_dir>/join-<HIVE_ID>.toml per --join) says how
+    /// to join.
     #[arg(long, value_name = "ADDR")]
     pub host: Option<std::net::IpAddr>,
     /// With --host --secure: a machine that will join, as HIVE_ID=ADDR (repeatable). It gets a
-    /// certificate for ADDR and the identities of hive HIVE_ID in join.toml.
+    /// certificate for ADDR and the identities of hive HIVE_ID in its own join-<HIVE_ID>.toml.
     #[arg(long = "join", value_name = "HIVE_ID=ADDR")]
     pub joiners: Vec<crate::secure::cluster::Joiner>,
     /// Serve the API on Ollama's address too (e.g. 127.0.0.1:11434), for apps that look for Ollama there.
     #[arg(long, value_name = "ADDR")]
     pub ollama_addr: Option<std::net::SocketAddr>,
+    /// How long an idle worker stays loaded (this command's worker too): 5m, 30s, 1h, 0, -1 (keep).
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub keep_alive: String,
+    /// Declare at most this many bytes of memory for this machine's CPU (its workers count against it).
+    #[arg(long, value_name = "BYTES")]
+    pub memory_limit: Option<u64>,
 }
 
 /// `rbee join`
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// The join file `rbee up --host` wrote (<data_dir>/join.toml on the first machine).
+    /// The join file `rbee up --host` wrote (<data_dir>/join.toml on the first machine, or
+    /// join-<HIVE_ID>.toml in secure mode).
     pub file: PathBuf,
     /// This machine's address on the network the other machines share.
     #[arg(long, value_name = "ADDR")]
@@ -141,6 +149,9 @@ pub struct JoinArgs {
     /// Where this machine keeps its catalog and logs (default: data_dir, else <project>/.rbee/data).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Declare at most this many bytes of memory for this machine's CPU (its workers count against it).
+    #[arg(long, value_name = "BYTES")]
+    pub memory_limit: Option<u64>,
 }
 
 /// `rbee secure ...`
@@ -278,6 +289,9 @@ pub enum WorkersCommand {
         /// Return at once instead of waiting until the worker is ready.
         #[arg(long)]
         no_wait: bool,
+        /// Unload it after this long idle (5m, 30s, 0); default: it stays until stopped.
+        #[arg(long, value_name = "DURATION")]
+        keep_alive: Option<String>,
     },
     /// Stop a worker.
     Stop {

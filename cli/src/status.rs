@@ -158,10 +158,33 @@ pub fn worker_table(workers: &[Value]) -> Vec<String> {
                 render::text(w, &["liveness"]),
                 slots,
                 render::rate(render::number(w, "tokens_per_second")),
+                unload(w),
             ]
         })
         .collect();
-    render::table("  ", &["ID", "MODEL", "HIVE", "DEVICE", "STATE", "LIVENESS", "SLOTS", "TOK/S"], &rows)
+    render::table(
+        "  ",
+        &["ID", "MODEL", "HIVE", "DEVICE", "STATE", "LIVENESS", "SLOTS", "TOK/S", "UNLOAD"],
+        &rows,
+    )
+}
+
+/// When an idle worker unloads (`in 4m12s`), `kept` when it stays loaded, `after 5m idle` while busy.
+fn unload(worker: &Value) -> String {
+    let short = |seconds: f64| {
+        let s = seconds.max(0.0).round() as u64;
+        match (s / 3600, s / 60 % 60, s % 60) {
+            (0, 0, s) => format!("{s}s"),
+            (0, m, s) => format!("{m}m{s:02}s"),
+            (h, m, _) => format!("{h}h{m:02}m"),
+        }
+    };
+    match (render::number(worker, "unload_in_s"), render::number(worker, "keep_alive_s")) {
+        (Some(left), _) => format!("in {}", short(left)),
+        (None, Some(keep)) => format!("after {} idle", short(keep)),
+        (None, None) if worker.get("keep_alive_s").is_some() => "kept".to_owned(),
+        (None, None) => "-".to_owned(),
+    }
 }
 
 fn print_jobs(style: &Style, jobs: &[Value]) -> anyhow::Result<()> {

@@ -33,9 +33,20 @@ pub async fn run(config: &Config, command: WorkersCommand) -> anyhow::Result<()>
                 outln!("{}", crate::status::worker_table(workers).join("\n"));
             }
         }
-        WorkersCommand::Spawn { model, replicas: Some(replicas), slots, ctx_per_slot, no_wait, .. } => {
+        WorkersCommand::Spawn {
+            model,
+            replicas: Some(replicas),
+            slots,
+            ctx_per_slot,
+            no_wait,
+            keep_alive,
+            ..
+        } => {
             let model = ModelId::new(model)?;
             let mut body = json!({"model": model, "replicas": replicas});
+            if let Some(keep_alive) = keep_alive {
+                body["keep_alive"] = json!(keep_alive);
+            }
             if let Some(slots) = slots {
                 body["slots"] = json!(slots);
             }
@@ -62,10 +73,20 @@ pub async fn run(config: &Config, command: WorkersCommand) -> anyhow::Result<()>
                 }
             }
         }
-        WorkersCommand::Spawn { model, hive, device, slots, ctx_per_slot, no_wait, replicas: None } => {
+        WorkersCommand::Spawn {
+            model,
+            hive,
+            device,
+            slots,
+            ctx_per_slot,
+            no_wait,
+            replicas: None,
+            keep_alive,
+        } => {
             let model = ModelId::new(model)?;
             let hive = hive.map(HiveId::new).transpose()?;
-            let reply = spawn(&queen, &model, hive.as_ref(), device, slots, ctx_per_slot).await?;
+            let sizes = Sizes { slots, ctx_per_slot, keep_alive };
+            let reply = spawn(&queen, &model, hive.as_ref(), device, sizes).await?;
             let worker_id = render::text(&reply, &["worker_id"]);
             outln!(
                 "spawned worker {worker_id} on hive {} (pid {}, device {})",
@@ -87,15 +108,26 @@ pub async fn run(config: &Config, command: WorkersCommand) -> anyhow::Result<()>
     Ok(())
 }
 
+/// What a spawn may set beyond where it goes.
+#[derive(Debug, Default)]
+pub struct Sizes {
+    /// Concurrent jobs.
+    pub slots: Option<u32>,
+    /// Context tokens per slot.
+    pub ctx_per_slot: Option<u32>,
+    /// How long it stays loaded when idle (absent: until stopped).
+    pub keep_alive: Option<String>,
+}
+
 /// `POST /v1/workers`; the reply is `{"worker_id","hive_id","pid","device"}`.
 pub async fn spawn(
     queen: &Queen,
     model: &ModelId,
     hive: Option<&HiveId>,
     device: Option<String>,
-    slots: Option<u32>,
-    ctx_per_slot: Option<u32>,
+    sizes: Sizes,
 ) -> anyhow::Result<Value> {
+    let Sizes { slots, ctx_per_slot, keep_alive } = sizes;
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     if let Some(hive) = hive {
@@ -109,6 +141,9 @@ pub async fn spawn(
     }
     if let Some(ctx) = ctx_per_slot {
         body.insert("ctx_per_slot".into(), json!(ctx));
+    }
+    if let Some(keep_alive) = keep_alive {
+        body.insert("keep_alive".into(), json!(keep_alive));
     }
     // Spawning waits for the process to start on the hive: allow more than a plain request.
     let reply = queen

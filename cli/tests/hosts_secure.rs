@@ -1,10 +1,10 @@
 //! Secure mode across machines, with the README's commands: host 1 runs `rbee up --host 198.18.0.1
-//! --secure --no-worker --join h2=198.18.0.2`, host 2 runs `rbee join <data_dir>/join.toml --host
-//! 198.18.0.2`. Host 2's node serves TLS with the certificate issued for its address, routes to host 1
+//! --secure --no-worker --join h2=198.18.0.2 --join h3=...`, host 2 runs `rbee join
+//! <data_dir>/join-h2.toml --host 198.18.0.2`. Host 2's node serves TLS with the certificate issued for its address, routes to host 1
 //! over TLS with the route password, and lets in only hive h2 and its workers. A worker spawned on
 //! host 2 through the queen answers a chat sent from host 2 with the API key; without the key the
 //! API refuses, and without an identity host 2's NATS node refuses. The join file is mode 0600 and
-//! holds none of the first machine's secrets. Skipped, with the reason, without root or `ip`.
+//! holds none of the first machine's secrets, nor another joining machine's. Skipped, with the reason, without root or `ip`.
 
 mod common;
 
@@ -63,23 +63,33 @@ fn two_hosts_join_in_secure_mode() {
     };
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("tmp")).collect();
     let join_arg = format!("h2={}", hosts.addr(2));
+    // A third machine is named but never started: its join file must not reach host 2.
     let mut up = rbee_on(&hosts, 1)
-        .args(["up", "--host", &hosts.addr(1), "--secure", "--no-worker", "--join", &join_arg, "--data-dir"])
+        .args(["up", "--host", &hosts.addr(1), "--secure", "--no-worker", "--join", &join_arg])
+        .args(["--join", "h3=198.18.0.99", "--data-dir"])
         .arg(dirs[0].path())
         .spawn()
         .expect("rbee up --host --secure");
     let up_out = lines_of(vec![Box::new(up.stdout.take().expect("stdout"))]);
     let _up = Guard(up);
-    let banner = read_until(&up_out, "rbee join join.toml", Duration::from_secs(120)).join("\n");
-    assert!(banner.contains(&format!("rbee join join.toml --host {}", hosts.addr(2))), "{banner}");
+    let banner = read_until(&up_out, "rbee join join-h3.toml", Duration::from_secs(120)).join("\n");
+    assert!(banner.contains(&format!("rbee join join-h2.toml --host {}", hosts.addr(2))), "{banner}");
 
     let secure = dirs[0].path().join("secure");
     let read = |name: &str| std::fs::read_to_string(secure.join(name)).expect(name).trim().to_owned();
     let (api_key, admin_key) = (read("api-key"), read("admin-key"));
-    let join_file = dirs[0].path().join("join.toml");
-    let join = std::fs::read_to_string(&join_file).expect("join.toml");
-    let mode = std::fs::metadata(&join_file).expect("join.toml").permissions().mode() & 0o777;
+    let join_file = dirs[0].path().join("join-h2.toml");
+    let join = std::fs::read_to_string(&join_file).expect("join-h2.toml");
+    let mode = std::fs::metadata(&join_file).expect("join-h2.toml").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the secure join file is private");
+    let other: toml::Value =
+        toml::from_str(&std::fs::read_to_string(dirs[0].path().join("join-h3.toml")).expect("join-h3.toml"))
+            .expect("toml");
+    let h3 = &other["secure"]["machines"][0];
+    for field in ["key", "hive_password"] {
+        let secret = h3[field].as_str().expect(field);
+        assert!(!join.contains(secret), "host 3's {field} is in host 2's join file");
+    }
     let queen_password = read("queen.env")
         .lines()
         .find_map(|l| l.strip_prefix("RBEE_NATS_PASSWORD="))

@@ -367,6 +367,20 @@ fn pull_by_name_from_a_hub_mirror() {
     assert!(stderr.contains("not a hub reference"), "{stderr}");
     assert_eq!(catalog(&queen, &nats), vec!["tiny-eight", "tiny-q4_k_m"]);
 
+    // Ollama's pull, by Ollama's name of a Hugging Face GGUF: NDJSON progress lines, then success.
+    let (status, body) = post(&queen, "/api/pull", r#"{"model": "hf.co/test-org/tiny-GGUF:Q8_0"}"#);
+    assert!(status.contains("200"), "{status}: {body}");
+    // (The body is chunked: the chunk sizes between the lines are not objects.)
+    let lines: Vec<serde_json::Value> =
+        body.lines().filter_map(|l| serde_json::from_str(l).ok()).filter(Value::is_object).collect();
+    assert_eq!(lines.first().map(|l| &l["status"]), Some(&serde_json::json!("pulling manifest")), "{body}");
+    assert!(lines.iter().any(|l| l["status"] == "downloading" && l["completed"].is_u64()), "{body}");
+    assert_eq!(lines.last().map(|l| &l["status"]), Some(&serde_json::json!("success")), "{body}");
+    assert!(catalog(&queen, &nats).contains(&"tiny-q8_0".to_owned()));
+    // An Ollama-library name has no GGUF to fetch: refused, in Ollama's error shape.
+    let (status, body) = post(&queen, "/api/pull", r#"{"model": "llama3.2:1b"}"#);
+    assert!(status.contains("400") && body.contains("hf.co/ORG/REPO:QUANT"), "{status}: {body}");
+
     // The token never lands in the hive's log.
     let log = std::fs::read_to_string(dir.path().join("hive.log")).expect("hive log");
     assert!(log.contains("hub reference resolved"), "{log}");

@@ -66,6 +66,10 @@ pub struct HiveConfig {
     pub import_dirs: Vec<PathBuf>,
     /// How a model whose workers fail to load is retried, then refused.
     pub load_retry: crate::load_failures::LoadRetry,
+    /// Declare at most this much memory for the CPU (bytes): its total is capped there and its free
+    /// memory is that less the estimates of the workers running on it (for machines shared with
+    /// other work, and for tests that make a machine small).
+    pub memory_limit: Option<u64>,
 }
 
 impl Default for HiveConfig {
@@ -86,6 +90,7 @@ impl Default for HiveConfig {
             max_model_bytes: crate::catalog::models::DEFAULT_MAX_DOWNLOAD,
             import_dirs: default_import_dirs(),
             load_retry: crate::load_failures::LoadRetry::default(),
+            memory_limit: None,
         }
     }
 }

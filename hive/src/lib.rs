@@ -57,9 +57,25 @@ pub struct Hive {
 }
 
 impl Hive {
-    /// A fresh reading of devices and memory.
+    /// A fresh reading of devices and memory, within [`HiveConfig::memory_limit`] when one is set.
     pub fn inventory_snapshot(&self) -> Snapshot {
-        self.inventory.lock().unwrap_or_else(PoisonError::into_inner).read()
+        let mut snapshot = self.inventory.lock().unwrap_or_else(PoisonError::into_inner).read();
+        if let Some(limit) = self.config.memory_limit {
+            let used: u64 = self
+                .workers
+                .list()
+                .iter()
+                .filter(|w| w.is_running() && w.device == "cpu")
+                .map(|w| w.memory_bytes)
+                .sum();
+            for cpu in snapshot.devices.iter_mut().filter(|d| d.kind == rbee_bus::DeviceKind::Cpu) {
+                cpu.total_bytes = cpu.total_bytes.min(limit);
+                cpu.free_bytes = cpu.free_bytes.min(limit.saturating_sub(used));
+            }
+            snapshot.ram.total_bytes = snapshot.ram.total_bytes.min(limit);
+            snapshot.ram.available_bytes = snapshot.ram.available_bytes.min(limit.saturating_sub(used));
+        }
+        snapshot
     }
 
     /// Sends a heartbeat now rather than at the next interval (after the catalog or a worker changed).

@@ -48,6 +48,10 @@ struct Args {
     /// the catalog are refused too).
     #[arg(long, env = "RBEE_MAX_MODEL_GIB", default_value_t = 256)]
     max_model_gib: u64,
+    /// Declare at most this many bytes of memory for the CPU device (its workers' estimates count
+    /// against it).
+    #[arg(long, env = "RBEE_MEMORY_LIMIT", value_name = "BYTES")]
+    memory_limit: Option<u64>,
     /// Secure mode: JSON file of this hive's worker identities (written by `rbee secure init`).
     #[arg(long, env = "RBEE_WORKER_POOL")]
     worker_pool: Option<PathBuf>,
@@ -105,6 +109,7 @@ async fn main() -> std::process::ExitCode {
         } else {
             args.import_dir
         },
+        memory_limit: args.memory_limit,
         load_retry: LoadRetry {
             refuse_after: args.refuse_after_load_failures.max(1),
             ..LoadRetry::default()

@@ -41,12 +41,22 @@ pub struct WorkerEntry {
     pub status: WorkerStatus,
     /// When it was started, ms since the Unix epoch.
     pub started_at_ms: u64,
+    /// The memory it was estimated to need at spawn, in bytes.
+    pub memory_bytes: u64,
 }
 
 impl WorkerEntry {
     /// A new entry in `Starting`.
     pub fn new(id: WorkerId, model_id: ModelId, device: String, pid: u32) -> Self {
-        Self { id, model_id, device, pid, status: WorkerStatus::Starting, started_at_ms: rbee_bus::now_ms() }
+        Self {
+            id,
+            model_id,
+            device,
+            pid,
+            status: WorkerStatus::Starting,
+            started_at_ms: rbee_bus::now_ms(),
+            memory_bytes: 0,
+        }
     }
 
     /// Ready for jobs.

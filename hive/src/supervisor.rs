@@ -47,6 +47,8 @@ pub struct LaunchPlan {
     pub binary: PathBuf,
     /// In secure mode, the pool identity the worker connects to NATS with.
     pub identity: Option<rbee_bus::security::PoolIdentity>,
+    /// The memory it is estimated to need (weights plus KV cache), in bytes.
+    pub memory_bytes: u64,
 }
 
 /// `GOMP_SPINCOUNT` of spawned workers unless the hive's environment sets one (see `start_process`).
@@ -225,7 +227,9 @@ impl Supervisor {
         let pid_file = inner.config.run_dir.join(format!("{}.pid", plan.worker_id));
         let _ = std::fs::write(&pid_file, pid.to_string());
 
-        let entry = WorkerEntry::new(plan.worker_id.clone(), plan.model_id.clone(), plan.device.clone(), pid);
+        let mut entry =
+            WorkerEntry::new(plan.worker_id.clone(), plan.model_id.clone(), plan.device.clone(), pid);
+        entry.memory_bytes = plan.memory_bytes;
         let _ = inner.config.workers.remove(&plan.worker_id);
         let _ = inner.config.workers.register(entry);
         let (exit_tx, exit_rx) = watch::channel(None);

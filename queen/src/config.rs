@@ -35,6 +35,8 @@ pub struct QueenConfig {
     /// At shutdown, how long jobs placed by this queen may take to end before the queen stops
     /// following them (a job still queued then fails; one on a worker goes on there).
     pub drain_deadline: Duration,
+    /// How long an idle worker stays loaded unless told otherwise ([`crate::keep_alive`]).
+    pub keep_alive: crate::keep_alive::KeepAlive,
 }
 
 impl std::fmt::Debug for QueenConfig {
@@ -46,6 +48,7 @@ impl std::fmt::Debug for QueenConfig {
             .field("queue_timeout", &self.queue_timeout)
             .field("durable_jobs", &self.durable_jobs)
             .field("drain_deadline", &self.drain_deadline)
+            .field("keep_alive", &self.keep_alive)
             .finish_non_exhaustive()
     }
 }
@@ -66,6 +69,7 @@ impl Default for QueenConfig {
             max_prompt_bytes: 512 * 1024,
             durable_jobs: true,
             drain_deadline: Duration::from_secs(10),
+            keep_alive: crate::keep_alive::DEFAULT_KEEP_ALIVE,
         }
     }
 }

@@ -150,6 +150,10 @@ async fn embed_batch(
                 request_spawn(queen, &hive_id, model_id, &device);
                 wait_for_change(queen, QUEUE_RECHECK).await;
             }
+            Placement::Evict { hive_id, workers, .. } => {
+                crate::unload::evict(queen, &hive_id, &workers);
+                wait_for_change(queen, QUEUE_RECHECK).await;
+            }
             Placement::Unavailable { reason } => return Err(EmbedFailure::Unavailable(reason)),
             Placement::Queue { reason } | Placement::Refuse { reason } => {
                 let timeout = queen.config.queue_timeout;

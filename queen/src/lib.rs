@@ -3,6 +3,8 @@
 //! which the token relay ([`jobs::relay`]) and the queen's own decisions ([`jobs::announce`]) feed.
 //! A job is admitted ([`jobs::admit`]), placed by the pure [`scheduler`] (its slot reserved by
 //! [`placement`]) and carried out over NATS by [`jobs::dispatch`] (assign, spawn, queue, retry).
+//! Idle workers unload after their keep-alive ([`keep_alive`], [`unload`]), and idle ones make room
+//! for a model that fits nowhere ([`eviction`]).
 //! [`http`] serves the OpenAI-compatible API on 127.0.0.1:7833 and [`submit`] takes jobs over NATS.
 //! [`run`] is the whole queen; `main.rs` only parses flags.
 
@@ -10,9 +12,11 @@ pub mod config;
 pub mod drain;
 pub mod embed;
 pub mod error;
+pub mod eviction;
 pub mod heartbeats;
 pub mod http;
 pub mod jobs;
+pub mod keep_alive;
 pub mod membership;
 pub mod metrics;
 pub mod placement;
@@ -20,6 +24,7 @@ pub mod replicas;
 pub mod scheduler;
 mod sequence;
 pub mod submit;
+pub mod unload;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -65,6 +70,7 @@ pub struct Queen {
     registry: Mutex<Registry>,
     jobs: Mutex<JobTable>,
     spawns: Mutex<SpawnsInFlight>,
+    keep_alive: Mutex<keep_alive::KeepAliveTable>,
 }
 
 impl Queen {
@@ -87,6 +93,7 @@ impl Queen {
             registry: Mutex::new(Registry::new(RegistryConfig::default())),
             jobs: Mutex::new(JobTable::new(retention)),
             spawns: Mutex::new(SpawnsInFlight::default()),
+            keep_alive: Mutex::new(keep_alive::KeepAliveTable::new(config.keep_alive)),
             config,
             bus,
         }
@@ -105,6 +112,11 @@ impl Queen {
     /// Spawns asked of hives for queued jobs.
     pub fn spawns(&self) -> MutexGuard<'_, SpawnsInFlight> {
         self.spawns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long each worker stays loaded when idle.
+    pub fn keep_alive(&self) -> MutexGuard<'_, keep_alive::KeepAliveTable> {
+        self.keep_alive.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// True when a worker serves the model or a hive has it in its catalog.
@@ -181,6 +193,7 @@ async fn serve_on(
         .await
         .context("cannot subscribe to heartbeats")?;
     submit::serve(queen.clone(), &services, stop_submit.clone()).await?;
+    services.spawn("unload", unload::run(queen.clone(), stop_services.clone()));
     let app = http::router(queen.clone());
     let servers = listeners.into_iter().map(|listener| {
         let addr = listener.local_addr().ok();

@@ -41,8 +41,16 @@ struct Args {
     /// MiB the JetStream job history may hold (the oldest status events go first).
     #[arg(long, default_value_t = 256)]
     job_history_max_mib: u64,
+    /// How long a worker stays loaded after its last job unless a request or an explicit spawn says
+    /// otherwise: `5m`, `30s`, `1h30m`, `0` (unload when idle), `-1` (keep loaded).
+    #[arg(long, env = "RBEE_KEEP_ALIVE", default_value = "5m", value_parser = keep_alive)]
+    keep_alive: rbee_queen::keep_alive::KeepAlive,
     #[command(flatten)]
     nats: NatsArgs,
+}
+
+fn keep_alive(s: &str) -> Result<rbee_queen::keep_alive::KeepAlive, String> {
+    s.parse()
 }
 
 #[tokio::main]
@@ -59,6 +67,7 @@ async fn main() -> std::process::ExitCode {
         queue_timeout: Duration::from_secs(args.queue_timeout_s),
         durable_jobs: !args.no_durable_jobs,
         job_history_max_bytes: args.job_history_max_mib.saturating_mul(1024 * 1024),
+        keep_alive: args.keep_alive,
         ..QueenConfig::default()
     };
     rbee_daemon::main("queen", &nats, |bus, shutdown| rbee_queen::run(config, bus, shutdown)).await

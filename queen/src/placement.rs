@@ -26,7 +26,9 @@ pub fn place(registry: &mut Registry, request: &PlacementRequest, now: Instant) 
     let placement = if matches!(first, Placement::Assign { .. } | Placement::Refuse { .. }) {
         first
     } else {
-        let RegistrySnapshot { workers, .. } = workers_only;
+        let RegistrySnapshot { mut workers, .. } = workers_only;
+        // Workers that may make room are of other models: the eviction rule reads them.
+        workers.extend(request.evictable.iter().filter_map(|e| registry.get_worker(&e.worker_id, now)));
         let snapshot = RegistrySnapshot { hives: registry.hive_snapshot(now), workers };
         schedule(&snapshot, request)
     };

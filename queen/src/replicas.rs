@@ -73,7 +73,7 @@ pub fn plan(snapshot: &RegistrySnapshot, model_id: &ModelId, replicas: u32) -> R
                     | Placement::Refuse { reason }
                     | Placement::Unavailable { reason } => reason,
                     // A spawn-only request is never assigned; were it, no hive was picked either.
-                    Placement::Assign { .. } | Placement::Spawn { .. } => {
+                    Placement::Assign { .. } | Placement::Spawn { .. } | Placement::Evict { .. } => {
                         format!("no further hive can spawn model {model_id}")
                     }
                 };

@@ -23,8 +23,10 @@
 //!    free memory is at least the estimate ([`estimate_spawn_bytes`], or the request's
 //!    `estimated_bytes`), and not in the request's `exclude_hives`. Accelerators (CUDA, Metal) before
 //!    the CPU, then the hive measured fastest for the model (its workers' per-stream decode rate,
-//!    `decode_tokens_per_second`; unmeasured counts as 0), then the device with the most free memory,
-//!    then hive and device id. Busy workers of the model do not prevent a spawn: when every
+//!    `decode_tokens_per_second`) when both hives were measured and one is at least
+//!    [`SPEED_MARGIN`] faster (an unmeasured hive is not taken as slow: otherwise the hive that ran
+//!    the model first would win every spawn), then the device with the most free memory, then hive
+//!    and device id. Busy workers of the model do not prevent a spawn: when every
 //!    slot is taken and a hive has room, a new worker is the faster way to serve (this is "unless the
 //!    hive has room"). Except on a CPU that already runs a worker of the model (online or suspect, not
 //!    fenced, not excluded): that worker already batches its slots over all the cores, so a second
@@ -33,6 +35,9 @@
 //!    there instead; an explicit `POST /v1/workers` still starts one.
 //!    A hive whose listing says the model's workers keep failing to load there (`load_failures`: it
 //!    waits before the next try, or refuses the model) is no place for a spawn.
+//!    When no device has room: **Evict**, if stopping idle workers of other models on one device
+//!    (offered by the request, least recently used first, [`crate::eviction`]) makes room there and
+//!    no worker of the model is merely full: the job waits while they stop.
 //! 5. **Unavailable** when nothing serves the model, nothing is loading it and every online hive
 //!    with it refuses it after its workers failed to load: waiting would not help.
 //! 6. **Queue** with a reason a person can act on, always naming the model: waiting for a slot on N
@@ -89,6 +94,10 @@ pub struct PlacementRequest {
     /// Hives not to spawn on (`replicas` of one `POST /v1/workers` go to distinct hives).
     #[serde(default)]
     pub exclude_hives: Vec<HiveId>,
+    /// Idle workers that may be stopped to make room, least recently used first
+    /// ([`crate::keep_alive`]); empty: no eviction.
+    #[serde(default)]
+    pub evictable: Vec<crate::keep_alive::Evictable>,
 }
 
 impl PlacementRequest {
@@ -104,6 +113,7 @@ impl PlacementRequest {
             spawns_in_flight: 0,
             spawn_only: false,
             exclude_hives: Vec::new(),
+            evictable: Vec::new(),
         }
     }
 }
@@ -123,6 +133,16 @@ pub enum Placement {
         hive_id: HiveId,
         /// The device id (`cuda:0`, `cpu`).
         device: String,
+    },
+    /// Stop these idle workers on the hive to make room for a worker of the model, and queue the
+    /// job meanwhile.
+    Evict {
+        /// The hive.
+        hive_id: HiveId,
+        /// The workers, least recently used first.
+        workers: Vec<WorkerId>,
+        /// Why the job waits, for a person.
+        reason: String,
     },
     /// Keep the job queued.
     Queue {
@@ -214,6 +234,18 @@ pub fn schedule(snapshot: &RegistrySnapshot, request: &PlacementRequest) -> Plac
     let hives = survey_hives(snapshot, request, &occupied_cpus);
     if let Some(spawn) = hives.best_spawn {
         return Placement::Spawn { hive_id: spawn.hive_id.clone(), device: spawn.device.to_owned() };
+    }
+    if tally.full == 0 {
+        if let Some(eviction) = crate::eviction::plan(snapshot, request, &occupied_cpus) {
+            let names: Vec<String> = eviction.workers.iter().map(ToString::to_string).collect();
+            let reason = format!(
+                "waiting for idle {} {} on hive {} to unload to make room for model {model_id}",
+                if names.len() == 1 { "worker" } else { "workers" },
+                names.join(", "),
+                eviction.hive_id
+            );
+            return Placement::Evict { hive_id: eviction.hive_id, workers: eviction.workers, reason };
+        }
     }
     let reason = queue_reason(model_id, &tally, &hives);
     if hives.all_refuse() && tally.full == 0 && tally.unusable().is_empty() {
@@ -331,6 +363,10 @@ fn starting_on_hives(snapshot: &RegistrySnapshot, model_id: &ModelId) -> usize {
     count
 }
 
+/// How much faster a measured hive must be than another measured one for speed to decide a spawn
+/// (below that, measurement noise would decide).
+pub const SPEED_MARGIN: f64 = 1.2;
+
 /// Where a spawn could go, and the figures for a refusal.
 #[derive(Debug, Default)]
 struct HiveSurvey<'a> {
@@ -358,8 +394,8 @@ struct SpawnCandidate<'a> {
     hive_id: &'a HiveId,
     device: &'a str,
     accelerator: bool,
-    /// Measured per-stream decode tokens per second of the model on the hive (0 when unmeasured).
-    speed: f64,
+    /// Measured per-stream decode tokens per second of the model on the hive.
+    speed: Option<f64>,
     free_bytes: u64,
 }
 
@@ -368,11 +404,19 @@ impl SpawnCandidate<'_> {
     fn better_than(&self, other: &SpawnCandidate<'_>) -> bool {
         self.accelerator
             .cmp(&other.accelerator)
-            .then(self.speed.total_cmp(&other.speed))
+            .then(speed_order(self.speed, other.speed))
             .then(self.free_bytes.cmp(&other.free_bytes))
             .then(other.hive_id.cmp(self.hive_id))
             .then(other.device.cmp(self.device))
             .is_gt()
+    }
+}
+
+/// Speed decides only between two measured hives at least [`SPEED_MARGIN`] apart.
+fn speed_order(a: Option<f64>, b: Option<f64>) -> std::cmp::Ordering {
+    match (a, b) {
+        (Some(a), Some(b)) if a.max(b) >= SPEED_MARGIN * a.min(b) => a.total_cmp(&b),
+        _ => std::cmp::Ordering::Equal,
     }
 }
 
@@ -401,7 +445,7 @@ fn survey_hives<'a>(
         if !hive.schedulable || request.exclude_hives.contains(&hive.hive_id) {
             continue;
         }
-        let speed = hive.decode_tokens_per_second.get(&request.model_id).copied().unwrap_or(0.0);
+        let speed = hive.decode_tokens_per_second.get(&request.model_id).copied();
         survey.eligible += 1;
         if let Some(failures) = &model.load_failures {
             survey.failing.push((&hive.hive_id, failures));

@@ -78,6 +78,7 @@ async fn handle(queen: Arc<Queen>, payload: Bytes) -> Result<SubmitJobReply, Wir
         params: submit.params,
         deadline_ms: submit.deadline_ms,
         job_id: submit.job_id,
+        keep_alive: None,
     };
     let job = admit::submit(&queen, request).await?;
     let job_id = job.job_id.clone();

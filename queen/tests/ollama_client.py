@@ -77,9 +77,12 @@ def main():
     ok, why = refused(lambda: client.chat(model=model, messages=[{"role": "user", "content": "x"}],
                                           options={"mirostat": 2}), 400, "mirostat")
     check("an unsupported option is refused by name", ok, why)
+    kept = client.chat(model=model, messages=[{"role": "user", "content": "x"}], keep_alive="10m",
+                       options={"num_predict": 1})
+    check("keep_alive is taken", kept.done, str(kept))
     ok, why = refused(lambda: client.chat(model=model, messages=[{"role": "user", "content": "x"}],
-                                          keep_alive="10m"), 400, "keep_alive")
-    check("keep_alive is refused, not dropped", ok, why)
+                                          keep_alive="soon"), 400, "keep_alive")
+    check("a keep_alive that is no duration is refused by name", ok, why)
     ok, why = refused(lambda: client.chat(model="no-such-model", messages=[{"role": "user", "content": "x"}]),
                       404, "no-such-model")
     check("an unknown model is a 404", ok, why)

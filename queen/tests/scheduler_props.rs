@@ -227,12 +227,24 @@ fn spawn_prefers_the_hive_measured_fastest_and_replicas_skip_hives_taken() {
         schedule(&registry.snapshot(now), &explicit),
         Placement::Spawn { hive_id: hive_id(0), device: "cpu".into() }
     );
-    // Hive 2 decoded the model at 60 tok/s per stream, hive 0 at 20 (2 streams at 40): hive 2 first,
-    // even after its worker is gone.
+    // Hive 2 alone measured: not a reason to pass over hive 0's memory (unmeasured is not slow).
     registry.apply_worker(&worker_beat(7, 2, 0, WorkerState::Busy, 4, 1, 60.0), now);
-    registry.apply_worker(&worker_beat(8, 0, 0, WorkerState::Busy, 4, 2, 40.0), now);
     registry.remove_worker(&worker_id(7));
+    assert_eq!(
+        schedule(&registry.snapshot(now), &explicit),
+        Placement::Spawn { hive_id: hive_id(0), device: "cpu".into() }
+    );
+    // Hive 0 measured within the margin (2 streams at 110 tok/s: 55 per stream): memory still decides.
+    registry.apply_worker(&worker_beat(8, 0, 0, WorkerState::Busy, 4, 2, 110.0), now);
     registry.remove_worker(&worker_id(8));
+    assert_eq!(
+        schedule(&registry.snapshot(now), &explicit),
+        Placement::Spawn { hive_id: hive_id(0), device: "cpu".into() }
+    );
+    // Hive 0 then at 20 tok/s per stream (2 streams at 40; smoothed, 44.5) against hive 2's 60: hive 2
+    // first, even after its worker is gone.
+    registry.apply_worker(&worker_beat(9, 0, 0, WorkerState::Busy, 4, 2, 40.0), now);
+    registry.remove_worker(&worker_id(9));
     assert_eq!(
         schedule(&registry.snapshot(now), &explicit),
         Placement::Spawn { hive_id: hive_id(2), device: "cpu".into() }
@@ -245,6 +257,63 @@ fn spawn_prefers_the_hive_measured_fastest_and_replicas_skip_hives_taken() {
     );
     let none = PlacementRequest { exclude_hives: (0..3).map(hive_id).collect(), ..explicit };
     assert!(matches!(schedule(&registry.snapshot(now), &none), Placement::Queue { .. }));
+}
+
+#[test]
+fn a_model_that_fits_nowhere_evicts_the_least_recently_used_idle_worker_never_a_busy_one() {
+    use rbee_queen::keep_alive::Evictable;
+    let now = Instant::now();
+    let mut registry = Registry::new(RegistryConfig::default());
+    // 100 MiB free of 2 GiB: model 0 (300 MiB) fits only once another worker goes.
+    registry.apply_hive(
+        &hive_beat(
+            0,
+            HiveState::Online,
+            vec![device("cpu", DeviceKind::Cpu, 100 * MIB)],
+            vec![model(0, 300 * MIB), model(1, 300 * MIB), model(2, 300 * MIB)],
+        ),
+        now,
+    );
+    registry.apply_worker(&worker_beat(5, 0, 1, WorkerState::Idle, 4, 0, 0.0), now);
+    registry.apply_worker(&worker_beat(6, 0, 2, WorkerState::Idle, 4, 0, 0.0), now);
+    let offered = |ids: &[usize]| -> Vec<Evictable> {
+        ids.iter()
+            .enumerate()
+            .map(|(i, n)| Evictable { worker_id: worker_id(*n), idle_ms: 1000 - i as u64, stopping: false })
+            .collect()
+    };
+    assert!(reason(&place(&mut registry, &request(0), now)).contains("does not fit"), "nothing offered");
+    // Worker 6 idle the longest: it goes, and one is enough.
+    let evict = PlacementRequest { evictable: offered(&[6, 5]), ..request(0) };
+    match place(&mut registry, &evict, now) {
+        Placement::Evict { hive_id: h, workers, reason } => {
+            assert_eq!((h, workers), (hive_id(0), vec![worker_id(6)]));
+            assert!(reason.contains("worker-6") || reason.contains(worker_id(6).as_str()), "{reason}");
+            assert!(reason.contains(model_id(0).as_str()), "{reason}");
+        }
+        other => panic!("expected an eviction, got {other:?}"),
+    }
+    // Busy, it is not taken even when offered; the idle one is.
+    let later = |mut beat: WorkerHeartbeat| {
+        beat.meta.seq = 2;
+        beat
+    };
+    registry.apply_worker(&later(worker_beat(6, 0, 2, WorkerState::Busy, 4, 1, 30.0)), now);
+    assert_eq!(
+        place(&mut registry, &evict, now),
+        Placement::Evict {
+            hive_id: hive_id(0),
+            workers: vec![worker_id(5)],
+            reason: format!(
+                "waiting for idle worker {} on hive {} to unload to make room for model {}",
+                worker_id(5),
+                hive_id(0),
+                model_id(0)
+            )
+        }
+    );
+    registry.apply_worker(&later(worker_beat(5, 0, 1, WorkerState::Busy, 4, 1, 30.0)), now);
+    assert!(reason(&place(&mut registry, &evict, now)).contains("does not fit"), "every worker busy");
 }
 
 #[test]
@@ -679,6 +748,7 @@ fn check_placement(scenario: &Scenario) -> Result<(), TestCaseError> {
         spawns_in_flight: 0,
         spawn_only: false,
         exclude_hives: Vec::new(),
+        evictable: Vec::new(),
     };
     let snapshot = registry.snapshot(now);
     let decision = schedule(&snapshot, &request);
@@ -766,6 +836,7 @@ fn check_placement(scenario: &Scenario) -> Result<(), TestCaseError> {
         Placement::Refuse { reason } => {
             prop_assert!(reason.contains(request.model_id.as_str()), "reason {:?}", reason);
         }
+        Placement::Evict { .. } => prop_assert!(false, "an eviction with no worker offered: {:?}", decision),
         Placement::Unavailable { reason } => {
             // Only when nothing serves or loads the model and every online hive with it refuses it.
             prop_assert!(candidates.is_empty() && !queue_full);

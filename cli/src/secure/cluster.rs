@@ -2,14 +2,20 @@
 //! routes with TLS both ways (each end shows a certificate of the cluster's CA, valid for its own
 //! address) and one route password. A node lets in only the processes of its machine: the first
 //! machine's node every identity of the cluster, a joining machine's node its hive and that hive's
-//! worker pool, each with the permissions of its role. NATS enforces permissions where a client
-//! connects, so a joined machine can do no more than its hive and workers may.
+//! worker pool, each with the permissions of its role, enforced where a client connects.
+//!
+//! What that does not protect against: routes are trusted. A node with the route password is a
+//! full member of the cluster, and NATS applies no permissions to what arrives over a route, so
+//! whoever is root on a joined machine can change its node's configuration, let in an identity of
+//! their own and publish or subscribe anything. Secure mode keeps out the network, not a machine's
+//! owner. The queen's HTTP API on `--host ADDR` is plain HTTP (the API key crosses the network in
+//! cleartext): put it behind TLS or keep clients on the first machine.
 //!
 //! The first machine knows the others up front (`rbee up --host ADDR --secure --join ID=ADDR`): it
-//! issues each a certificate for its address and the identities of its hive and workers, and puts them
-//! with the CA certificate and the route password in the join file ([`SecureJoin`], mode 0600). The
-//! CA key, the queen's identity and the HTTP keys stay on the first machine. Treat the join file as a
-//! secret: the route password lets a node into the cluster.
+//! issues each a certificate for its address and the identities of its hive and workers, and writes
+//! each its own join file ([`SecureJoin`] with one [`Machine`], mode 0600) with the CA certificate
+//! and the route password. The CA key, the queen's identity and the HTTP keys stay on the first
+//! machine. Treat a join file as a secret: the route password lets a node into the cluster.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

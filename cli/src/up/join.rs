@@ -96,7 +96,7 @@ pub async fn run(config: &Config, args: JoinArgs) -> anyhow::Result<()> {
         hive_id: hive_id.to_string(),
     };
     let started = tokio::select! {
-        result = start(&mut cluster, &root, &data_dir, &file, machine.as_ref(), args.host) => Some(result),
+        result = start(&mut cluster, &root, &data_dir, &file, machine.as_ref(), (args.host, args.memory_limit)) => Some(result),
         _ = interrupt.wait() => None,
     };
     let result = match started {
@@ -120,7 +120,7 @@ async fn start(
     data_dir: &std::path::Path,
     file: &JoinFile,
     machine: Option<&crate::secure::cluster::Machine>,
-    host: IpAddr,
+    (host, args_memory_limit): (IpAddr, Option<u64>),
 ) -> anyhow::Result<()> {
     let logs = data_dir.join("logs");
     let nats_bin = root::setup_file(root, root::NATS_SERVER)?;
@@ -178,6 +178,9 @@ async fn start(
             args.extend(["--import-model".to_owned(), format!("{}={}", model_file.display(), file.model)])
         }
         Err(_) => errln!("this machine has no copy of {}: the hive starts with its catalog only", file.model),
+    }
+    if let Some(limit) = args_memory_limit {
+        args.extend(["--memory-limit".to_owned(), limit.to_string()]);
     }
     let envs: Vec<(&str, String)> = hive_env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let hive = Child::spawn("hive", &hive_bin, &args, &envs, &logs.join("hive.log"), &cluster.kill_list)?;

@@ -1,8 +1,8 @@
-//! The join file `rbee up --host` writes to `<data_dir>/join.toml` and `rbee join` reads on another
-//! machine: where the cluster's NATS routes and the queen's API are, and the default model. In plain
-//! mode it holds no secret; in secure mode it also holds what the machines named with `--join` need
-//! ([`SecureJoin`]: CA certificate, route password, each machine's certificate and identities) and is
-//! written mode 0600.
+//! The join file `rbee up --host` writes and `rbee join` reads on another machine: where the
+//! cluster's NATS routes and the queen's API are, and the default model. In plain mode it is
+//! `<data_dir>/join.toml` and holds no secret; in secure mode each machine named with `--join` gets
+//! its own, `<data_dir>/join-<HIVE_ID>.toml`, mode 0600, with what it needs ([`SecureJoin`]: CA
+//! certificate, route password, its certificate and identities, no other machine's).
 
 use std::path::Path;
 
@@ -37,8 +37,13 @@ impl JoinFile {
     pub fn read(path: &Path) -> anyhow::Result<JoinFile> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let file: JoinFile =
-            toml::from_str(&text).with_context(|| format!("{} is not a join file", path.display()))?;
+        // The parser's own message may quote the file, and a join file holds passwords: only where.
+        let file: JoinFile = toml::from_str(&text).map_err(|e| {
+            let before = text.get(..e.span().map_or(0, |span| span.start)).unwrap_or("");
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            anyhow::anyhow!("{} is not a join file (line {line}, column {column})", path.display())
+        })?;
         if file.routes.is_empty() || file.routes.iter().any(|r| !r.starts_with("nats-route://")) {
             anyhow::bail!("{}: routes must be nats-route://HOST:PORT URLs", path.display());
         }
@@ -86,5 +91,9 @@ mod tests {
         assert!(JoinFile::read(&path).is_err());
         std::fs::write(&path, "nonsense").expect("w");
         assert!(JoinFile::read(&path).is_err());
+        // A broken value next to a secret: the error says where, and quotes nothing.
+        std::fs::write(&path, "routes = [\"nats-route://x:1\"]\nnats_port = \"s3cret-pw\"\n").expect("w");
+        let error = JoinFile::read(&path).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("line 2") && !error.contains("s3cret"), "{error}");
     }
 }

@@ -5,8 +5,8 @@
 //! child dies on its own, `rbee up` says which, shows its log tail, stops the rest and fails.
 //!
 //! With `--host ADDR` the machine is the first of several: nats-server takes clients and cluster
-//! routes on ADDR, the API listens on ADDR too, and `<data_dir>/join.toml` tells `rbee join` ([`join`])
-//! on the other machines where to go.
+//! routes on ADDR, the API listens on ADDR too, and a join file (`<data_dir>/join.toml`, or one per
+//! machine in secure mode) tells `rbee join` ([`join`]) on the other machines where to go.
 
 pub mod banner;
 mod cluster;
@@ -88,6 +88,10 @@ struct Plan {
     joiners: Vec<crate::secure::cluster::Joiner>,
     /// `--ollama-addr`: the API on Ollama's address too.
     ollama_addr: Option<std::net::SocketAddr>,
+    /// `--keep-alive`: how long idle workers stay loaded.
+    keep_alive: String,
+    /// `--memory-limit`: the most memory the hive declares for the CPU.
+    memory_limit: Option<u64>,
 }
 
 /// Runs the command until ctrl-c or a child's death.
@@ -120,6 +124,8 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
         host: args.host,
         joiners: args.joiners,
         ollama_addr: args.ollama_addr,
+        keep_alive: args.keep_alive,
+        memory_limit: args.memory_limit,
     };
     let first_of_secure_machines = plan.secure && plan.host.is_some();
     if !plan.joiners.is_empty() && !first_of_secure_machines {
@@ -128,7 +134,7 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
     if first_of_secure_machines && plan.joiners.is_empty() {
         bail!(
             "--host with --secure needs the machines that will join, named up front: --join HIVE_ID=ADDR \
-             for each (join.toml then holds a certificate for each address and the identities of its hive)"
+             for each (each gets a join file with a certificate for its address and the identities of its hive)"
         );
     }
     for (i, joiner) in plan.joiners.iter().enumerate() {
@@ -173,16 +179,16 @@ pub async fn run(config: &Config, args: UpArgs) -> anyhow::Result<()> {
         Some(Ok((ready, secure_join))) => {
             banner::print(&ready)?;
             if let Some(host) = plan.host {
-                let join = write_join_file(&plan, host, secure_join)?;
+                let files = write_join_files(&plan, host, secure_join)?;
                 if plan.joiners.is_empty() {
-                    outln!("other machines join with:  rbee join {} --host <their address>", join.display());
+                    let join = files.first().map(|(_, path)| path.display().to_string()).unwrap_or_default();
+                    outln!("other machines join with:  rbee join {join} --host <their address>");
                 } else {
-                    outln!(
-                        "copy {} to each machine (it is secret: the route password lets a node in), then:",
-                        join.display()
-                    );
-                    for joiner in &plan.joiners {
-                        outln!("  on {}:  rbee join join.toml --host {}", joiner.host, joiner.host);
+                    outln!("copy each machine its own join file (it is secret: the route password lets a node in), then:");
+                    for (host, path) in &files {
+                        let name =
+                            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        outln!("  on {host}:  rbee join {name} --host {host}   ({})", path.display());
                     }
                 }
             }
@@ -303,8 +309,14 @@ async fn start(
         queen_env.extend(api_key.iter().map(|key| ("RBEE_API_KEY".to_owned(), key.clone())));
     }
     let envs: Vec<(&str, String)> = queen_env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    let mut args =
-        vec!["--http-addr".to_owned(), http_addr.clone(), "--nats-url".to_owned(), nats_url.clone()];
+    let mut args = vec![
+        "--http-addr".to_owned(),
+        http_addr.clone(),
+        "--nats-url".to_owned(),
+        nats_url.clone(),
+        "--keep-alive".to_owned(),
+        plan.keep_alive.clone(),
+    ];
     if let Some(host) = plan.host {
         args.extend(["--also-http-addr".to_owned(), std::net::SocketAddr::new(host, plan.port).to_string()]);
     }
@@ -331,6 +343,7 @@ async fn start(
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(plan.memory_limit.iter().flat_map(|limit| ["--memory-limit".to_owned(), limit.to_string()]))
     .collect::<Vec<_>>();
     let hive_env = identity_env(&format!("hive-{HIVE_ID}"))?;
     let envs: Vec<(&str, String)> = hive_env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
@@ -353,7 +366,9 @@ async fn start(
     if !plan.no_worker {
         let model = rbee_bus::ModelId::new(plan.model.clone())?;
         let hive_id = rbee_bus::HiveId::new(HIVE_ID)?;
-        let reply = crate::workers::spawn(&api, &model, Some(&hive_id), None, None, None).await?;
+        // This command's worker unloads when idle like any other (`--keep-alive`).
+        let sizes = crate::workers::Sizes { keep_alive: Some(plan.keep_alive.clone()), ..Default::default() };
+        let reply = crate::workers::spawn(&api, &model, Some(&hive_id), None, sizes).await?;
         let worker_id = render::text(&reply, &["worker_id"]);
         if let Some(pid) = reply.get("pid").and_then(Value::as_i64).and_then(|p| i32::try_from(p).ok()) {
             cluster.worker_pids.push(pid);
@@ -383,20 +398,32 @@ async fn start(
     Ok((ready, secure_join))
 }
 
-/// Writes `<data_dir>/join.toml` for the other machines; returns its path.
-fn write_join_file(
+/// Writes the join files for the other machines: `<data_dir>/join.toml` in plain mode, one
+/// `<data_dir>/join-<hive_id>.toml` per named machine in secure mode, each holding that machine's
+/// certificate and identities and no other's. Returns each with the host it is for.
+fn write_join_files(
     plan: &Plan,
     host: IpAddr,
     secure: Option<crate::secure::cluster::SecureJoin>,
-) -> anyhow::Result<PathBuf> {
-    let path = plan.data_dir.join("join.toml");
+) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let file = join_file::JoinFile {
         routes: vec![format!("nats-route://{}", std::net::SocketAddr::new(host, join_file::ROUTE_PORT))],
         nats_port: NATS_PORT,
         api: format!("http://{}", std::net::SocketAddr::new(host, plan.port)),
         model: plan.model.clone(),
-        secure,
+        secure: None,
     };
-    file.write(&path)?;
-    Ok(path)
+    let Some(secure) = secure else {
+        let path = plan.data_dir.join("join.toml");
+        file.write(&path)?;
+        return Ok(vec![("<their address>".to_owned(), path)]);
+    };
+    let mut written = Vec::new();
+    for machine in &secure.machines {
+        let path = plan.data_dir.join(format!("join-{}.toml", machine.hive_id));
+        let own = crate::secure::cluster::SecureJoin { machines: vec![machine.clone()], ..secure.clone() };
+        join_file::JoinFile { secure: Some(own), ..file.clone() }.write(&path)?;
+        written.push((machine.host.to_string(), path));
+    }
+    Ok(written)
 }

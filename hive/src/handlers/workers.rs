@@ -112,6 +112,7 @@ pub async fn spawn(hive: &Hive, req: SpawnRequest) -> Result<SpawnReply, WireErr
         threads: req.threads,
         binary: binary.path.clone(),
         identity,
+        memory_bytes: needed,
     };
     let pid = hive.supervisor.spawn(plan).await.map_err(|e| {
         WireError::new(ErrorCode::Internal, format!("cannot start {}: {e}", binary.path.display()))

@@ -16,6 +16,7 @@ use super::openai::model_id;
 use super::JsonBody;
 use crate::error::ApiError;
 use crate::jobs::spawns::{spawn_request, SPAWN_REPLY_TIMEOUT};
+use crate::keep_alive::KeepAlive;
 use crate::placement::place;
 use crate::scheduler::{Placement, PlacementRequest};
 use crate::Queen;
@@ -25,9 +26,22 @@ pub async fn hives(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
     Json(serde_json::json!({ "hives": queen.registry().list_hives(Instant::now()) }))
 }
 
-/// `GET /v1/workers`
+/// `GET /v1/workers`, each with its keep-alive (`keep_alive_s`, null: kept loaded) and, while idle,
+/// the seconds until it unloads (`unload_in_s`).
 pub async fn workers(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
-    Json(serde_json::json!({ "workers": queen.registry().list_workers(Instant::now()) }))
+    let now = Instant::now();
+    let workers = queen.registry().list_workers(now);
+    let table = queen.keep_alive();
+    let listed: Vec<serde_json::Value> = workers
+        .iter()
+        .map(|w| {
+            let mut v = serde_json::to_value(w).unwrap_or_default();
+            v["keep_alive_s"] = serde_json::json!(table.keep_alive(&w.worker_id).seconds());
+            v["unload_in_s"] = serde_json::json!(table.unload_in(&w.worker_id, now).map(|d| d.as_secs_f64()));
+            v
+        })
+        .collect();
+    Json(serde_json::json!({ "workers": listed }))
 }
 
 /// Body of `POST /v1/workers`.
@@ -42,6 +56,8 @@ pub struct SpawnBody {
     threads: Option<u32>,
     /// Serve the model from this many distinct hives ([`crate::replicas`]).
     replicas: Option<u32>,
+    /// How long the worker stays loaded when idle (`"5m"`, seconds, `-1`); absent: until stopped.
+    keep_alive: Option<serde_json::Value>,
 }
 
 /// `POST /v1/workers`: spawns a worker on the named hive, or where the scheduler would.
@@ -50,6 +66,7 @@ pub async fn spawn(
     JsonBody(body): JsonBody<SpawnBody>,
 ) -> Result<Response, ApiError> {
     let model = model_id(&body.model)?;
+    super::ollama::keep_alive(body.keep_alive.as_ref())?;
     if let Some(replicas) = body.replicas {
         return spawn_replicas(&queen, model, replicas, body).await;
     }
@@ -66,7 +83,7 @@ pub async fn spawn(
                     return Err(ApiError::Unavailable(reason))
                 }
                 Placement::Unavailable { reason } => return Err(ApiError::ModelFailing(reason)),
-                Placement::Assign { .. } => {
+                Placement::Assign { .. } | Placement::Evict { .. } => {
                     return Err(ApiError::Unavailable("no hive can spawn this model".to_owned()))
                 }
             }
@@ -91,11 +108,15 @@ async fn spawn_on(
         threads: body.threads,
         ..spawn_request(model, device)
     };
-    queen
+    let reply: SpawnReply = queen
         .bus
         .request(subject::hive_spawn(hive_id), &request, SPAWN_REPLY_TIMEOUT)
         .await
-        .map_err(|e| ApiError::from_hive(hive_id, e))
+        .map_err(|e| ApiError::from_hive(hive_id, e))?;
+    // Checked before the spawn; an explicit spawn stays loaded unless the body says otherwise.
+    let keep_alive = super::ollama::keep_alive(body.keep_alive.as_ref())?.unwrap_or(KeepAlive::Forever);
+    queen.keep_alive().set(&reply.worker_id, keep_alive, Instant::now());
+    Ok(reply)
 }
 
 /// `POST /v1/workers` with `replicas: N`: the model served from N distinct hives; the hives that
@@ -198,6 +219,10 @@ pub async fn drain(
 ) -> Result<Response, ApiError> {
     let hive_id = known_hive(&queen, &id)?;
     let deadline = query.deadline_s.map_or(crate::drain::DEFAULT_DRAIN_DEADLINE, Duration::from_secs);
+    if deadline > crate::drain::MAX_DRAIN_DEADLINE {
+        let max = crate::drain::MAX_DRAIN_DEADLINE.as_secs();
+        return Err(ApiError::invalid("deadline_s", format!("at most {max} seconds (a day)")));
+    }
     let workers = crate::drain::start(&queen, hive_id.clone(), deadline);
     let body = serde_json::json!({"hive_id": hive_id, "draining": true, "workers": workers, "deadline_s": deadline.as_secs()});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())

@@ -62,6 +62,7 @@ pub async fn create(
         params: body.params,
         deadline_ms: body.deadline_ms,
         job_id,
+        keep_alive: None,
     };
     let job_id = admit::submit(&queen, request).await?.job_id.clone();
     let body = serde_json::json!({

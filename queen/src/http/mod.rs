@@ -32,6 +32,7 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .route("/v1/workers/{id}", delete(cluster::stop))
         .route("/v1/hives/{id}/drain", post(cluster::drain))
         .route("/v1/hives/{id}/undrain", post(cluster::undrain))
+        .route("/api/pull", post(ollama::pull))
         .layer(axum::middleware::from_fn_with_state(queen.clone(), require_admin_key));
     let guarded = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))

@@ -92,15 +92,37 @@ pub struct PullBody {
     sha256: Option<String>,
 }
 
-/// `POST /v1/models/pull`: refusals (bad URL, id taken, no such hive) come back as plain errors;
-/// once the hive took the pull, its progress streams as server-sent events. The download goes on
-/// on the hive when the client leaves.
-pub async fn pull(
-    State(queen): State<Arc<Queen>>,
-    JsonBody(body): JsonBody<PullBody>,
-) -> Result<Response, ApiError> {
-    let hive = pick_hive(&queen, body.hive.as_deref())?;
-    let model_id = body.id.as_deref().map(model_id).transpose()?;
+/// One step of a pull, as the hive reports it; the last is `Done` or `Failed`.
+pub enum PullStep {
+    /// Bytes on disk so far, and the file's size when known.
+    Progress {
+        /// Bytes so far.
+        downloaded: u64,
+        /// The whole file.
+        total: Option<u64>,
+    },
+    /// In the catalog: what it recorded, with the hive's id.
+    Done(serde_json::Value),
+    /// Given up (or the hive went silent): a stable code and why.
+    Failed {
+        /// The hive's error code, or `unavailable` when its progress was lost.
+        code: String,
+        /// For a person.
+        message: String,
+    },
+}
+
+/// Asks a hive (`hive`, or the only one) to pull `request`'s file: refusals (bad URL, id taken, no
+/// such hive) come back as errors; once the hive took it, its steps until the last. The download goes
+/// on on the hive when the stream is dropped.
+pub async fn start_pull(
+    queen: &Queen,
+    hive: Option<&str>,
+    url: String,
+    model_id: Option<rbee_bus::ModelId>,
+    sha256: Option<String>,
+) -> Result<(rbee_bus::ModelId, impl futures::Stream<Item = PullStep>), ApiError> {
+    let hive = pick_hive(queen, hive)?;
     let pull_id = PullId::generate();
     // Subscribe before asking, so no event is missed.
     let progress = queen
@@ -109,72 +131,78 @@ pub async fn pull(
         .subscribe(subject::hive_pull(&hive, &pull_id))
         .await
         .map_err(|e| ApiError::Unavailable(format!("cannot subscribe to pull progress: {e}")))?;
-    let request = ModelPullRequest {
-        v: SCHEMA_VERSION,
-        pull_id: pull_id.clone(),
-        url: body.url,
-        model_id,
-        sha256: body.sha256,
-    };
+    let request = ModelPullRequest { v: SCHEMA_VERSION, pull_id: pull_id.clone(), url, model_id, sha256 };
     let accepted: ModelPullAccepted = queen
         .bus
         .request(subject::hive_models_pull(&hive), &request, Duration::from_secs(10))
         .await
         .map_err(|e| ApiError::from_hive(&hive, e))?;
     tracing::info!(%pull_id, hive_id = %hive, model_id = %accepted.model_id, "model pull accepted");
+    let model = accepted.model_id.clone();
     let state = (progress, hive, accepted.model_id, false);
-    let events = futures::stream::unfold(state, |(mut sub, hive, model, ended)| async move {
+    let steps = futures::stream::unfold(state, |(mut sub, hive, model, ended)| async move {
         if ended {
             return None;
         }
-        let (event, end) = match tokio::time::timeout(PULL_SILENCE, sub.next()).await {
+        let step = match tokio::time::timeout(PULL_SILENCE, sub.next()).await {
             Ok(Some(msg)) => match rbee_bus::rpc::decode::<ModelPullEvent>(&msg.subject, &msg.payload) {
-                Ok(e) => pull_event(&hive, e),
+                Ok(e) => pull_step(&hive, e),
                 Err(e) => {
                     tracing::warn!(error = %e, "undecodable pull progress");
-                    (Event::default().comment("undecodable progress event"), false)
+                    return Some((None, (sub, hive, model, false)));
                 }
             },
-            Ok(None) => {
-                (error_event(&format!("lost the progress of the pull of {model} from hive {hive}")), true)
-            }
-            Err(_) => (
-                error_event(&format!(
-                    "hive {hive} said nothing about the pull of {model} for {} s",
-                    PULL_SILENCE.as_secs()
-                )),
-                true,
-            ),
+            Ok(None) => unavailable(format!("lost the progress of the pull of {model} from hive {hive}")),
+            Err(_) => unavailable(format!(
+                "hive {hive} said nothing about the pull of {model} for {} s",
+                PULL_SILENCE.as_secs()
+            )),
         };
-        Some((Ok::<_, Infallible>(event), (sub, hive, model, end)))
+        let end = !matches!(step, PullStep::Progress { .. });
+        Some((Some(step), (sub, hive, model, end)))
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
+    Ok((model, steps.filter_map(std::future::ready)))
 }
 
-fn error_event(message: &str) -> Event {
-    Event::default()
-        .event("error")
-        .data(json!({"error": {"code": "unavailable", "message": message}}).to_string())
-}
-
-/// One SSE event for one hive event, and whether it is the last.
-fn pull_event(hive: &HiveId, event: ModelPullEvent) -> (Event, bool) {
+fn pull_step(hive: &HiveId, event: ModelPullEvent) -> PullStep {
     match event.progress {
-        PullProgress::Progress { downloaded, total } => (
-            Event::default()
-                .event("progress")
-                .data(json!({"downloaded": downloaded, "total": total}).to_string()),
-            false,
-        ),
+        PullProgress::Progress { downloaded, total } => PullStep::Progress { downloaded, total },
         PullProgress::Done { model } => {
             let mut body = serde_json::to_value(&model).unwrap_or_default();
             body["hive_id"] = json!(hive);
-            (Event::default().event("done").data(body.to_string()), true)
+            PullStep::Done(body)
         }
         PullProgress::Failed { error } => {
-            (Event::default().event("error").data(json!({"error": error}).to_string()), true)
+            PullStep::Failed { code: error.code.as_str().to_owned(), message: error.message }
         }
     }
+}
+
+fn unavailable(message: String) -> PullStep {
+    PullStep::Failed { code: "unavailable".to_owned(), message }
+}
+
+/// `POST /v1/models/pull`: refusals (bad URL, id taken, no such hive) come back as plain errors;
+/// once the hive took the pull, its progress streams as server-sent events. The download goes on
+/// on the hive when the client leaves.
+pub async fn pull(
+    State(queen): State<Arc<Queen>>,
+    JsonBody(body): JsonBody<PullBody>,
+) -> Result<Response, ApiError> {
+    let model_id = body.id.as_deref().map(model_id).transpose()?;
+    let (_, steps) = start_pull(&queen, body.hive.as_deref(), body.url, model_id, body.sha256).await?;
+    let events = steps.map(|step| {
+        Ok::<_, Infallible>(match step {
+            PullStep::Progress { downloaded, total } => Event::default()
+                .event("progress")
+                .data(json!({"downloaded": downloaded, "total": total}).to_string()),
+            PullStep::Done(body) => Event::default().event("done").data(body.to_string()),
+            PullStep::Failed { code, message } => Event::default()
+                .event("error")
+                .data(json!({"error": {"code": code, "message": message}}).to_string()),
+        })
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()).into_response())
 }
 
 /// Query of `DELETE /v1/models/{id}`.

@@ -29,6 +29,9 @@ pub struct JobRequest {
     pub deadline_ms: Option<u64>,
     /// An id chosen by the client.
     pub job_id: Option<JobId>,
+    /// How long the worker that runs it stays loaded afterwards (Ollama's `keep_alive`); `None`:
+    /// as it was.
+    pub keep_alive: Option<crate::keep_alive::KeepAlive>,
 }
 
 impl JobRequest {
@@ -107,7 +110,10 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
     let refusal = match &first {
         Placement::Refuse { reason } => Some(SubmitError::QueueFull(reason.clone())),
         Placement::Unavailable { reason } => Some(SubmitError::ModelFailing(reason.clone())),
-        Placement::Assign { .. } | Placement::Spawn { .. } | Placement::Queue { .. } => None,
+        Placement::Assign { .. }
+        | Placement::Spawn { .. }
+        | Placement::Evict { .. }
+        | Placement::Queue { .. } => None,
     };
     if let Some(refusal) = refusal {
         queen.jobs().fail_unannounced(&job_id, refusal.to_string(), rbee_bus::now_ms());

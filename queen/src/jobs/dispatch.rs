@@ -74,6 +74,7 @@ pub fn place(
         queue_capacity: queen.config.queue_capacity,
         prefix: prefix.to_vec(),
         spawns_in_flight: queen.spawns().of_model(model_id, now, queen.config.spawn_timeout),
+        evictable: queen.keep_alive().evictable(now),
         ..PlacementRequest::new(model_id.clone())
     };
     crate::placement::place(&mut queen.registry(), &request, now)
@@ -135,6 +136,10 @@ async fn steps(
                 wait_for_change(queen, QUEUE_RECHECK).await;
                 Step::Again
             }
+            Placement::Evict { hive_id, workers, reason } => {
+                crate::unload::evict(queen, &hive_id, &workers);
+                queue_step(queen, job, &model_id, reason, &mut attempts).await
+            }
             // Only new jobs are refused (429 at submit). A job already admitted keeps waiting, up to
             // the queue timeout, even when the queue filled up behind it.
             Placement::Queue { reason } | Placement::Refuse { reason } => {
@@ -178,6 +183,13 @@ async fn assign(
         queen.bus.request(subject::worker_jobs(&worker_id), &assignment, ASSIGN_TIMEOUT).await;
     match reply {
         Ok(_) => {
+            {
+                let mut keep_alive = queen.keep_alive();
+                keep_alive.touch(&worker_id, Instant::now());
+                if let Some(wanted) = request.keep_alive {
+                    keep_alive.set(&worker_id, wanted, Instant::now());
+                }
+            }
             if job.cancel_requested() {
                 // The cancel may have overtaken the assignment: tell this attempt again.
                 cancel_attempt(queen, job_id, &worker_id, "cancelled while the assignment was in flight")

@@ -45,6 +45,14 @@ impl SpawnsInFlight {
             .count()
     }
 
+    /// Spawns on `hive_id` asked for less than `timeout` ago.
+    pub fn on_hive(&self, hive_id: &HiveId, now: Instant, timeout: Duration) -> usize {
+        self.started
+            .iter()
+            .filter(|((hive, _), at)| hive == hive_id && now.duration_since(**at) < timeout)
+            .count()
+    }
+
     /// Marks a spawn as asked for; false when one for the same hive and model is still in flight.
     pub fn begin(&mut self, hive_id: &HiveId, model_id: &ModelId, now: Instant, timeout: Duration) -> bool {
         let key = (hive_id.clone(), model_id.clone());
@@ -102,6 +110,8 @@ mod tests {
         assert!(spawns.begin(&hive, &model, now, timeout));
         assert!(!spawns.begin(&hive, &model, now, timeout));
         assert_eq!(spawns.of_model(&model, now, timeout), 1);
+        assert_eq!(spawns.on_hive(&hive, now, timeout), 1);
+        assert_eq!(spawns.on_hive(&"other".parse().expect("id"), now, timeout), 0);
         assert_eq!(spawns.of_model(&model, now + timeout, timeout), 0, "a stale marker counts no more");
         assert!(spawns.begin(&hive, &model, now + timeout, timeout));
         spawns.end(&hive, &model);

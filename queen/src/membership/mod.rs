@@ -137,8 +137,11 @@ pub struct Registry {
     /// Receive time of the most recent heartbeat.
     last_heartbeat_at: Option<Instant>,
     /// Hives drained by an operator (`POST /v1/hives/{id}/drain`): treated as leaving, whatever they
-    /// announce, until undrained.
-    drained: std::collections::BTreeSet<HiveId>,
+    /// announce, until undrained; each with the generation of its drain (a drain task ends when its
+    /// generation is no longer the hive's, so drain, undrain, drain leaves one task running).
+    drained: std::collections::BTreeMap<HiveId, u64>,
+    /// The last drain generation handed out.
+    drain_generation: u64,
     /// Measured decode speed by hive and model, from busy workers' heartbeats.
     speeds: speeds::Speeds,
 }
@@ -152,16 +155,20 @@ impl Registry {
     /// Drains a hive (`on`) or takes it back: nothing new is placed or spawned on a drained hive. True
     /// when that changed anything.
     pub fn set_drained(&mut self, hive_id: &HiveId, on: bool) -> bool {
-        if on {
-            self.drained.insert(hive_id.clone())
-        } else {
-            self.drained.remove(hive_id)
+        if !on {
+            return self.drained.remove(hive_id).is_some();
         }
+        if self.drained.contains_key(hive_id) {
+            return false;
+        }
+        self.drain_generation += 1;
+        self.drained.insert(hive_id.clone(), self.drain_generation);
+        true
     }
 
-    /// True while the hive is drained.
-    pub fn is_drained(&self, hive_id: &HiveId) -> bool {
-        self.drained.contains(hive_id)
+    /// The generation of the hive's drain while it is drained, `None` when it is not.
+    pub fn drain_generation(&self, hive_id: &HiveId) -> Option<u64> {
+        self.drained.get(hive_id).copied()
     }
 
     /// The thresholds in force.

@@ -221,7 +221,7 @@ impl Registry {
 
     /// True when the hive is known and announced it is leaving.
     fn hive_leaving(&self, hive_id: &HiveId) -> bool {
-        self.drained.contains(hive_id) || self.hives.get(hive_id).is_some_and(|entry| entry.leaving())
+        self.drained.contains_key(hive_id) || self.hives.get(hive_id).is_some_and(|entry| entry.leaving())
     }
 
     /// A worker's view at `now`.
@@ -250,7 +250,7 @@ impl Registry {
                 let workers = with_totals.then(|| totals.remove(hive_id).unwrap_or_default());
                 let mut view = entry.view(now, &self.config, workers);
                 view.decode_tokens_per_second = self.speeds.of_hive(hive_id);
-                if self.drained.contains(hive_id) {
+                if self.drained.contains_key(hive_id) {
                     view.draining = true;
                     view.schedulable = false;
                 }

@@ -1,13 +1,17 @@
 //! Ollama-compatible endpoints under `/api/`, so apps that speak Ollama first (Open WebUI, editor
 //! plugins, the `ollama` client libraries) use rbee unchanged: `GET /api/tags`, `/api/ps`,
 //! `/api/version`, `POST /api/show`, `/api/chat` and `/api/generate` (NDJSON stream by default, or
-//! one object with `stream: false`), `/api/embed`. Bodies are read strictly ([`request`]), answers
+//! one object with `stream: false`), `/api/embed`, and `/api/pull` ([`pull`], an administrative route). Bodies are read strictly ([`request`]), answers
 //! built from the job's events ([`answer`]); errors come in Ollama's shape, `{"error": "..."}`, with
 //! the status rbee's own API gives. The queen serves them on its API port and, with `--ollama-addr`,
 //! on Ollama's own address too.
 
 mod answer;
+mod pull;
 mod request;
+
+pub use pull::pull;
+pub use request::keep_alive;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +28,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::http::openai::{self, model_id, CancelOnDrop};
 use crate::jobs::admit;
+use crate::keep_alive::KeepAlive;
 use crate::Queen;
 use answer::{Answer, Kind};
 
@@ -88,15 +93,21 @@ pub async fn tags(State(queen): State<Arc<Queen>>) -> Json<Value> {
 
 /// `GET /api/ps`: the models loaded now, one entry per worker.
 pub async fn ps(State(queen): State<Arc<Queen>>) -> Json<Value> {
-    let models: Vec<Value> = queen
-        .registry()
-        .list_workers(Instant::now())
+    let now = Instant::now();
+    let workers = queen.registry().list_workers(now);
+    let table = queen.keep_alive();
+    let models: Vec<Value> = workers
         .into_iter()
         .map(|w| {
             let vram = if w.backend == rbee_bus::Backend::Cpu { 0 } else { w.memory_bytes };
+            // Idle: when it unloads; busy: its keep-alive after now; kept loaded: no time.
+            let expires = table
+                .unload_in(&w.worker_id, now)
+                .or_else(|| table.keep_alive(&w.worker_id).seconds().map(std::time::Duration::from_secs_f64))
+                .map(|left| answer::created_at(rbee_bus::now_ms().saturating_add(left.as_millis() as u64)));
             json!({"name": w.model_id, "model": w.model_id, "size": w.memory_bytes, "size_vram": vram,
                 "context_length": w.ctx_per_slot, "worker_id": w.worker_id, "hive_id": w.hive_id,
-                "details": {"format": "gguf"}})
+                "expires_at": expires, "details": {"format": "gguf"}})
         })
         .collect();
     Json(json!({"models": models}))
@@ -149,32 +160,67 @@ async fn run(queen: Arc<Queen>, plan: request::Plan, kind: Kind) -> Response {
     }
 }
 
-/// `POST /api/chat`
+/// The answer to Ollama's "load the model" call (no prompt, or no message): at once, with
+/// `done_reason: "load"`, when the model is known. The body was checked as a job's first. Its
+/// `keep_alive` applies to the model's workers now: `0` unloads the idle ones (`done_reason:
+/// "unload"`).
+fn loaded(queen: &Queen, plan: &request::Plan, kind: Kind) -> Response {
+    let model = &plan.model;
+    let id = &plan.job.model_id;
+    if !queen.model_known(id) {
+        return OllamaError(ApiError::UnknownModel(format!("model {id} is not known"))).into_response();
+    }
+    let mut reason = "load";
+    if let Some(keep_alive) = plan.job.keep_alive {
+        let now = Instant::now();
+        let workers = queen.registry().list_workers_for_model(id, now);
+        let mut table = queen.keep_alive();
+        for worker in &workers {
+            table.set(&worker.worker_id, keep_alive, now);
+        }
+        if keep_alive == KeepAlive::For(std::time::Duration::ZERO) {
+            reason = "unload";
+        }
+    }
+    let now = answer::created_at(rbee_bus::now_ms());
+    let body = match kind {
+        Kind::Chat => json!({"model": model, "created_at": now,
+            "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": reason}),
+        Kind::Generate => {
+            json!({"model": model, "created_at": now, "response": "", "done": true, "done_reason": reason})
+        }
+    };
+    Json(body).into_response()
+}
+
+/// `POST /api/chat`. No message loads the model.
 pub async fn chat(State(queen): State<Arc<Queen>>, bytes: Bytes) -> Response {
-    match body::<request::ChatBody>(&bytes).and_then(|b| b.plan().map_err(OllamaError)) {
-        Ok(plan) => run(queen, plan, Kind::Chat).await,
-        Err(e) => e.into_response(),
+    let req = match body::<request::ChatBody>(&bytes) {
+        Ok(req) => req,
+        Err(e) => return e.into_response(),
+    };
+    let load = req.load_only();
+    match req.plan() {
+        Ok(plan) => match load {
+            true => loaded(&queen, &plan, Kind::Chat),
+            false => run(queen, plan, Kind::Chat).await,
+        },
+        Err(e) => OllamaError(e).into_response(),
     }
 }
 
-/// `POST /api/generate`. An empty prompt is Ollama's way to load a model: answered at once with
-/// `done_reason: "load"` when the model is known.
+/// `POST /api/generate`. An empty prompt loads the model.
 pub async fn generate(State(queen): State<Arc<Queen>>, bytes: Bytes) -> Response {
     let req = match body::<request::GenerateBody>(&bytes) {
         Ok(req) => req,
         Err(e) => return e.into_response(),
     };
-    if let Some(model) = req.load_only() {
-        return match model_id(model) {
-            Ok(id) if queen.model_known(&id) => Json(json!({"model": model, "created_at":
-                answer::created_at(rbee_bus::now_ms()), "response": "", "done": true, "done_reason": "load"}))
-            .into_response(),
-            Ok(id) => OllamaError(ApiError::UnknownModel(format!("model {id} is not known"))).into_response(),
-            Err(e) => OllamaError(e).into_response(),
-        };
-    }
+    let load = req.load_only();
     match req.plan() {
-        Ok(plan) => run(queen, plan, Kind::Generate).await,
+        Ok(plan) => match load {
+            true => loaded(&queen, &plan, Kind::Generate),
+            false => run(queen, plan, Kind::Generate).await,
+        },
         Err(e) => OllamaError(e).into_response(),
     }
 }
@@ -193,10 +239,13 @@ pub async fn embed(State(queen): State<Arc<Queen>>, bytes: Bytes) -> Result<Json
     if let Some((name, _)) = req.other.iter().find(|(k, v)| !v.is_null() && *k != "truncate") {
         return Err(ApiError::invalid(name, format!("{name:?} is not supported by rbee")).into());
     }
-    if req.other.get("truncate") == Some(&Value::Bool(false)) {
-        return Err(
-            ApiError::invalid("truncate", "rbee always truncates inputs to the context".to_owned()).into()
-        );
+    match req.other.get("truncate") {
+        None | Some(Value::Null) | Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => {
+            let message = "rbee always truncates inputs to the context".to_owned();
+            return Err(ApiError::invalid("truncate", message).into());
+        }
+        Some(_) => return Err(ApiError::invalid("truncate", "must be true or false".to_owned()).into()),
     }
     let inputs = match req.input {
         Value::String(s) => vec![s],

@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::http::openai::model_id;
 use crate::jobs::admit::JobRequest;
+use crate::keep_alive::KeepAlive;
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid(param, message.into())
@@ -30,10 +31,6 @@ fn refuse_unknown(other: &serde_json::Map<String, Value>, hints: &[(&str, &str)]
 
 /// Hints for fields rbee refuses on both endpoints.
 const HINTS: &[(&str, &str)] = &[
-    (
-        "keep_alive",
-        " yet: a worker stays loaded until it is stopped (rbee workers stop ID); leave keep_alive out",
-    ),
     ("tools", " on /api/chat yet: use /v1/chat/completions for tool calls"),
     ("images", ": the models rbee serves read text only"),
     ("think", ": rbee has no separate thinking output"),
@@ -84,7 +81,8 @@ impl Options {
             }
         };
         let seed = match self.seed {
-            None => None,
+            // Ollama's "a random seed".
+            None | Some(-1) => None,
             Some(s) => {
                 Some(u64::try_from(s).map_err(|_| invalid("options.seed", format!("seed {s} is negative")))?)
             }
@@ -131,20 +129,32 @@ pub struct Plan {
     pub stream: bool,
 }
 
+/// `keep_alive`: Ollama's duration (`"5m"`, seconds, negative: keep loaded); null: unset.
+pub fn keep_alive(raw: Option<&Value>) -> Result<Option<KeepAlive>, ApiError> {
+    match raw {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => {
+            KeepAlive::parse(value).map(Some).map_err(|e| invalid("keep_alive", format!("keep_alive {e}")))
+        }
+    }
+}
+
 fn plan(
     model: &str,
     prompt: Prompt,
     options: Option<Options>,
     format: Option<&Value>,
     stream: Option<bool>,
+    keep_alive_raw: Option<&Value>,
 ) -> Result<Plan, ApiError> {
     let model_id: ModelId = model_id(model)?;
+    let keep_alive = keep_alive(keep_alive_raw)?;
     let mut params = options.unwrap_or_default().params()?;
     params.response_format = response_format(format)?;
     params.validate_for(&prompt).map_err(|e| invalid(e.field, e.to_string()))?;
     Ok(Plan {
         model: model.to_owned(),
-        job: JobRequest { model_id, prompt, params, deadline_ms: None, job_id: None },
+        job: JobRequest { model_id, prompt, params, deadline_ms: None, job_id: None, keep_alive },
         stream: stream.unwrap_or(true),
     })
 }
@@ -158,6 +168,7 @@ pub struct ChatBody {
     stream: Option<bool>,
     format: Option<Value>,
     options: Option<Options>,
+    keep_alive: Option<Value>,
     #[serde(flatten)]
     other: serde_json::Map<String, Value>,
 }
@@ -192,20 +203,23 @@ fn message(i: usize, raw: &Value) -> Result<ChatMessage, ApiError> {
 }
 
 impl ChatBody {
+    /// True when there is no message (Ollama's "load the model" call).
+    pub fn load_only(&self) -> bool {
+        self.messages.is_empty()
+    }
+
     /// The job and the answer's shape, or the first field refused.
     pub fn plan(self) -> Result<Plan, ApiError> {
         refuse_unknown(&self.other, HINTS)?;
         let messages =
             self.messages.iter().enumerate().map(|(i, m)| message(i, m)).collect::<Result<Vec<_>, _>>()?;
-        if messages.is_empty() {
-            return Err(invalid("messages", "is empty"));
-        }
         plan(
             &self.model,
             Prompt::Chat { messages, tools: Vec::new() },
             self.options,
             self.format.as_ref(),
             self.stream,
+            self.keep_alive.as_ref(),
         )
     }
 }
@@ -222,14 +236,15 @@ pub struct GenerateBody {
     stream: Option<bool>,
     format: Option<Value>,
     options: Option<Options>,
+    keep_alive: Option<Value>,
     #[serde(flatten)]
     other: serde_json::Map<String, Value>,
 }
 
 impl GenerateBody {
-    /// The model named, when the prompt is empty (Ollama's "load the model" call).
-    pub fn load_only(&self) -> Option<&str> {
-        self.prompt.is_empty().then_some(self.model.as_str())
+    /// True when the prompt is empty (Ollama's "load the model" call).
+    pub fn load_only(&self) -> bool {
+        self.prompt.is_empty()
     }
 
     /// The job and the answer's shape, or the first field refused.
@@ -264,7 +279,7 @@ impl GenerateBody {
             }
             Prompt::Chat { messages, tools: Vec::new() }
         };
-        plan(&self.model, prompt, self.options, self.format.as_ref(), self.stream)
+        plan(&self.model, prompt, self.options, self.format.as_ref(), self.stream, self.keep_alive.as_ref())
     }
 }
 
@@ -297,7 +312,11 @@ mod tests {
         assert!(refused(base(json!({"options": {"mirostat": 1}}))).contains("mirostat"));
         assert!(refused(base(json!({"options": {"num_ctx": 8192}}))).contains("--ctx-per-slot"));
         assert!(refused(base(json!({"options": {"num_predict": -1}}))).contains("num_predict"));
-        assert!(refused(base(json!({"keep_alive": "5m"}))).contains("keep_alive"));
+        assert_eq!(
+            chat(base(json!({"keep_alive": "5m"}))).expect("5m").job.keep_alive.and_then(KeepAlive::seconds),
+            Some(300.0)
+        );
+        assert!(refused(base(json!({"keep_alive": "soon"}))).contains("keep_alive"));
         assert!(refused(base(json!({"tools": [{}]}))).contains("/v1/chat/completions"));
         assert!(refused(
             json!({"model": "m", "messages": [{"role": "user", "content": "hi", "images": ["x"]}]})

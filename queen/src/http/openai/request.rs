@@ -200,6 +200,7 @@ impl Common {
                 },
                 deadline_ms: None,
                 job_id: None,
+                keep_alive: None,
             })
             .collect())
     }
