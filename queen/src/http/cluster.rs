@@ -29,6 +29,11 @@ pub async fn hives(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
 /// `GET /v1/workers`, each with its keep-alive (`keep_alive_s`, null: kept loaded) and, while idle,
 /// the seconds until it unloads (`unload_in_s`).
 pub async fn workers(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
+    Json(serde_json::json!({ "workers": workers_with_keep_alive(&queen) }))
+}
+
+/// The registry's workers, each with `keep_alive_s` and `unload_in_s` (also the dashboard's).
+pub fn workers_with_keep_alive(queen: &Queen) -> Vec<serde_json::Value> {
     let now = Instant::now();
     let workers = queen.registry().list_workers(now);
     let table = queen.keep_alive();
@@ -41,7 +46,7 @@ pub async fn workers(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
             v
         })
         .collect();
-    Json(serde_json::json!({ "workers": listed }))
+    listed
 }
 
 /// Body of `POST /v1/workers`.

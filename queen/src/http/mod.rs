@@ -1,10 +1,12 @@
 //! The HTTP front door (axum): OpenAI-compatible endpoints ([`openai`]), Ollama-compatible ones
 //! ([`ollama`]), rbee jobs ([`jobs`]), the
-//! cluster ([`cluster`]), model catalogs ([`models`]), and health and metrics ([`ops`]). An optional bearer key guards everything
-//! but `/health`; an optional admin key is then the only one that may administer (spawn and stop
+//! cluster ([`cluster`]), model catalogs ([`models`]), health and metrics ([`ops`]), and the dashboard
+//! at `/` ([`dashboard`]). An optional bearer key guards everything but `/health` and the dashboard's
+//! page (which holds no data); an optional admin key is then the only one that may administer (spawn and stop
 //! workers, drain hives, import, pull and remove models).
 
 pub mod cluster;
+pub mod dashboard;
 pub mod jobs;
 pub mod models;
 pub mod ollama;
@@ -45,6 +47,7 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .route("/v1/hives", get(cluster::hives))
         .route("/v1/workers", get(cluster::workers))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/dashboard/events", get(dashboard::events))
         .route("/api/tags", get(ollama::tags))
         .route("/api/ps", get(ollama::ps))
         .route("/api/version", get(ollama::version))
@@ -56,6 +59,7 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .layer(axum::middleware::from_fn_with_state(queen.clone(), require_key));
     Router::new()
         .route("/health", get(ops::health))
+        .route("/", get(dashboard::page))
         .merge(guarded)
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_owned()) })
         .layer(axum::extract::DefaultBodyLimit::max(4 * 1024 * 1024))
