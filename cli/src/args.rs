@@ -127,7 +127,7 @@ pub struct UpArgs {
     #[arg(long, value_name = "ADDR")]
     pub ollama_addr: Option<std::net::SocketAddr>,
     /// How long an idle worker stays loaded (this command's worker too): 5m, 30s, 1h, 0, -1 (keep).
-    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    #[arg(long, value_name = "DURATION", default_value = "5m", allow_hyphen_values = true)]
     pub keep_alive: String,
     /// Declare at most this many bytes of memory for this machine's CPU (its workers count against it).
     #[arg(long, value_name = "BYTES")]
@@ -290,7 +290,7 @@ pub enum WorkersCommand {
         #[arg(long)]
         no_wait: bool,
         /// Unload it after this long idle (5m, 30s, 0); default: it stays until stopped.
-        #[arg(long, value_name = "DURATION")]
+        #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
         keep_alive: Option<String>,
     },
     /// Stop a worker.

@@ -66,8 +66,7 @@ impl Hive {
                 .list()
                 .iter()
                 .filter(|w| w.is_running() && w.device == "cpu")
-                .map(|w| w.memory_bytes)
-                .sum();
+                .fold(0u64, |sum, w| sum.saturating_add(w.memory_bytes));
             for cpu in snapshot.devices.iter_mut().filter(|d| d.kind == rbee_bus::DeviceKind::Cpu) {
                 cpu.total_bytes = cpu.total_bytes.min(limit);
                 cpu.free_bytes = cpu.free_bytes.min(limit.saturating_sub(used));

@@ -126,6 +126,7 @@ async fn embed_batch(
         match placement {
             Placement::Assign { worker_id } => {
                 attempts += 1;
+                queen.keep_alive().job_started(&worker_id, None, Instant::now());
                 let reply: Result<EmbedReply, BusError> =
                     queen.bus.request(subject::worker_embed(&worker_id), &request, EMBED_TIMEOUT).await;
                 queen.registry().release_slot(&worker_id);

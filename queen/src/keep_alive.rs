@@ -1,8 +1,12 @@
 //! How long an idle worker stays loaded: the keep-alive table, pure (no clock of its own, no I/O).
 //! Every worker gets the queen's default (`--keep-alive`, 5 minutes, as Ollama does) unless it was
-//! spawned explicitly (`POST /v1/workers`, kept loaded unless that request named a `keep_alive`) or a
-//! job with a `keep_alive` ran on it (Ollama's per-request field: `0` unloads after the job, a
-//! negative value keeps it). The table watches the registry's workers to learn since when each is
+//! spawned explicitly (`POST /v1/workers`: pinned, kept loaded, unless that request named a
+//! `keep_alive`). A job's `keep_alive` (Ollama's per-request field: `0` unloads after the job, a
+//! negative value keeps it) sets its worker's until the next job, which sets it again or goes back
+//! to the default; it never changes a pinned worker (pinning and stopping need the admin key). A
+//! worker the queen learns of only from the registry (after a queen restart) is kept until a job
+//! runs on it: the queen no longer knows whether it was pinned. Entries follow the worker's pid, so
+//! a reused worker id starts afresh. The table watches the registry's workers to learn since when each is
 //! idle; [`KeepAliveTable::due`] names the ones whose time is up and [`KeepAliveTable::evictable`]
 //! the idle ones a spawn that does not fit may stop, least recently used first. The I/O (stopping
 //! them) is [`crate::unload`]'s.
@@ -20,6 +24,8 @@ use crate::membership::WorkerView;
 pub const DEFAULT_KEEP_ALIVE: KeepAlive = KeepAlive::For(Duration::from_secs(300));
 /// How long an entry for a worker the registry has not listed yet is kept (a spawn in flight).
 const UNSEEN_TTL: Duration = Duration::from_secs(120);
+/// The longest finite keep-alive, a year, in seconds.
+const MAX_SECONDS: f64 = 365.0 * 86_400.0;
 
 /// How long an idle worker stays loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,9 +57,8 @@ impl KeepAlive {
         if seconds < 0.0 {
             return Ok(KeepAlive::Forever);
         }
-        // A year is the longest finite keep-alive; anything longer is as good as forever.
-        if seconds > 365.0 * 86_400.0 {
-            return Ok(KeepAlive::Forever);
+        if seconds > MAX_SECONDS {
+            return Err(format!("is over a year ({seconds} s): use -1 to keep a worker loaded"));
         }
         Ok(KeepAlive::For(Duration::from_secs_f64(seconds)))
     }
@@ -72,7 +77,8 @@ impl std::str::FromStr for KeepAlive {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let text = s.trim();
-        let bad = || format!("{s:?} is not a duration (examples: 5m, 30s, 1h30m, 0, -1)");
+        let shown: String = s.chars().take(40).collect();
+        let bad = || format!("{shown:?} is not a duration (examples: 5m, 30s, 1h30m, 0, -1)");
         if let Ok(seconds) = text.parse::<f64>() {
             return KeepAlive::from_seconds(seconds);
         }
@@ -99,7 +105,8 @@ impl std::str::FromStr for KeepAlive {
             seconds += value * scale;
             rest = &rest[unit_len..];
         }
-        KeepAlive::from_seconds(if negative { -seconds.max(f64::MIN_POSITIVE) } else { seconds })
+        // "-0s" is zero, as "-0" is; any other negative duration keeps the worker.
+        KeepAlive::from_seconds(if negative && seconds > 0.0 { -seconds } else { seconds })
     }
 }
 
@@ -127,6 +134,10 @@ pub struct Evictable {
 #[derive(Debug, Clone)]
 struct Entry {
     keep_alive: KeepAlive,
+    /// Spawned explicitly without a keep-alive: requests do not change it.
+    pinned: bool,
+    /// The worker's pid once the registry listed it (a new pid is a new worker).
+    pid: Option<u32>,
     /// Since when it has had no job; `None` while busy or not yet listed.
     idle_since: Option<Instant>,
     /// When the entry was made, and whether the registry has listed the worker since.
@@ -153,6 +164,8 @@ impl KeepAliveTable {
         let default = self.default;
         self.workers.entry(worker_id.clone()).or_insert_with(|| Entry {
             keep_alive: default,
+            pinned: false,
+            pid: None,
             idle_since: None,
             created: now,
             seen: false,
@@ -160,20 +173,51 @@ impl KeepAliveTable {
         })
     }
 
-    /// Sets a worker's keep-alive (an explicit spawn, or a job that named one).
-    pub fn set(&mut self, worker_id: &WorkerId, keep_alive: KeepAlive, now: Instant) {
-        self.entry(worker_id, now).keep_alive = keep_alive;
+    /// An explicit spawn's keep-alive: `Forever` pins the worker (requests do not change it).
+    pub fn spawned(&mut self, worker_id: &WorkerId, keep_alive: KeepAlive, now: Instant) {
+        let entry = self.entry(worker_id, now);
+        entry.keep_alive = keep_alive;
+        entry.pinned = keep_alive == KeepAlive::Forever;
     }
 
-    /// Marks a job's start on the worker: it is busy from now (before its heartbeat says so).
-    pub fn touch(&mut self, worker_id: &WorkerId, now: Instant) {
-        self.entry(worker_id, now).idle_since = None;
+    /// A job starts on the worker: busy from now (before its heartbeat says so), and its keep-alive
+    /// is the job's, else the default (a pinned worker keeps its own).
+    pub fn job_started(&mut self, worker_id: &WorkerId, wanted: Option<KeepAlive>, now: Instant) {
+        let default = self.default;
+        let entry = self.entry(worker_id, now);
+        entry.idle_since = None;
+        if !entry.pinned {
+            entry.keep_alive = wanted.unwrap_or(default);
+        }
+    }
+
+    /// A request without a job (Ollama's load call) sets an idle worker's keep-alive; false when
+    /// the worker is pinned.
+    pub fn requested(&mut self, worker_id: &WorkerId, keep_alive: KeepAlive, now: Instant) -> bool {
+        let entry = self.entry(worker_id, now);
+        if !entry.pinned {
+            entry.keep_alive = keep_alive;
+        }
+        !entry.pinned
     }
 
     /// Folds the registry's workers in: since when each is idle; entries of workers gone are dropped.
     pub fn observe(&mut self, workers: &[WorkerView], now: Instant) {
         for worker in workers {
+            let known = self.workers.contains_key(&worker.worker_id);
             let entry = self.entry(&worker.worker_id, now);
+            if !known {
+                // Learnt of from the registry alone (a queen restart): kept until a job runs on it.
+                entry.keep_alive = KeepAlive::Forever;
+            }
+            if entry.pid.is_some_and(|pid| pid != worker.pid) {
+                // The same id on a new process (a pool identity reused): a new worker.
+                entry.idle_since = None;
+                entry.stopping = None;
+                entry.pinned = false;
+                entry.keep_alive = KeepAlive::Forever;
+            }
+            entry.pid = Some(worker.pid);
             entry.seen = true;
             let idle = worker.state == WorkerState::Idle && worker.slots_used() == 0;
             if !idle {
@@ -213,6 +257,11 @@ impl KeepAliveTable {
             }
         }
         fresh
+    }
+
+    /// Workers being stopped: no job goes to them.
+    pub fn stopping_ids(&self) -> Vec<WorkerId> {
+        self.workers.iter().filter(|(_, e)| e.stopping.is_some()).map(|(id, _)| id.clone()).collect()
     }
 
     /// A stop that failed: the worker may be asked again.
@@ -278,8 +327,34 @@ mod tests {
         for bad in ["", "5x", "m", "-", "1h-2m", "NaN", "inf"] {
             assert!(bad.parse::<KeepAlive>().is_err(), "{bad:?} was taken");
         }
+        assert_eq!(secs("-0s"), Ok(Some(0.0)), "minus zero is zero");
+        assert!("9999999999h".parse::<KeepAlive>().is_err(), "over a year is refused, not forever");
         assert_eq!(KeepAlive::parse(&serde_json::json!(0)), Ok(KeepAlive::For(Duration::ZERO)));
         assert_eq!(KeepAlive::parse(&serde_json::json!(-1)), Ok(KeepAlive::Forever));
         assert!(KeepAlive::parse(&serde_json::json!(true)).is_err());
+    }
+
+    #[test]
+    fn a_pinned_worker_keeps_its_keep_alive_and_jobs_set_the_others() {
+        let now = Instant::now();
+        let five = KeepAlive::For(Duration::from_secs(300));
+        let mut table = KeepAliveTable::new(five);
+        let (pinned, other): (WorkerId, WorkerId) =
+            ("wrk-a".parse().expect("id"), "wrk-b".parse().expect("id"));
+        table.spawned(&pinned, KeepAlive::Forever, now);
+        table.job_started(&pinned, Some(KeepAlive::For(Duration::ZERO)), now);
+        assert!(!table.requested(&pinned, KeepAlive::For(Duration::ZERO), now));
+        assert_eq!(table.keep_alive(&pinned), KeepAlive::Forever, "requests do not change a pinned worker");
+        table.job_started(&other, Some(KeepAlive::For(Duration::ZERO)), now);
+        assert_eq!(table.keep_alive(&other), KeepAlive::For(Duration::ZERO));
+        table.job_started(&other, None, now);
+        assert_eq!(table.keep_alive(&other), five, "the next job without one goes back to the default");
+        assert!(table.requested(&other, KeepAlive::Forever, now));
+        assert_eq!(table.keep_alive(&other), KeepAlive::Forever);
+        assert_eq!(table.stopping(std::slice::from_ref(&other), now), vec![other.clone()]);
+        assert!(table.stopping(std::slice::from_ref(&other), now).is_empty(), "asked once");
+        assert_eq!(table.stopping_ids(), vec![other.clone()]);
+        table.stop_failed(&other);
+        assert!(table.stopping_ids().is_empty());
     }
 }

@@ -71,6 +71,8 @@ pub struct Queen {
     jobs: Mutex<JobTable>,
     spawns: Mutex<SpawnsInFlight>,
     keep_alive: Mutex<keep_alive::KeepAliveTable>,
+    /// The bus feed the dashboards share.
+    pub dashboard: http::dashboard::Feed,
 }
 
 impl Queen {
@@ -94,6 +96,7 @@ impl Queen {
             jobs: Mutex::new(JobTable::new(retention)),
             spawns: Mutex::new(SpawnsInFlight::default()),
             keep_alive: Mutex::new(keep_alive::KeepAliveTable::new(config.keep_alive)),
+            dashboard: http::dashboard::Feed::default(),
             config,
             bus,
         }

@@ -43,7 +43,7 @@ struct Args {
     job_history_max_mib: u64,
     /// How long a worker stays loaded after its last job unless a request or an explicit spawn says
     /// otherwise: `5m`, `30s`, `1h30m`, `0` (unload when idle), `-1` (keep loaded).
-    #[arg(long, env = "RBEE_KEEP_ALIVE", default_value = "5m", value_parser = keep_alive)]
+    #[arg(long, env = "RBEE_KEEP_ALIVE", default_value = "5m", value_parser = keep_alive, allow_hyphen_values = true)]
     keep_alive: rbee_queen::keep_alive::KeepAlive,
     #[command(flatten)]
     nats: NatsArgs,

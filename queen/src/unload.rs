@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rbee_bus::{subject, HiveId, StopReply, StopRequest, WorkerId, SCHEMA_VERSION};
+use rbee_bus::{subject, BusError, ErrorCode, HiveId, StopReply, StopRequest, WorkerId, SCHEMA_VERSION};
 use tokio_util::sync::CancellationToken;
 
 use crate::Queen;
@@ -69,7 +69,7 @@ fn stop_in_background(queen: &Arc<Queen>, hive_id: HiveId, worker_id: WorkerId) 
 }
 
 /// Asks the hive to stop the worker (it gets [`STOP_GRACE_MS`] to finish); true when the hive
-/// answered.
+/// answered, or said the worker no longer runs.
 pub async fn stop_worker(queen: &Queen, hive_id: &HiveId, worker_id: WorkerId) -> bool {
     let request =
         StopRequest { v: SCHEMA_VERSION, worker_id: worker_id.clone(), deadline_ms: Some(STOP_GRACE_MS) };
@@ -78,6 +78,10 @@ pub async fn stop_worker(queen: &Queen, hive_id: &HiveId, worker_id: WorkerId) -
     match reply {
         Ok(reply) => {
             tracing::info!(%hive_id, %worker_id, graceful = reply.graceful, "worker stopped");
+            true
+        }
+        Err(BusError::Remote { error, .. }) if error.code() == ErrorCode::NotFound => {
+            tracing::info!(%hive_id, %worker_id, "worker already gone");
             true
         }
         Err(e) => {

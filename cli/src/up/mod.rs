@@ -314,8 +314,7 @@ async fn start(
         http_addr.clone(),
         "--nats-url".to_owned(),
         nats_url.clone(),
-        "--keep-alive".to_owned(),
-        plan.keep_alive.clone(),
+        format!("--keep-alive={}", plan.keep_alive),
     ];
     if let Some(host) = plan.host {
         args.extend(["--also-http-addr".to_owned(), std::net::SocketAddr::new(host, plan.port).to_string()]);

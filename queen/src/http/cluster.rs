@@ -120,7 +120,7 @@ async fn spawn_on(
         .map_err(|e| ApiError::from_hive(hive_id, e))?;
     // Checked before the spawn; an explicit spawn stays loaded unless the body says otherwise.
     let keep_alive = super::ollama::keep_alive(body.keep_alive.as_ref())?.unwrap_or(KeepAlive::Forever);
-    queen.keep_alive().set(&reply.worker_id, keep_alive, Instant::now());
+    queen.keep_alive().spawned(&reply.worker_id, keep_alive, Instant::now());
     Ok(reply)
 }
 

@@ -68,13 +68,19 @@ pub fn place(
     queue_len: usize,
 ) -> Placement {
     let now = Instant::now();
+    let (stopping, evictable) = {
+        let table = queen.keep_alive();
+        (table.stopping_ids(), table.evictable(now))
+    };
+    // Workers being stopped (unloaded, evicted) take no job.
+    let exclude_workers: Vec<WorkerId> = exclude.iter().cloned().chain(stopping).collect();
     let request = PlacementRequest {
-        exclude_workers: exclude.to_vec(),
+        exclude_workers,
         queue_len,
         queue_capacity: queen.config.queue_capacity,
         prefix: prefix.to_vec(),
         spawns_in_flight: queen.spawns().of_model(model_id, now, queen.config.spawn_timeout),
-        evictable: queen.keep_alive().evictable(now),
+        evictable,
         ..PlacementRequest::new(model_id.clone())
     };
     crate::placement::place(&mut queen.registry(), &request, now)
@@ -183,13 +189,7 @@ async fn assign(
         queen.bus.request(subject::worker_jobs(&worker_id), &assignment, ASSIGN_TIMEOUT).await;
     match reply {
         Ok(_) => {
-            {
-                let mut keep_alive = queen.keep_alive();
-                keep_alive.touch(&worker_id, Instant::now());
-                if let Some(wanted) = request.keep_alive {
-                    keep_alive.set(&worker_id, wanted, Instant::now());
-                }
-            }
+            queen.keep_alive().job_started(&worker_id, request.keep_alive, Instant::now());
             if job.cancel_requested() {
                 // The cancel may have overtaken the assignment: tell this attempt again.
                 cancel_attempt(queen, job_id, &worker_id, "cancelled while the assignment was in flight")

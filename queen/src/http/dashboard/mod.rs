@@ -3,21 +3,25 @@
 //! `snapshot` event every [`SNAPSHOT_EVERY`] (hives, workers with their keep-alive, the queue with
 //! each waiting job's reason, recent jobs) and a `bus` event for each message on the subjects the
 //! queen reads (heartbeats, lifecycle, pulls, every job subject: what `rbee watch` shows), at most
-//! [`BUS_EVENTS_PER_SECOND`] a second (the rest are counted as skipped). The page itself holds no
+//! [`BUS_EVENTS_PER_SECOND`] a second for all pages together (the rest are counted as skipped), from
+//! one shared feed ([`Feed`]); at most [`MAX_CLIENTS`] pages at once. The page itself holds no
 //! data and needs no key; the stream is guarded like the rest of the API, and in secure mode the
 //! page asks for the key and sends it in a header, never in a URL.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use rbee_bus::subject;
 use serde_json::{json, Value};
+use tokio::sync::broadcast;
 
+use crate::error::ApiError;
 use crate::jobs::record::JobPhaseKind;
 use crate::Queen;
 
@@ -25,6 +29,10 @@ use crate::Queen;
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
 /// Bus messages relayed to one page per second at most.
 pub const BUS_EVENTS_PER_SECOND: u32 = 20;
+/// Dashboards open at once.
+pub const MAX_CLIENTS: usize = 16;
+/// Bus lines buffered for pages; one further behind skips.
+const FEED_CAPACITY: usize = 64;
 /// Recent jobs in a snapshot.
 const RECENT_JOBS: usize = 15;
 /// The longest payload relayed as JSON, in bytes (larger ones are shown by size).
@@ -60,8 +68,30 @@ fn bus_event(message: &async_nats::Message) -> Value {
         "at_ms": rbee_bus::now_ms()})
 }
 
-/// `GET /v1/dashboard/events`
-pub async fn events(State(queen): State<Arc<Queen>>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// The bus feed every dashboard shares: one set of subscriptions, started with the first page,
+/// rate-limited once for all, handed out through a bounded broadcast (a page that falls behind skips).
+#[derive(Default)]
+pub struct Feed {
+    sender: tokio::sync::OnceCell<broadcast::Sender<Arc<str>>>,
+    clients: Arc<AtomicUsize>,
+    skipped: Arc<AtomicU64>,
+}
+
+impl Feed {
+    async fn receiver(&self, queen: &Arc<Queen>) -> broadcast::Receiver<Arc<str>> {
+        let sender = self
+            .sender
+            .get_or_init(|| async {
+                let (sender, _) = broadcast::channel(FEED_CAPACITY);
+                tokio::spawn(relay(queen.clone(), sender.clone(), self.skipped.clone()));
+                sender
+            })
+            .await;
+        sender.subscribe()
+    }
+}
+
+async fn relay(queen: Arc<Queen>, sender: broadcast::Sender<Arc<str>>, skipped: Arc<AtomicU64>) {
     let client = queen.bus.client().clone();
     let mut subscriptions = Vec::new();
     for pattern in [
@@ -76,38 +106,65 @@ pub async fn events(State(queen): State<Arc<Queen>>) -> Sse<impl Stream<Item = R
             Err(e) => tracing::warn!(%pattern, error = %e, "dashboard cannot watch a subject"),
         }
     }
-    let bus = futures::stream::select_all(subscriptions);
-    let snapshots = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(SNAPSHOT_EVERY));
-    enum Item {
-        Snapshot,
-        Bus(Box<async_nats::Message>),
-    }
-    let merged =
-        futures::stream::select(snapshots.map(|_| Item::Snapshot), bus.map(|m| Item::Bus(Box::new(m))));
-    let mut window = (std::time::Instant::now(), 0u32, 0u64);
-    let stream = merged.filter_map(move |item| {
-        let event = match item {
-            Item::Snapshot => {
-                let mut data = snapshot(&queen);
-                data["bus_skipped"] = json!(window.2);
-                Some(Event::default().event("snapshot").data(data.to_string()))
-            }
-            Item::Bus(message) => {
-                let (started, sent, skipped) = &mut window;
-                if started.elapsed() >= Duration::from_secs(1) {
-                    *started = std::time::Instant::now();
-                    *sent = 0;
-                }
-                if *sent >= BUS_EVENTS_PER_SECOND {
-                    *skipped += 1;
-                    None
-                } else {
-                    *sent += 1;
-                    Some(Event::default().event("bus").data(bus_event(&message).to_string()))
-                }
-            }
+    let mut bus = futures::stream::select_all(subscriptions);
+    let (mut window, mut sent) = (std::time::Instant::now(), 0u32);
+    loop {
+        let message = tokio::select! {
+            m = bus.next() => m,
+            _ = queen.draining.cancelled() => None,
         };
-        std::future::ready(event.map(Ok))
+        let Some(message) = message else { return };
+        if window.elapsed() >= Duration::from_secs(1) {
+            (window, sent) = (std::time::Instant::now(), 0);
+        }
+        if sent >= BUS_EVENTS_PER_SECOND {
+            skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        sent += 1;
+        // No page listening is fine: the next one gets what comes after.
+        let _ = sender.send(bus_event(&message).to_string().into());
+    }
+}
+
+/// Counts a page's stream while it lasts.
+struct Client(Arc<AtomicUsize>);
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `GET /v1/dashboard/events`: 503 beyond [`MAX_CLIENTS`] pages at once.
+pub async fn events(State(queen): State<Arc<Queen>>) -> Response {
+    let feed = &queen.dashboard;
+    if feed.clients.fetch_add(1, Ordering::Relaxed) >= MAX_CLIENTS {
+        feed.clients.fetch_sub(1, Ordering::Relaxed);
+        return ApiError::Unavailable(format!("{MAX_CLIENTS} dashboards are open already")).into_response();
+    }
+    let client = Client(feed.clients.clone());
+    let receiver = feed.receiver(&queen).await;
+    // A page that fell behind the broadcast skips what it missed.
+    let bus = futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(line) => return Some((line, receiver)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    let snapshots = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(SNAPSHOT_EVERY));
+    let skipped = feed.skipped.clone();
+    let snapshot_events = snapshots.map(move |_| {
+        let _ = &client;
+        let mut data = snapshot(&queen);
+        data["bus_skipped"] = json!(skipped.load(Ordering::Relaxed));
+        Some(Event::default().event("snapshot").data(data.to_string()))
+    });
+    let bus_events = bus.map(|line| Some(Event::default().event("bus").data(&*line)));
+    let stream = futures::stream::select(snapshot_events, bus_events)
+        .filter_map(|event| std::future::ready(event.map(Ok::<_, Infallible>)));
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }

@@ -162,8 +162,8 @@ async fn run(queen: Arc<Queen>, plan: request::Plan, kind: Kind) -> Response {
 
 /// The answer to Ollama's "load the model" call (no prompt, or no message): at once, with
 /// `done_reason: "load"`, when the model is known. The body was checked as a job's first. Its
-/// `keep_alive` applies to the model's workers now: `0` unloads the idle ones (`done_reason:
-/// "unload"`).
+/// `keep_alive` applies to the model's workers now, but for pinned ones: `0` unloads the idle ones
+/// (`done_reason: "unload"`).
 fn loaded(queen: &Queen, plan: &request::Plan, kind: Kind) -> Response {
     let model = &plan.model;
     let id = &plan.job.model_id;
@@ -176,7 +176,7 @@ fn loaded(queen: &Queen, plan: &request::Plan, kind: Kind) -> Response {
         let workers = queen.registry().list_workers_for_model(id, now);
         let mut table = queen.keep_alive();
         for worker in &workers {
-            table.set(&worker.worker_id, keep_alive, now);
+            table.requested(&worker.worker_id, keep_alive, now);
         }
         if keep_alive == KeepAlive::For(std::time::Duration::ZERO) {
             reason = "unload";
