@@ -197,6 +197,7 @@ async fn serve_on(
         .context("cannot subscribe to heartbeats")?;
     submit::serve(queen.clone(), &services, stop_submit.clone()).await?;
     services.spawn("unload", unload::run(queen.clone(), stop_services.clone()));
+    http::dashboard::Feed::start(&queen);
     let app = http::router(queen.clone());
     let servers = listeners.into_iter().map(|listener| {
         let addr = listener.local_addr().ok();

@@ -33,6 +33,8 @@ pub const BUS_EVENTS_PER_SECOND: u32 = 20;
 pub const MAX_CLIENTS: usize = 16;
 /// Bus lines buffered for pages; one further behind skips.
 const FEED_CAPACITY: usize = 64;
+/// Bus lines a page opens with.
+const RECENT_LINES: usize = 40;
 /// Recent jobs in a snapshot.
 const RECENT_JOBS: usize = 15;
 /// The longest payload relayed as JSON, in bytes (larger ones are shown by size).
@@ -68,30 +70,47 @@ fn bus_event(message: &async_nats::Message) -> Value {
         "at_ms": rbee_bus::now_ms()})
 }
 
-/// The bus feed every dashboard shares: one set of subscriptions, started with the first page,
-/// rate-limited once for all, handed out through a bounded broadcast (a page that falls behind skips).
+/// The bus feed every dashboard shares: one set of subscriptions, started with the queen
+/// ([`Feed::start`]), rate-limited once for all, handed out through a bounded broadcast (a page that
+/// falls behind skips), with the last [`RECENT_LINES`] kept so a page opens on the recent bus.
 #[derive(Default)]
 pub struct Feed {
-    sender: tokio::sync::OnceCell<broadcast::Sender<Arc<str>>>,
+    sender: std::sync::OnceLock<broadcast::Sender<Arc<str>>>,
+    recent: Arc<std::sync::Mutex<std::collections::VecDeque<Arc<str>>>>,
     clients: Arc<AtomicUsize>,
     skipped: Arc<AtomicU64>,
 }
 
 impl Feed {
-    async fn receiver(&self, queen: &Arc<Queen>) -> broadcast::Receiver<Arc<str>> {
-        let sender = self
-            .sender
-            .get_or_init(|| async {
-                let (sender, _) = broadcast::channel(FEED_CAPACITY);
-                tokio::spawn(relay(queen.clone(), sender.clone(), self.skipped.clone()));
-                sender
-            })
-            .await;
-        sender.subscribe()
+    /// Starts the feed's subscriptions (once; later calls do nothing).
+    pub fn start(queen: &Arc<Queen>) {
+        let feed = &queen.dashboard;
+        feed.sender.get_or_init(|| {
+            let (sender, _) = broadcast::channel(FEED_CAPACITY);
+            let (recent, skipped) = (feed.recent.clone(), feed.skipped.clone());
+            tokio::spawn(relay(queen.clone(), sender.clone(), recent, skipped));
+            sender
+        });
+    }
+
+    /// The recent lines and a receiver of what comes after them.
+    fn receiver(queen: &Arc<Queen>) -> (Vec<Arc<str>>, broadcast::Receiver<Arc<str>>) {
+        Feed::start(queen);
+        let feed = &queen.dashboard;
+        let recent = feed.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Under the lock the relay pushes with: nothing falls between the two.
+        let receiver = feed.sender.get().map(broadcast::Sender::subscribe);
+        let receiver = receiver.unwrap_or_else(|| broadcast::channel(1).1);
+        (recent.iter().cloned().collect(), receiver)
     }
 }
 
-async fn relay(queen: Arc<Queen>, sender: broadcast::Sender<Arc<str>>, skipped: Arc<AtomicU64>) {
+async fn relay(
+    queen: Arc<Queen>,
+    sender: broadcast::Sender<Arc<str>>,
+    recent: Arc<std::sync::Mutex<std::collections::VecDeque<Arc<str>>>>,
+    skipped: Arc<AtomicU64>,
+) {
     let client = queen.bus.client().clone();
     let mut subscriptions = Vec::new();
     for pattern in [
@@ -122,8 +141,15 @@ async fn relay(queen: Arc<Queen>, sender: broadcast::Sender<Arc<str>>, skipped: 
             continue;
         }
         sent += 1;
-        // No page listening is fine: the next one gets what comes after.
-        let _ = sender.send(bus_event(&message).to_string().into());
+        let line: Arc<str> = bus_event(&message).to_string().into();
+        let mut kept = recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() >= RECENT_LINES {
+            kept.pop_front();
+        }
+        kept.push_back(line.clone());
+        // Sent under the lock a new page copies the recent lines with. No page listening is fine.
+        let _ = sender.send(line);
+        drop(kept);
     }
 }
 
@@ -144,9 +170,9 @@ pub async fn events(State(queen): State<Arc<Queen>>) -> Response {
         return ApiError::Unavailable(format!("{MAX_CLIENTS} dashboards are open already")).into_response();
     }
     let client = Client(feed.clients.clone());
-    let receiver = feed.receiver(&queen).await;
+    let (recent, receiver) = Feed::receiver(&queen);
     // A page that fell behind the broadcast skips what it missed.
-    let bus = futures::stream::unfold(receiver, |mut receiver| async move {
+    let live = futures::stream::unfold(receiver, |mut receiver| async move {
         loop {
             match receiver.recv().await {
                 Ok(line) => return Some((line, receiver)),
@@ -163,6 +189,7 @@ pub async fn events(State(queen): State<Arc<Queen>>) -> Response {
         data["bus_skipped"] = json!(skipped.load(Ordering::Relaxed));
         Some(Event::default().event("snapshot").data(data.to_string()))
     });
+    let bus = futures::stream::iter(recent).chain(live);
     let bus_events = bus.map(|line| Some(Event::default().event("bus").data(&*line)));
     let stream = futures::stream::select(snapshot_events, bus_events)
         .filter_map(|event| std::future::ready(event.map(Ok::<_, Infallible>)));
