@@ -68,11 +68,8 @@ pub fn place(
     queue_len: usize,
 ) -> Placement {
     let now = Instant::now();
-    let (stopping, evictable) = {
-        let table = queen.keep_alive();
-        (table.stopping_ids(), table.evictable(now))
-    };
     // Workers being stopped (unloaded, evicted) take no job.
+    let stopping = queen.keep_alive().stopping_ids();
     let exclude_workers: Vec<WorkerId> = exclude.iter().cloned().chain(stopping).collect();
     let request = PlacementRequest {
         exclude_workers,
@@ -80,10 +77,19 @@ pub fn place(
         queue_capacity: queen.config.queue_capacity,
         prefix: prefix.to_vec(),
         spawns_in_flight: queen.spawns().of_model(model_id, now, queen.config.spawn_timeout),
-        evictable,
         ..PlacementRequest::new(model_id.clone())
     };
-    crate::placement::place(&mut queen.registry(), &request, now)
+    let placement = crate::placement::place(&mut queen.registry(), &request, now);
+    // Most jobs are assigned or spawn for: only a job left waiting asks which idle workers could
+    // make room (a queued decision reserved nothing, so deciding again is free of side effects).
+    if !matches!(placement, Placement::Queue { .. }) {
+        return placement;
+    }
+    let evictable = queen.keep_alive().evictable(now);
+    if evictable.is_empty() {
+        return placement;
+    }
+    crate::placement::place(&mut queen.registry(), &PlacementRequest { evictable, ..request }, now)
 }
 
 /// Drives a job from its first placement to its end, or until the queen abandons its jobs at the

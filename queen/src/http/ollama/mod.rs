@@ -193,35 +193,33 @@ fn loaded(queen: &Queen, plan: &request::Plan, kind: Kind) -> Response {
     Json(body).into_response()
 }
 
+/// A checked body: answered at once when it only loads the model, else run as a job.
+async fn respond(
+    queen: Arc<Queen>,
+    load: bool,
+    plan: Result<request::Plan, ApiError>,
+    kind: Kind,
+) -> Response {
+    match plan {
+        Ok(plan) if load => loaded(&queen, &plan, kind),
+        Ok(plan) => run(queen, plan, kind).await,
+        Err(e) => OllamaError(e).into_response(),
+    }
+}
+
 /// `POST /api/chat`. No message loads the model.
 pub async fn chat(State(queen): State<Arc<Queen>>, bytes: Bytes) -> Response {
-    let req = match body::<request::ChatBody>(&bytes) {
-        Ok(req) => req,
-        Err(e) => return e.into_response(),
-    };
-    let load = req.load_only();
-    match req.plan() {
-        Ok(plan) => match load {
-            true => loaded(&queen, &plan, Kind::Chat),
-            false => run(queen, plan, Kind::Chat).await,
-        },
-        Err(e) => OllamaError(e).into_response(),
+    match body::<request::ChatBody>(&bytes) {
+        Ok(req) => respond(queen, req.load_only(), req.plan(), Kind::Chat).await,
+        Err(e) => e.into_response(),
     }
 }
 
 /// `POST /api/generate`. An empty prompt loads the model.
 pub async fn generate(State(queen): State<Arc<Queen>>, bytes: Bytes) -> Response {
-    let req = match body::<request::GenerateBody>(&bytes) {
-        Ok(req) => req,
-        Err(e) => return e.into_response(),
-    };
-    let load = req.load_only();
-    match req.plan() {
-        Ok(plan) => match load {
-            true => loaded(&queen, &plan, Kind::Generate),
-            false => run(queen, plan, Kind::Generate).await,
-        },
-        Err(e) => OllamaError(e).into_response(),
+    match body::<request::GenerateBody>(&bytes) {
+        Ok(req) => respond(queen, req.load_only(), req.plan(), Kind::Generate).await,
+        Err(e) => e.into_response(),
     }
 }
 
