@@ -272,6 +272,7 @@ pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
         ("EmbedRequest", schema::<EmbedRequest>()),
         ("EmbedReply", schema::<EmbedReply>()),
         ("QueenHello", schema::<QueenHello>()),
+        ("LeaderLease", schema::<crate::LeaderLease>()),
         ("WireError", schema::<WireError>()),
     ]
 }

@@ -36,6 +36,7 @@ pub use messages::job::{
     LogitBias, ParamError, Prompt, ResponseFormat, Resume, SamplingParams, SubmitJob, SubmitJobReply,
     TokenChunk, TokenLogprob, ToolCall, ToolCallChunk, ToolChoice, ToolDef, TopLogprob, Usage,
 };
+pub use messages::leader::LeaderLease;
 pub use messages::lifecycle::{LifecycleEvent, WorkerLifecycle};
 pub use messages::models::{
     ModelImportRequest, ModelPullAccepted, ModelPullEvent, ModelPullRequest, ModelRemoveReply,

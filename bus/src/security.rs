@@ -7,7 +7,7 @@
 //!
 //! | role | publishes | subscribes |
 //! |---|---|---|
-//! | queen | spawn, stop, listings and model import/pull/remove of every hive; assignments of every worker; job status and cancel; hello; the JetStream API of stream [`subject::JOBS_STREAM`] (`RBEE_JOBS`) | every heartbeat, lifecycle and pull progress event, `rbee.job.>`, job submission |
+//! | queen | spawn, stop, listings and model import/pull/remove of every hive; assignments of every worker; job status and cancel; hello; the JetStream API of stream [`subject::JOBS_STREAM`] (`RBEE_JOBS`) and of KV buckets [`subject::LEADER_BUCKET`] and [`subject::JOB_REQUESTS_BUCKET`] | every heartbeat, lifecycle and pull progress event, `rbee.job.>`, job submission |
 //! | hive | its own heartbeat and pull progress; lifecycle events of its own worker pool | its own spawn/stop/listing/model subjects, worker heartbeats, hello |
 //! | worker | its own heartbeat; job tokens and status | its own assignment subject, job cancels, hello |
 //! | observer | nothing | token streams, job status, heartbeats, lifecycle events |
@@ -315,6 +315,31 @@ fn jobs_stream_api() -> Vec<String> {
     ]
 }
 
+/// The JetStream KV subjects the queen uses for the leader lease and the requests of jobs not yet
+/// ended: its buckets' streams (info, create, update, gets, its own ordered consumers for listing
+/// keys, their flow control) and their keys. Not deleting a bucket.
+fn queen_kv_api() -> Vec<String> {
+    let mut out = Vec::new();
+    for bucket in [subject::LEADER_BUCKET, subject::JOB_REQUESTS_BUCKET] {
+        let s = format!("KV_{bucket}");
+        out.extend([
+            format!("$JS.API.STREAM.INFO.{s}"),
+            format!("$JS.API.STREAM.CREATE.{s}"),
+            format!("$JS.API.STREAM.UPDATE.{s}"),
+            format!("$JS.API.STREAM.MSG.GET.{s}"),
+            format!("$JS.API.DIRECT.GET.{s}"),
+            format!("$JS.API.DIRECT.GET.{s}.>"),
+            format!("$JS.API.CONSUMER.CREATE.{s}"),
+            format!("$JS.API.CONSUMER.CREATE.{s}.>"),
+            format!("$JS.API.CONSUMER.INFO.{s}.*"),
+            format!("$JS.API.CONSUMER.DELETE.{s}.*"),
+            format!("$JS.FC.{s}.>"),
+            format!("$KV.{bucket}.>"),
+        ]);
+    }
+    out
+}
+
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -452,6 +477,7 @@ impl SecurityConfig {
                     subject::QUEEN_HELLO,
                 ]);
                 publish.extend(jobs_stream_api());
+                publish.extend(queen_kv_api());
                 publish.push(inbox.clone());
                 let mut subscribe = strings(&[
                     subject::HIVE_HEARTBEAT_ALL,

@@ -50,6 +50,13 @@ pub const QUEEN_EMBED: &str = "rbee.queen.embed";
 pub const QUEEN_HELLO: &str = "rbee.queen.hello";
 /// The JetStream stream the queen keeps job history in (it holds [`JOB_STATUS_ALL`]).
 pub const JOBS_STREAM: &str = "RBEE_JOBS";
+/// The JetStream KV bucket of the leader lease ([`crate::LeaderLease`] under [`LEADER_KEY`]).
+pub const LEADER_BUCKET: &str = "RBEE_QUEEN_LEADER";
+/// The key of the lease in [`LEADER_BUCKET`].
+pub const LEADER_KEY: &str = "leader";
+/// The JetStream KV bucket of admitted jobs' requests ([`crate::SubmitJob`] by job id), kept until
+/// the job ends, so the queen that takes over can place the queued ones and move the running ones.
+pub const JOB_REQUESTS_BUCKET: &str = "RBEE_JOB_REQUESTS";
 
 /// `rbee.hive.<hive_id>.heartbeat`
 pub fn hive_heartbeat(hive: &HiveId) -> String {

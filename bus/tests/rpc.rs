@@ -16,6 +16,7 @@ fn spawn_request() -> SpawnRequest {
         worker_type: None,
         worker_id: None,
         threads: None,
+        fence: None,
     }
 }
 

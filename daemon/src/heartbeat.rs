@@ -35,12 +35,26 @@ pub async fn subscribe_hello(bus: &Bus) -> anyhow::Result<async_nats::Subscriber
     bus.client().subscribe(subject::QUEEN_HELLO).await.context("subscribe to queen hello")
 }
 
-/// Notifies `now` for every hello on `sub`, until `stop` or the subscription ends.
-pub async fn listen_for_hello(mut sub: async_nats::Subscriber, now: Arc<Notify>, stop: CancellationToken) {
+/// Notifies `now` for every hello on `sub`, and raises `fence` to a new leader's, until `stop` or the
+/// subscription ends. A malformed hello still asks for a heartbeat.
+pub async fn listen_for_hello(
+    mut sub: async_nats::Subscriber,
+    now: Arc<Notify>,
+    fence: Arc<crate::fence::Fence>,
+    stop: CancellationToken,
+) {
     loop {
-        tokio::select! {
+        let msg = tokio::select! {
             _ = stop.cancelled() => return,
-            msg = sub.next() => if msg.is_none() { return },
+            msg = sub.next() => match msg { Some(m) => m, None => return },
+        };
+        match rbee_bus::rpc::decode::<rbee_bus::QueenHello>(subject::QUEEN_HELLO, &msg.payload) {
+            Ok(hello) => {
+                if let Some(f) = hello.fence {
+                    fence.raise(f);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "malformed queen hello"),
         }
         now.notify_one();
     }

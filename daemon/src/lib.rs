@@ -2,10 +2,12 @@
 //! every daemon takes and the connect that exits 2 when it fails ([`nats`]), logging ([`logging`]),
 //! the shutdown step (first signal cancels a token, tracked tasks then drain under a deadline, each
 //! NATS step bounded: [`shutdown`], [`tasks`]), registration with the NATS service API
-//! ([`service`]), the heartbeat loop and the `hello` listener ([`heartbeat`]), and the unix signal
+//! ([`service`]), the heartbeat loop and the `hello` listener ([`heartbeat`]), the leader fence orders are checked
+//! against ([`fence`]), and the unix signal
 //! helpers for child processes ([`signal`], the workspace's only `unsafe`). [`main`] is the whole
 //! `main` of a daemon once its flags are parsed.
 
+pub mod fence;
 pub mod heartbeat;
 pub mod logging;
 pub mod nats;

@@ -53,6 +53,8 @@ pub struct Hive {
     inventory: Mutex<Inventory>,
     shutting_down: AtomicBool,
     beat_now: Arc<Notify>,
+    /// The highest queen leader fence seen: spawns and stops below it are refused.
+    pub fence: Arc<rbee_daemon::fence::Fence>,
     rejected: Arc<AtomicU64>,
 }
 
@@ -142,6 +144,7 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
     let rejected = Arc::new(AtomicU64::new(0));
     let hive = Arc::new(Hive {
         beat_now: beat_now.clone(),
+        fence: Arc::default(),
         rejected: rejected.clone(),
         hostname: sysinfo::System::host_name().unwrap_or_else(|| "unknown".to_owned()),
         inventory: Mutex::new(Inventory::detect()),
@@ -183,7 +186,12 @@ pub async fn run(config: HiveConfig, bus: Bus, shutdown: CancellationToken) -> a
     tasks.spawn("heartbeat", heartbeat::run(hive.clone(), beat_now.clone(), background_stop.clone()));
     tasks.spawn(
         "hello",
-        rbee_daemon::heartbeat::listen_for_hello(hello, beat_now.clone(), background_stop.clone()),
+        rbee_daemon::heartbeat::listen_for_hello(
+            hello,
+            beat_now.clone(),
+            hive.fence.clone(),
+            background_stop.clone(),
+        ),
     );
     tasks.spawn(
         "worker states",

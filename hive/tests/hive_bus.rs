@@ -38,6 +38,7 @@ fn spawn_req(slots: u32, ctx: u32) -> SpawnRequest {
         worker_type: None,
         worker_id: None,
         threads: Some(1),
+        fence: None,
     }
 }
 
@@ -187,7 +188,7 @@ async fn hive_spawns_supervises_and_stops_workers() {
             h.worker_id == second.worker_id && h.state == WorkerState::Idle
         })
         .await;
-    let stop = StopRequest { v: 1, worker_id: second.worker_id.clone(), deadline_ms: Some(5000) };
+    let stop = StopRequest { v: 1, worker_id: second.worker_id.clone(), deadline_ms: Some(5000), fence: None };
     let stopped: StopReply = bus.request(subject::hive_stop(&hive_id), &stop, t).await.expect("stopped");
     assert!(stopped.graceful, "{stopped:?}");
     assert_eq!(stopped.exit, "exit status: 0");

@@ -37,6 +37,22 @@ pub struct QueenConfig {
     pub drain_deadline: Duration,
     /// How long an idle worker stays loaded unless told otherwise ([`crate::keep_alive`]).
     pub keep_alive: crate::keep_alive::KeepAlive,
+    /// This queen's name in the leader lease (several queens need distinct ones).
+    pub queen_id: String,
+    /// How long the leader lease lasts without a renewal ([`crate::leader`]).
+    pub lease: std::time::Duration,
+    /// Replicas of the lease and job-request buckets (up to the JetStream nodes of the cluster).
+    pub lease_replicas: usize,
+}
+
+impl QueenConfig {
+    /// The URLs of the HTTP API, as the leader lease advertises them.
+    pub fn advertised_urls(&self) -> Vec<String> {
+        std::iter::once(self.http_addr)
+            .chain(self.also_http_addrs.iter().copied())
+            .map(|addr| format!("http://{addr}"))
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for QueenConfig {
@@ -49,6 +65,8 @@ impl std::fmt::Debug for QueenConfig {
             .field("durable_jobs", &self.durable_jobs)
             .field("drain_deadline", &self.drain_deadline)
             .field("keep_alive", &self.keep_alive)
+            .field("queen_id", &self.queen_id)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }
@@ -70,6 +88,9 @@ impl Default for QueenConfig {
             durable_jobs: true,
             drain_deadline: Duration::from_secs(10),
             keep_alive: crate::keep_alive::DEFAULT_KEEP_ALIVE,
+            queen_id: "queen".to_owned(),
+            lease: crate::leader::DEFAULT_LEASE,
+            lease_replicas: 1,
         }
     }
 }

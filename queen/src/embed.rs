@@ -62,10 +62,13 @@ pub async fn embed(queen: &Arc<Queen>, request: EmbedRequest) -> Result<EmbedRep
     request
         .validate(MAX_EMBED_INPUTS)
         .map_err(|e| EmbedFailure::Invalid { field: e.field.to_owned(), message: e.to_string() })?;
-    let model_id = request.model_id;
-    if !queen.model_known(&model_id) {
-        return Err(EmbedFailure::UnknownModel(model_id));
+    if !queen.model_known(&request.model_id) {
+        return Err(EmbedFailure::UnknownModel(request.model_id));
     }
+    if !queen.leadership.leads() {
+        return crate::forward::embed(queen, &request).await;
+    }
+    let model_id = request.model_id;
     let batches = request.inputs.chunks(WORKER_EMBED_BATCH).enumerate().map(|(i, texts)| {
         let model_id = &model_id;
         async move {

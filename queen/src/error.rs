@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The job failed (500).
     #[error("{0}")]
     JobFailed(String),
+    /// A standby was asked what only the leader does.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 impl ApiError {
@@ -128,6 +131,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error", "admin_key_required"),
             ApiError::JobFailed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "job_failed"),
+            ApiError::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "not_leader"),
         }
     }
 }
@@ -142,6 +146,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::UnknownModel(_) => ApiError::UnknownModel(message),
             SubmitError::QueueFull(_) => ApiError::QueueFull(message),
             SubmitError::ModelFailing(_) => ApiError::ModelFailing(message),
+            SubmitError::NoLeader(_) => ApiError::NotLeader(message),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The heartbeat path: folds `rbee.hive.*.heartbeat`, `rbee.worker.*.heartbeat` and
 //! `rbee.worker.*.lifecycle` into the registry, expires silent entries on a tick, and says hello at
-//! start so every hive and worker heartbeats at once (warm start in well under a second).
+//! start so every hive and worker heartbeats at once (warm start in well under a second; the leader
+//! says it again with its fence: [`crate::leader::term`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +27,9 @@ pub async fn start(queen: Arc<Queen>, tasks: &Tasks, stop: CancellationToken) ->
     let merged = futures::stream::select(futures::stream::select(hives, workers), lifecycle);
     tasks.spawn("heartbeat fold", fold(queen.clone(), merged, stop.clone()));
     tasks.spawn("liveness tick", expire_tick(queen.clone(), stop));
-    let hello = QueenHello { v: SCHEMA_VERSION, meta: queen.stamper.next() };
+    // Every queen warms its view at once; the leader says hello again with its fence when its term
+    // starts ([`crate::leader::term`]).
+    let hello = QueenHello { v: SCHEMA_VERSION, meta: queen.stamper.next(), fence: None };
     queen.bus.publish(subject::QUEEN_HELLO.to_owned(), &hello).await?;
     Ok(())
 }

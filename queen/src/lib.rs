@@ -6,6 +6,8 @@
 //! Idle workers unload after their keep-alive ([`keep_alive`], [`unload`]), and idle ones make room
 //! for a model that fits nowhere ([`eviction`]).
 //! [`http`] serves the OpenAI-compatible API on 127.0.0.1:7833 and [`submit`] takes jobs over NATS.
+//! Several queens may run: one leads by a lease in JetStream KV ([`leader`]), the others keep warm
+//! views, serve the read-only API and forward jobs to it ([`forward`]).
 //! [`run`] is the whole queen; `main.rs` only parses flags.
 
 pub mod config;
@@ -13,10 +15,12 @@ pub mod drain;
 pub mod embed;
 pub mod error;
 pub mod eviction;
+pub mod forward;
 pub mod heartbeats;
 pub mod http;
 pub mod jobs;
 pub mod keep_alive;
+pub mod leader;
 pub mod membership;
 pub mod metrics;
 pub mod placement;
@@ -73,6 +77,10 @@ pub struct Queen {
     keep_alive: Mutex<keep_alive::KeepAliveTable>,
     /// The bus feed the dashboards share.
     pub dashboard: http::dashboard::Feed,
+    /// Whether this queen leads, and its term.
+    pub leadership: leader::Leadership,
+    /// The bucket of requests of jobs not yet ended (with a leader lease only).
+    pub requests: std::sync::OnceLock<async_nats::jetstream::kv::Store>,
 }
 
 impl Queen {
@@ -97,6 +105,8 @@ impl Queen {
             spawns: Mutex::new(SpawnsInFlight::default()),
             keep_alive: Mutex::new(keep_alive::KeepAliveTable::new(config.keep_alive)),
             dashboard: http::dashboard::Feed::default(),
+            leadership: leader::Leadership::default(),
+            requests: std::sync::OnceLock::new(),
             config,
             bus,
         }
@@ -167,7 +177,6 @@ async fn serve_on(
     let queen = Arc::new(Queen::new(config, bus));
     let services = Tasks::new();
     let stop_services = services.token();
-    let stop_submit = CancellationToken::new();
     jobs::relay::start(queen.clone(), &services, stop_services.clone())
         .await
         .context("cannot subscribe to job events")?;
@@ -195,8 +204,18 @@ async fn serve_on(
     heartbeats::start(queen.clone(), &services, stop_services.clone())
         .await
         .context("cannot subscribe to heartbeats")?;
-    submit::serve(queen.clone(), &services, stop_submit.clone()).await?;
-    services.spawn("unload", unload::run(queen.clone(), stop_services.clone()));
+    let lease = if durable { leader::open(&queen).await } else { None };
+    match lease {
+        Some(store) => {
+            if let Some(requests) = jobs::requests::open(&queen).await {
+                let _ = queen.requests.set(requests);
+            }
+            // The first read and write happen at once: a queen alone leads within a round trip.
+            let lease = leader::run(queen.clone(), store, services.clone(), stop_services.clone());
+            services.spawn("leader lease", lease);
+        }
+        None => leader::term::start(queen.clone(), &services, None, queen.leadership.term()).await,
+    }
     http::dashboard::Feed::start(&queen);
     let app = http::router(queen.clone());
     let servers = listeners.into_iter().map(|listener| {
@@ -208,7 +227,6 @@ async fn serve_on(
     for result in futures::future::join_all(servers.map(|s| async move { s.await })).await {
         result?;
     }
-    stop_submit.cancel();
     drain_jobs(&queen).await;
     services.cancel_and_drain(SERVICES_STOP).await;
     // Bounded: with the server gone, the queen still exits.

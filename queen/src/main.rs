@@ -45,6 +45,18 @@ struct Args {
     /// otherwise: `5m`, `30s`, `1h30m`, `0` (unload when idle), `-1` (keep loaded).
     #[arg(long, env = "RBEE_KEEP_ALIVE", default_value = "5m", value_parser = keep_alive, allow_hyphen_values = true)]
     keep_alive: rbee_queen::keep_alive::KeepAlive,
+    /// This queen's name in the leader lease: several queens (one leads, the others stand by) need
+    /// distinct ones.
+    #[arg(long, env = "RBEE_QUEEN_ID", default_value = "queen")]
+    queen_id: String,
+    /// Milliseconds the leader lease lasts without a renewal: a standby takes over after about this
+    /// long once the leader is gone.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(400..=600_000))]
+    lease_ms: u64,
+    /// Replicas of the lease and job-request buckets in JetStream (at most the cluster's JetStream
+    /// nodes; 3 survives the loss of one).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    lease_replicas: u64,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -68,6 +80,9 @@ async fn main() -> std::process::ExitCode {
         durable_jobs: !args.no_durable_jobs,
         job_history_max_bytes: args.job_history_max_mib.saturating_mul(1024 * 1024),
         keep_alive: args.keep_alive,
+        queen_id: args.queen_id,
+        lease: Duration::from_millis(args.lease_ms),
+        lease_replicas: args.lease_replicas as usize,
         ..QueenConfig::default()
     };
     rbee_daemon::main("queen", &nats, |bus, shutdown| rbee_queen::run(config, bus, shutdown)).await

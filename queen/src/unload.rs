@@ -71,8 +71,12 @@ fn stop_in_background(queen: &Arc<Queen>, hive_id: HiveId, worker_id: WorkerId) 
 /// Asks the hive to stop the worker (it gets [`STOP_GRACE_MS`] to finish); true when the hive
 /// answered, or said the worker no longer runs.
 pub async fn stop_worker(queen: &Queen, hive_id: &HiveId, worker_id: WorkerId) -> bool {
-    let request =
-        StopRequest { v: SCHEMA_VERSION, worker_id: worker_id.clone(), deadline_ms: Some(STOP_GRACE_MS) };
+    let request = StopRequest {
+        v: SCHEMA_VERSION,
+        worker_id: worker_id.clone(),
+        deadline_ms: Some(STOP_GRACE_MS),
+        fence: queen.leadership.order_fence(),
+    };
     let reply: Result<StopReply, _> =
         queen.bus.request(subject::hive_stop(hive_id), &request, STOP_REPLY_TIMEOUT).await;
     match reply {

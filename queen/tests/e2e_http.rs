@@ -192,6 +192,7 @@ async fn openai_endpoints_jobs_and_failures() {
         params: SamplingParams { max_tokens: 5, ..Default::default() },
         job_id: Some(mine.clone()),
         deadline_ms: None,
+        keep_alive_ms: None,
     };
     let reply: SubmitJobReply = bus
         .request(subject::QUEEN_JOBS_SUBMIT.into(), &submit, Duration::from_secs(5))

@@ -34,6 +34,7 @@ async fn submit(bus: &Bus, max_tokens: u32) -> SubmitJobReply {
         params,
         deadline_ms: None,
         job_id: None,
+        keep_alive_ms: None,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

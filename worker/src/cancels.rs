@@ -89,6 +89,9 @@ pub async fn listener(shared: Arc<WorkerShared>, mut sub: async_nats::Subscriber
             Ok(cancel) if cancel.worker_id.as_ref().is_some_and(|w| w != &shared.config.worker_id) => {
                 tracing::debug!(job_id = %cancel.job_id, "cancel for another worker's attempt ignored");
             }
+            Ok(cancel) if shared.fence.admit(cancel.fence, "cancel").is_err() => {
+                tracing::info!(job_id = %cancel.job_id, "cancel from a fenced queen ignored");
+            }
             Ok(cancel) => {
                 shared.early_cancels.remember(cancel.job_id.clone(), Instant::now());
                 if shared.active.cancel(&cancel.job_id) {

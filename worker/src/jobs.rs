@@ -110,6 +110,9 @@ pub fn handle_assignment(
         tracing::info!(job_id = %assignment.job_id, code = e.code().as_str(), reason = %e.error.message, "job refused");
         Err(e)
     };
+    if let Err(e) = shared.fence.admit(assignment.fence, "assignment") {
+        return refuse(e);
+    }
     if shared.draining() {
         return refuse(WireError::new(ErrorCode::ShuttingDown, "worker is draining"));
     }

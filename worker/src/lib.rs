@@ -48,6 +48,8 @@ pub struct WorkerShared {
     pub jobs_subject: String,
     /// Wakes the heartbeat loop for a heartbeat now.
     pub beat_now: Arc<Notify>,
+    /// The highest queen leader fence seen (orders below it are refused).
+    pub fence: Arc<rbee_daemon::fence::Fence>,
     state: AtomicU8,
 }
 
@@ -91,6 +93,7 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
         counters: Arc::new(JobCounters::default()),
         jobs_subject: jobs_subject.clone(),
         beat_now: Arc::new(Notify::new()),
+        fence: Arc::default(),
         state: AtomicU8::new(0),
         config,
     });
@@ -101,7 +104,12 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
     tasks.spawn("heartbeat", heartbeat::run(shared.clone(), beat_now.clone(), background_stop.clone()));
     tasks.spawn(
         "hello",
-        rbee_daemon::heartbeat::listen_for_hello(hello, beat_now.clone(), background_stop.clone()),
+        rbee_daemon::heartbeat::listen_for_hello(
+            hello,
+            beat_now.clone(),
+            shared.fence.clone(),
+            background_stop.clone(),
+        ),
     );
 
     let engine_config = EngineConfig {

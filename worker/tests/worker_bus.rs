@@ -207,6 +207,7 @@ break
             job_id: id.clone(),
             reason: "test".into(),
             worker_id: None,
+            fence: None,
         };
         bus.publish(subject::job_cancel(id), &cancel).await.expect("publish cancel");
     }
@@ -345,6 +346,7 @@ fn cancel_of(job_id: &JobId) -> JobCancel {
         job_id: job_id.clone(),
         reason: "test".into(),
         worker_id: None,
+        fence: None,
     }
 }
 

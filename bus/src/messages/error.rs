@@ -41,6 +41,10 @@ pub enum ErrorCode {
     /// The model's workers keep failing to load on this hive: it waits before the next try, or refuses
     /// the model until its file is imported or pulled again.
     ModelFailing,
+    /// An order from a queen that no longer leads: its fence is below the highest one seen.
+    Fenced,
+    /// The queen answering is a standby: only the leader does this (the message names it).
+    NotLeader,
 }
 
 impl ErrorCode {
@@ -62,6 +66,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Conflict => "conflict",
             ErrorCode::ModelFailing => "model_failing",
+            ErrorCode::Fenced => "fenced",
+            ErrorCode::NotLeader => "not_leader",
         }
     }
 }

@@ -128,4 +128,8 @@ pub struct QueenHello {
     pub v: u32,
     /// Publisher, epoch, sequence and send time.
     pub meta: EventMeta,
+    /// The fencing epoch of a queen that took the leader lease: hives and workers refuse orders
+    /// with a lower fence from then on. Absent from a queen without a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }

@@ -165,6 +165,10 @@ pub struct SpawnRequest {
     pub worker_id: Option<WorkerId>,
     /// Inference threads; default physical cores.
     pub threads: Option<u32>,
+    /// The leading queen's fencing epoch: a hive refuses a spawn below the highest it has seen
+    /// (`fenced`). Absent from a queen without a lease, and from other callers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }
 
 /// The hive's answer to a spawn: the process is running; readiness shows in its heartbeat.
@@ -189,6 +193,9 @@ pub struct StopRequest {
     pub worker_id: WorkerId,
     /// Grace period before SIGKILL, in milliseconds; default 10000.
     pub deadline_ms: Option<u64>,
+    /// The leading queen's fencing epoch: a hive refuses a stop below the highest it has seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }
 
 /// The hive's answer to a stop.

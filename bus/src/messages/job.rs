@@ -290,6 +290,11 @@ pub struct JobAssignment {
     /// `response_format` is never resumed (its parser and grammar state would have to travel too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<Resume>,
+    /// The leading queen's fencing epoch ([`crate::LeaderLease::fence`]): a worker refuses an
+    /// assignment whose fence is below the highest it has seen (`fenced`), so a queen that lost its
+    /// lease cannot place a job twice. Absent from a queen that runs without a lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }
 
 /// What earlier attempts of a job already streamed to clients ([`JobAssignment::resume`]).
@@ -321,6 +326,7 @@ impl JobAssignment {
             attempt: 0,
             attempt_key: None,
             resume: None,
+            fence: None,
         }
     }
 }
@@ -530,6 +536,10 @@ pub struct JobCancel {
     /// placed elsewhere since): other workers ignore it and do not remember it. Absent: every attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_id: Option<WorkerId>,
+    /// The sending queen's fencing epoch, when it leads by a lease: a cancel below the highest fence a
+    /// worker has seen is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
 }
 
 /// A job submitted over NATS on `rbee.queen.jobs.submit`; the queen replies with [`SubmitJobReply`].
@@ -548,6 +558,10 @@ pub struct SubmitJob {
     pub job_id: Option<JobId>,
     /// Wall-clock budget in milliseconds.
     pub deadline_ms: Option<u64>,
+    /// How long the worker that runs the job stays loaded after it, in milliseconds; negative: until
+    /// stopped. Absent: as it was (Ollama's `keep_alive`, carried when a standby queen forwards a job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_ms: Option<i64>,
 }
 
 /// The queen's answer to [`SubmitJob`].

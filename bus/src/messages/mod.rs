@@ -8,6 +8,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod hive;
 pub mod job;
+pub mod leader;
 pub mod lifecycle;
 pub mod models;
 

@@ -160,6 +160,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 worker_type: Some(WorkerKind::CpuLlm),
                 worker_id: None,
                 threads: None,
+                fence: None,
             }),
         ),
         (
@@ -168,7 +169,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         ),
         (
             "StopRequest",
-            j(&StopRequest { v: SCHEMA_VERSION, worker_id: id("wrk-1"), deadline_ms: Some(5000) }),
+            j(&StopRequest { v: SCHEMA_VERSION, worker_id: id("wrk-1"), deadline_ms: Some(5000), fence: None }),
         ),
         (
             "StopReply",
@@ -435,6 +436,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 job_id: id("job-1"),
                 reason: "client left".into(),
                 worker_id: None,
+                fence: None,
             }),
         ),
         (
@@ -446,6 +448,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 params,
                 job_id: Some(id("job-mine")),
                 deadline_ms: Some(60_000),
+                keep_alive_ms: None,
             }),
         ),
         (
@@ -457,7 +460,19 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 status_subject: "rbee.job.job-1.status".into(),
             }),
         ),
-        ("QueenHello", j(&QueenHello { v: SCHEMA_VERSION, meta: meta("queen") })),
+        ("QueenHello", j(&QueenHello { v: SCHEMA_VERSION, meta: meta("queen"), fence: Some(42) })),
+        (
+            "LeaderLease",
+            j(&rbee_bus::LeaderLease {
+                v: SCHEMA_VERSION,
+                queen_id: "queen-a".into(),
+                epoch: "3f2a".into(),
+                fence: 42,
+                http: vec!["http://198.18.0.1:7833".into()],
+                lease_ms: 3000,
+                renewed_at_ms: 1_764_000_000_000,
+            }),
+        ),
         (
             "WireError",
             j(&WireError::invalid_field("temperature", "invalid temperature: 5 is outside [0, 2]")),

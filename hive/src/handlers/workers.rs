@@ -37,6 +37,7 @@ pub fn estimate_worker_bytes(model: &ModelEntry, slots: u32, ctx_per_slot: u32) 
 
 /// Starts a worker, or says why not.
 pub async fn spawn(hive: &Hive, req: SpawnRequest) -> Result<SpawnReply, WireError> {
+    hive.fence.admit(req.fence, "spawn")?;
     if hive.shutting_down() {
         return Err(WireError::new(
             ErrorCode::ShuttingDown,
@@ -200,6 +201,7 @@ fn pick_device<'a>(
 
 /// Stops a worker.
 pub async fn stop(hive: &Hive, req: StopRequest) -> Result<StopReply, WireError> {
+    hive.fence.admit(req.fence, "stop")?;
     let deadline = req.deadline_ms.map(Duration::from_millis).unwrap_or(DEFAULT_STOP_DEADLINE);
     hive.supervisor.stop(&req.worker_id, deadline).await.ok_or_else(|| {
         WireError::new(

@@ -111,7 +111,7 @@ async fn spawn_on(
         slots: body.slots,
         ctx_per_slot: body.ctx_per_slot,
         threads: body.threads,
-        ..spawn_request(model, device)
+        ..spawn_request(model, device, queen.leadership.order_fence())
     };
     let reply: SpawnReply = queen
         .bus
@@ -190,7 +190,12 @@ pub async fn stop(State(queen): State<Arc<Queen>>, Path(id): Path<String>) -> Re
         .registry()
         .hive_of_worker(&worker_id)
         .ok_or_else(|| ApiError::NotFound(format!("no worker {worker_id}")))?;
-    let request = StopRequest { v: SCHEMA_VERSION, worker_id, deadline_ms: Some(10_000) };
+    let request = StopRequest {
+        v: SCHEMA_VERSION,
+        worker_id,
+        deadline_ms: Some(10_000),
+        fence: queen.leadership.order_fence(),
+    };
     let reply: StopReply = queen
         .bus
         .request(subject::hive_stop(&hive_id), &request, Duration::from_secs(20))

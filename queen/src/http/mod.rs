@@ -35,6 +35,7 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .route("/v1/hives/{id}/drain", post(cluster::drain))
         .route("/v1/hives/{id}/undrain", post(cluster::undrain))
         .route("/api/pull", post(ollama::pull))
+        .layer(axum::middleware::from_fn_with_state(queen.clone(), require_leader))
         .layer(axum::middleware::from_fn_with_state(queen.clone(), require_admin_key));
     let guarded = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -98,6 +99,15 @@ async fn require_admin_key(State(queen): State<Arc<Queen>>, request: Request, ne
     if queen.config.admin_key.is_some() && !matches(bearer(&request), &queen.config.admin_key) {
         return ApiError::Forbidden("this route administers the cluster: it needs the admin key".to_owned())
             .into_response();
+    }
+    next.run(request).await
+}
+
+/// Administrative routes act on the cluster: only the leader does (a standby names it).
+async fn require_leader(State(queen): State<Arc<Queen>>, request: Request, next: Next) -> Response {
+    if !queen.leadership.leads() {
+        let what = format!("{} {}", request.method(), request.uri().path());
+        return ApiError::NotLeader(queen.leadership.not_leader_message(&what)).into_response();
     }
     next.run(request).await
 }

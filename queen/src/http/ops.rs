@@ -29,6 +29,7 @@ pub async fn health(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
         "workers": stats.workers.total(),
         "version": env!("CARGO_PKG_VERSION"),
         "job_history": queen.history.get(),
+        "leader": queen.leadership.report(),
     });
     (status, Json(body))
 }

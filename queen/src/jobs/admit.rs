@@ -58,6 +58,10 @@ impl JobRequest {
 /// Why a job was not admitted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SubmitError {
+    /// This queen is a standby and the leader could not take the job (none leads, or it did not
+    /// answer).
+    #[error("{0}")]
+    NoLeader(String),
     /// A parameter is out of range or malformed.
     #[error("{message}")]
     InvalidParams {
@@ -93,6 +97,7 @@ impl From<SubmitError> for WireError {
             SubmitError::UnknownModel(_) => WireError::new(ErrorCode::UnknownModel, message),
             SubmitError::QueueFull(_) => WireError::new(ErrorCode::QueueFull, message),
             SubmitError::ModelFailing(_) => WireError::new(ErrorCode::ModelFailing, message),
+            SubmitError::NoLeader(_) => WireError::new(ErrorCode::NotLeader, message),
         }
     }
 }
@@ -101,6 +106,9 @@ impl From<SubmitError> for WireError {
 /// queen's tracked tasks. Returns its owner.
 pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>, SubmitError> {
     check(queen, &request)?;
+    if !queen.leadership.leads() {
+        return crate::forward::submit(queen, request).await;
+    }
     let job_id = request.job_id.clone().unwrap_or_else(JobId::generate);
     // The queue as it is before this job joins it.
     let queue_len = queen.jobs().queued();
@@ -122,13 +130,16 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
     }
     queen.metrics.submitted();
     let started = Instant::now();
+    // Kept before the submitter hears of the job, so a queen that takes over finds it.
+    super::requests::put(queen, &job_id, &request).await;
+    let first = dispatch::Start::Place(first);
     queen
         .tasks
         .spawn("dispatch", dispatch::drive(queen.clone(), job.clone(), request, prefix, first, started));
     Ok(job)
 }
 
-fn check(queen: &Queen, request: &JobRequest) -> Result<(), SubmitError> {
+pub(crate) fn check(queen: &Queen, request: &JobRequest) -> Result<(), SubmitError> {
     request
         .params
         .validate_for(&request.prompt)

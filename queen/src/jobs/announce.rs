@@ -24,6 +24,11 @@ pub async fn announce_attempt(
     attempt: u32,
     attempt_key: Option<String>,
 ) {
+    if !queen.leadership.leads() {
+        // A queen whose lease ran out decides nothing any more: the next leader has the job.
+        tracing::info!(%job_id, state = ?state, "status not announced: no longer the leader");
+        return;
+    }
     let status = JobStatus {
         v: SCHEMA_VERSION,
         meta: queen.stamper.next(),

@@ -92,20 +92,41 @@ pub fn place(
     crate::placement::place(&mut queen.registry(), &PlacementRequest { evictable, ..request }, now)
 }
 
+/// Where a job's loop begins.
+pub enum Start {
+    /// With this placement decision (a new job, or a queued one taken over).
+    Place(Placement),
+    /// Following the attempt already running on this worker (a job taken over mid-stream).
+    Follow {
+        /// The worker.
+        worker_id: WorkerId,
+        /// The attempt's number.
+        attempt: u32,
+    },
+}
+
 /// Drives a job from its first placement to its end, or until the queen abandons its jobs at the
-/// drain deadline.
+/// drain deadline, or its term as leader ends (the next leader takes the job over). An ended job's
+/// request is forgotten ([`super::requests`]).
 pub async fn drive(
     queen: Arc<Queen>,
     job: Arc<Job>,
     request: JobRequest,
     prefix: Vec<u64>,
-    first: Placement,
+    first: Start,
     started: Instant,
 ) {
     let abandon = queen.tasks.token();
+    let term = queen.leadership.term();
     tokio::select! {
         _ = abandon.cancelled() => tracing::info!(job_id = %job.job_id, "queen stopping: job no longer followed"),
+        _ = term.cancelled() => tracing::info!(job_id = %job.job_id, "no longer the leader: job left to the next"),
         _ = steps(&queen, &job, &request, &prefix, first, started) => {}
+    }
+    if job.is_finished() {
+        super::requests::remove(&queen, &job.job_id).await;
+    } else if !queen.leadership.leads() {
+        queen.jobs().disown(&job.job_id);
     }
 }
 
@@ -114,7 +135,7 @@ async fn steps(
     job: &Job,
     request: &JobRequest,
     prefix: &[u64],
-    first: Placement,
+    first: Start,
     started: Instant,
 ) {
     let model_id = request.model_id.clone();
@@ -126,9 +147,19 @@ async fn steps(
         last_reason: String::new(),
         started,
     };
-    let mut next = Some(first);
+    let mut next = match first {
+        Start::Place(placement) => Some(placement),
+        Start::Follow { worker_id, attempt } => {
+            attempts.made = 1;
+            attempts.placed = attempt;
+            if let Step::Done = follow(queen, job, request, worker_id, &mut attempts).await {
+                return;
+            }
+            None
+        }
+    };
     loop {
-        if job.is_finished() {
+        if job.is_finished() || !queen.leadership.leads() {
             return;
         }
         if job.cancel_requested() {
@@ -191,6 +222,7 @@ async fn assign(
     // Taken after the `scheduled` status: no chunk of an earlier attempt gets in any more, so this is
     // exactly what clients received.
     assignment.resume = job.resume_point();
+    assignment.fence = queen.leadership.order_fence();
     let reply: Result<JobAccepted, BusError> =
         queen.bus.request(subject::worker_jobs(&worker_id), &assignment, ASSIGN_TIMEOUT).await;
     match reply {
@@ -254,7 +286,9 @@ async fn follow(
     attempts: &mut Attempts,
 ) -> Step {
     let (job_id, model_id) = (&job.job_id, &request.model_id);
-    let resumable = request.resumable();
+    // A queen that took the job over mid-stream may lack its first chunks: it cannot resume it.
+    let complete = job.chunks_complete();
+    let resumable = request.resumable() && complete;
     match watch_worker(queen, job, &worker_id, job_id).await {
         WorkerOutcome::Finished => Step::Done,
         WorkerOutcome::Lost => {
@@ -291,6 +325,8 @@ async fn follow(
             fence(queen, &worker_id, "died during a job");
             let why = if resumable {
                 format!("after {MAX_MIGRATIONS} migrations")
+            } else if !complete {
+                "(this queen took the job over without its first chunks, so it cannot move it)".to_owned()
             } else {
                 "(a job with tools or a response_format cannot move to another worker)".to_owned()
             };
@@ -319,6 +355,7 @@ async fn cancel_attempt(queen: &Queen, job_id: &JobId, worker_id: &WorkerId, rea
         job_id: job_id.clone(),
         reason: reason.to_owned(),
         worker_id: Some(worker_id.clone()),
+        fence: queen.leadership.order_fence(),
     };
     if let Err(e) = queen.bus.publish(subject::job_cancel(job_id), &cancel).await {
         tracing::warn!(%job_id, %worker_id, error = %e, "cannot publish the cancel of an abandoned attempt");
@@ -368,7 +405,7 @@ pub async fn cancel(queen: &Queen, job_id: &JobId, reason: &str) {
     let job = queen.jobs().get(job_id);
     if let Some(job) = job {
         job.request_cancel();
-        if !job.owned && !job.is_finished() {
+        if !job.is_owned() && !job.is_finished() && queen.leadership.leads() {
             // No placement loop follows it (replayed after a restart, or seen on the bus): end it here.
             cancelled(queen, job_id, &job.record().model_id).await;
         }
@@ -379,6 +416,8 @@ pub async fn cancel(queen: &Queen, job_id: &JobId, reason: &str) {
         job_id: job_id.clone(),
         reason: reason.to_owned(),
         worker_id: None,
+        // A standby passes a client's cancel on as a client would, unfenced.
+        fence: if queen.leadership.leads() { queen.leadership.order_fence() } else { None },
     };
     if let Err(e) = queen.bus.publish(subject::job_cancel(job_id), &cancel).await {
         tracing::warn!(%job_id, error = %e, "cannot publish cancel");

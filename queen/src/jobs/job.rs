@@ -50,8 +50,8 @@ pub struct Job {
     pub job_id: JobId,
     /// When the queen created or first saw it (for time-to-first-token).
     pub created: Instant,
-    /// True when this queen created it (it follows its events and places it).
-    pub owned: bool,
+    /// True while this queen places it (it created it, or took it over as leader).
+    owned: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     len: watch::Sender<usize>,
 }
@@ -74,16 +74,18 @@ struct State {
 }
 
 impl Job {
-    /// A job with this record; `owned` jobs keep their events for readers.
+    /// A job with this record, `owned` when this queen places it. Every job keeps its events for
+    /// readers (a standby relays the jobs it forwarded, and needs what clients received of any job
+    /// it may take over).
     pub fn new(record: JobRecord, owned: bool) -> Self {
         Self {
             job_id: record.job_id.clone(),
             created: Instant::now(),
-            owned,
+            owned: std::sync::atomic::AtomicBool::new(owned),
             state: Mutex::new(State {
                 record,
                 publishers: Vec::new(),
-                events: owned.then(Vec::new),
+                events: Some(Vec::new()),
                 finished_at: None,
                 last_token_at: None,
                 cancel_requested: false,
@@ -93,6 +95,37 @@ impl Job {
             }),
             len: watch::channel(0).0,
         }
+    }
+
+    /// True while this queen places it.
+    pub fn is_owned(&self) -> bool {
+        self.owned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Takes or gives up placing it (through the table, which counts the queue).
+    pub(super) fn set_owned(&self, owned: bool) {
+        self.owned.store(owned, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The worker, attempt number and key of its latest placement.
+    pub fn placement(&self) -> Option<(WorkerId, u32, Option<String>)> {
+        self.lock().placement.clone()
+    }
+
+    /// True when the token chunks kept start at the job's first (`seq` 0) and follow without a gap,
+    /// so [`Job::resume_point`] is what clients received (a standby that started mid-stream has
+    /// only the rest).
+    pub fn chunks_complete(&self) -> bool {
+        let state = self.lock();
+        let mut next = 0u64;
+        for event in state.events.iter().flatten() {
+            let JobEvent::Token(chunk) = event else { continue };
+            if chunk.seq > next {
+                return false;
+            }
+            next = next.max(chunk.seq + 1);
+        }
+        state.events.is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -108,7 +141,7 @@ impl Job {
             return Applied::default();
         }
         let mut applied = Applied { taken: true, ..Applied::default() };
-        if !state.is_current_attempt(&event, self.owned) {
+        if !state.is_current_attempt(&event, self.is_owned()) {
             state.superseded += 1;
             return Applied::default();
         }

@@ -2,7 +2,8 @@
 //! [`record`], its event buffer, cancel and failure. Events reach it from the bus through the
 //! [`relay`] and from the queen's own decisions through [`announce`]. [`admit`] checks and accepts a
 //! submission, [`dispatch`] places it step by step (following a placed job with [`watch`], asking
-//! hives for workers through [`spawns`]), [`store`] keeps the history in JetStream, and [`orphans`]
+//! hives for workers through [`spawns`]), [`store`] keeps the history in JetStream, [`requests`] the requests of jobs not yet ended (for
+//! a takeover), and [`orphans`]
 //! fails replayed jobs nobody follows any more.
 
 pub mod admit;
@@ -12,6 +13,7 @@ pub mod job;
 pub mod orphans;
 pub mod record;
 pub mod relay;
+pub mod requests;
 pub mod spawns;
 pub mod store;
 pub mod table;

@@ -43,7 +43,9 @@ async fn relay(queen: Arc<Queen>, mut sub: async_nats::Subscriber, stop: Cancell
                     }
                     jobs.prune(rbee_bus::now_ms());
                 }
-                super::orphans::sweep(&queen).await;
+                if queen.leadership.leads() {
+                    super::orphans::sweep(&queen).await;
+                }
                 continue;
             }
             msg = sub.next() => match msg { Some(m) => m, None => return },
@@ -77,7 +79,7 @@ fn token(queen: &Queen, chunk: TokenChunk) {
 
 fn status(queen: &Queen, status: JobStatus) {
     if status.meta.publisher == crate::QUEEN_PUBLISHER
-        && queen.jobs().get(&status.job_id).is_some_and(|job| job.owned)
+        && queen.jobs().get(&status.job_id).is_some_and(|job| job.is_owned())
     {
         // This queen took its own statuses when it decided them: one on the bus in its name is the
         // echo, or someone else's forgery.

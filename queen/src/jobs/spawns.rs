@@ -16,8 +16,9 @@ pub const SPAWN_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// sees it loading.
 const MARKER_AFTER_REPLY: Duration = Duration::from_secs(5);
 
-/// A spawn request for `model_id` with the hive's defaults for everything but the device.
-pub fn spawn_request(model_id: ModelId, device: Option<String>) -> SpawnRequest {
+/// A spawn request for `model_id` with the hive's defaults for everything but the device, fenced
+/// with `fence` ([`crate::leader::Leadership::order_fence`]).
+pub fn spawn_request(model_id: ModelId, device: Option<String>, fence: Option<u64>) -> SpawnRequest {
     SpawnRequest {
         v: SCHEMA_VERSION,
         model_id,
@@ -27,6 +28,7 @@ pub fn spawn_request(model_id: ModelId, device: Option<String>) -> SpawnRequest 
         worker_type: None,
         worker_id: None,
         threads: None,
+        fence,
     }
 }
 
@@ -75,7 +77,7 @@ pub fn request_spawn(queen: &Arc<Queen>, hive_id: &HiveId, model_id: &ModelId, d
     if !queen.spawns().begin(hive_id, model_id, Instant::now(), timeout) {
         return;
     }
-    let request = spawn_request(model_id.clone(), Some(device.to_owned()));
+    let request = spawn_request(model_id.clone(), Some(device.to_owned()), queen.leadership.order_fence());
     let (queen, hive_id, model_id) = (queen.clone(), hive_id.clone(), model_id.clone());
     let tasks = queen.tasks.clone();
     tasks.spawn("spawn request", async move {

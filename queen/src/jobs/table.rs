@@ -90,6 +90,55 @@ impl JobTable {
         Ok(job)
     }
 
+    /// Creates a job a standby forwards to the leader: the leader places it, this queen relays its
+    /// events to its own readers.
+    pub fn create_relayed(
+        &mut self,
+        job_id: JobId,
+        model_id: ModelId,
+        now_ms: u64,
+    ) -> Result<Arc<Job>, AlreadyExists> {
+        if self.jobs.contains_key(&job_id) {
+            return Err(AlreadyExists { job_id });
+        }
+        let job = Arc::new(Job::new(JobRecord::new(job_id.clone(), model_id, now_ms), false));
+        self.jobs.insert(job_id.clone(), job.clone());
+        self.foreign_active.insert(job_id);
+        Ok(job)
+    }
+
+    /// Makes this queen the one that places a job (a takeover); an id it never saw gets a record
+    /// created at `created_at_ms`.
+    pub fn adopt(&mut self, job_id: &JobId, model_id: &ModelId, created_at_ms: u64) -> Arc<Job> {
+        let job = match self.jobs.get(job_id) {
+            Some(job) => job.clone(),
+            None => {
+                let record = JobRecord::new(job_id.clone(), model_id.clone(), created_at_ms);
+                let job = Arc::new(Job::new(record, false));
+                self.jobs.insert(job_id.clone(), job.clone());
+                job
+            }
+        };
+        if !job.is_owned() {
+            job.set_owned(true);
+            self.foreign_active.remove(job_id);
+            self.queued += usize::from(job.is_waiting());
+        }
+        job
+    }
+
+    /// This queen stops placing a job (its term ended); another queen's statuses reach it again.
+    pub fn disown(&mut self, job_id: &JobId) {
+        let Some(job) = self.jobs.get(job_id).cloned() else { return };
+        if job.is_owned() {
+            self.queued -= usize::from(job.is_waiting());
+            job.set_owned(false);
+            if !job.is_finished() {
+                self.foreign_active.insert(job_id.clone());
+            }
+        }
+    }
+
     /// Hands an event to its job; returns the job when the event was taken. A status for an unknown
     /// job creates its record when the status names the model (a job seen first through its events);
     /// a token chunk for an unknown job, a duplicate, or anything after the job finished is dropped.
@@ -114,12 +163,12 @@ impl JobTable {
                 }
             },
         };
-        let was_waiting = job.owned && job.is_waiting();
+        let was_waiting = job.is_owned() && job.is_waiting();
         let applied = job.apply(event, now_ms);
         if !applied.taken {
             return None;
         }
-        let waiting = job.owned && job.is_waiting();
+        let waiting = job.is_owned() && job.is_waiting();
         self.queued = self.queued + usize::from(waiting) - usize::from(was_waiting);
         if applied.finished {
             self.note_finished(&job);
@@ -130,7 +179,7 @@ impl JobTable {
     /// Ends an owned job that never got a status event (refused at submission).
     pub fn fail_unannounced(&mut self, job_id: &JobId, reason: String, now_ms: u64) {
         let Some(job) = self.jobs.get(job_id).cloned() else { return };
-        let was_waiting = job.owned && job.is_waiting();
+        let was_waiting = job.is_owned() && job.is_waiting();
         if job.fail_unannounced(reason, now_ms) {
             self.queued -= usize::from(was_waiting);
             self.note_finished(&job);
@@ -162,7 +211,7 @@ impl JobTable {
 
     /// Owned jobs waiting in the queue.
     pub fn waiting(&self) -> Vec<Arc<Job>> {
-        self.jobs.values().filter(|job| job.owned && job.is_waiting()).cloned().collect()
+        self.jobs.values().filter(|job| job.is_owned() && job.is_waiting()).cloned().collect()
     }
 
     /// Up to `limit` jobs, newest first, only those in `phase` when given.
