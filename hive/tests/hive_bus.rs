@@ -188,7 +188,8 @@ async fn hive_spawns_supervises_and_stops_workers() {
             h.worker_id == second.worker_id && h.state == WorkerState::Idle
         })
         .await;
-    let stop = StopRequest { v: 1, worker_id: second.worker_id.clone(), deadline_ms: Some(5000), fence: None };
+    let stop =
+        StopRequest { v: 1, worker_id: second.worker_id.clone(), deadline_ms: Some(5000), fence: None };
     let stopped: StopReply = bus.request(subject::hive_stop(&hive_id), &stop, t).await.expect("stopped");
     assert!(stopped.graceful, "{stopped:?}");
     assert_eq!(stopped.exit, "exit status: 0");

@@ -167,7 +167,8 @@ async fn two_spawns(hive: &TestHive) -> Vec<Result<SpawnReply, BusError>> {
 
 async fn stop_workers(hive: &TestHive, replies: &[Result<SpawnReply, BusError>]) {
     for reply in replies.iter().flatten() {
-        let req = StopRequest { v: 1, worker_id: reply.worker_id.clone(), deadline_ms: Some(2000), fence: None };
+        let req =
+            StopRequest { v: 1, worker_id: reply.worker_id.clone(), deadline_ms: Some(2000), fence: None };
         let _: Result<StopReply, _> =
             hive.bus.request(subject::hive_stop(&hive.id), &req, Duration::from_secs(10)).await;
     }

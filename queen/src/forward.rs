@@ -7,9 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rbee_bus::{
-    subject, BusError, EmbedReply, EmbedRequest, ErrorCode, JobId, SubmitJobReply, WireError,
-};
+use rbee_bus::{subject, BusError, EmbedReply, EmbedRequest, ErrorCode, JobId, SubmitJobReply, WireError};
 
 use crate::embed::EmbedFailure;
 use crate::jobs::admit::{JobRequest, SubmitError};
@@ -88,7 +86,9 @@ pub async fn embed(queen: &Arc<Queen>, request: &EmbedRequest) -> Result<EmbedRe
                     _ => EmbedFailure::Failed(message),
                 });
             }
-            Err(e @ (BusError::NoResponders { .. } | BusError::Remote { .. })) if Instant::now() < deadline => {
+            Err(e @ (BusError::NoResponders { .. } | BusError::Remote { .. }))
+                if Instant::now() < deadline =>
+            {
                 tracing::debug!(error = %e, "no leader took the embedding request yet, trying again");
             }
             Err(e) => return Err(EmbedFailure::Unavailable(no_leader(queen, &e))),

@@ -169,7 +169,12 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         ),
         (
             "StopRequest",
-            j(&StopRequest { v: SCHEMA_VERSION, worker_id: id("wrk-1"), deadline_ms: Some(5000), fence: None }),
+            j(&StopRequest {
+                v: SCHEMA_VERSION,
+                worker_id: id("wrk-1"),
+                deadline_ms: Some(5000),
+                fence: None,
+            }),
         ),
         (
             "StopReply",

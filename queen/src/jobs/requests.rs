@@ -130,9 +130,8 @@ pub async fn list(queen: &Queen) -> Vec<(JobId, Option<JobRequest>, Duration)> {
         }
         let created_ms = u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
         let age = Duration::from_millis(rbee_bus::now_ms().saturating_sub(created_ms));
-        let request = rbee_bus::rpc::decode::<SubmitJob>(subject::QUEEN_JOBS_SUBMIT, &entry.value)
-            .ok()
-            .map(from_wire);
+        let request =
+            rbee_bus::rpc::decode::<SubmitJob>(subject::QUEEN_JOBS_SUBMIT, &entry.value).ok().map(from_wire);
         out.push((job_id, request, age));
     }
     out

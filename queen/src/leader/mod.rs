@@ -70,12 +70,7 @@ pub struct LeaderReport {
 impl Default for Leadership {
     fn default() -> Self {
         Self {
-            state: Mutex::new(State {
-                lease: None,
-                leader: None,
-                term: CancellationToken::new(),
-                terms: 0,
-            }),
+            state: Mutex::new(State { lease: None, leader: None, term: CancellationToken::new(), terms: 0 }),
         }
     }
 }
@@ -134,7 +129,9 @@ impl Leadership {
                 l.queen_id,
                 if l.http.is_empty() { "no http address".to_owned() } else { l.http.join(", ") }
             ),
-            None => format!("this queen is a standby and no leader holds the lease yet: retry {what} shortly"),
+            None => {
+                format!("this queen is a standby and no leader holds the lease yet: retry {what} shortly")
+            }
         }
     }
 
@@ -169,10 +166,9 @@ pub async fn open(queen: &Queen) -> Option<kv::Store> {
     let js = jetstream::new(queen.bus.client().clone());
     let opened = match js.get_key_value(subject::LEADER_BUCKET).await {
         Ok(store) => Ok(store),
-        Err(_) => js
-            .create_key_value(bucket_config(queen.config.lease_replicas))
-            .await
-            .map_err(|e| e.to_string()),
+        Err(_) => {
+            js.create_key_value(bucket_config(queen.config.lease_replicas)).await.map_err(|e| e.to_string())
+        }
     };
     match opened {
         Ok(store) => Some(store),
@@ -203,8 +199,11 @@ pub async fn run(queen: Arc<Queen>, store: kv::Store, services: Tasks, stop: Can
         }
     }
     if let (Standing::Leader { revision, .. }, true) = (lease.standing(), queen.leadership.leads()) {
-        match tokio::time::timeout(KV_TIMEOUT, store.delete_expect_revision(subject::LEADER_KEY, Some(*revision)))
-            .await
+        match tokio::time::timeout(
+            KV_TIMEOUT,
+            store.delete_expect_revision(subject::LEADER_KEY, Some(*revision)),
+        )
+        .await
         {
             Ok(Ok(())) => tracing::info!("leader lease released"),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot release the leader lease"),
