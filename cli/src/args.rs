@@ -13,7 +13,8 @@ pub struct Cli {
     /// Configuration file (default: $RBEE_CONFIG, else ~/.config/rbee/config.toml if present).
     #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// The queen's HTTP address (overrides queen_url and RBEE_QUEEN_URL).
+    /// The queen's HTTP address, or several comma-separated (a leader and its standbys: each call
+    /// goes to whichever answers); overrides queen_url and RBEE_QUEEN_URL.
     #[arg(long = "queen", global = true, value_name = "URL")]
     pub queen: Option<String>,
     /// The NATS server (overrides nats_url and RBEE_NATS_URL). For `rbee up`: use this existing

@@ -60,50 +60,70 @@ impl QueenError {
     }
 }
 
-/// A client for one queen.
+/// One queen's address.
 #[derive(Clone)]
-pub struct Queen {
+struct Target {
     /// Base URL without a trailing slash (`http://127.0.0.1:7833`).
     base: String,
     /// `host:port`, for messages.
     addr: String,
+}
+
+/// A client for the queens at one or more addresses (`--queen URL,URL`): each call goes to the one
+/// that answered last, and on to the next when it is unreachable or is a standby that refuses what
+/// only the leader does (`not_leader`).
+#[derive(Clone)]
+pub struct Queen {
+    targets: Vec<Target>,
+    /// The target that answered last.
+    preferred: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Sent as a bearer token when set.
     api_key: Option<String>,
     http: reqwest::Client,
 }
 
 impl Queen {
-    /// A client for the configured queen.
+    /// A client for the configured queen(s).
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         Self::with_url(&config.queen_url.value, config.api_key.value.clone())
     }
 
-    /// A client for `url` (`http://` is assumed when no scheme is given).
-    pub fn with_url(url: &str, api_key: Option<String>) -> anyhow::Result<Self> {
-        let with_scheme = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
-        let parsed = reqwest::Url::parse(&with_scheme)
-            .map_err(|e| anyhow::anyhow!("invalid queen url `{url}`: {e}"))?;
-        let host = parsed.host_str().unwrap_or("?");
-        let addr = match parsed.port_or_known_default() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_owned(),
-        };
+    /// A client for `urls`, comma-separated (`http://` is assumed when no scheme is given).
+    pub fn with_url(urls: &str, api_key: Option<String>) -> anyhow::Result<Self> {
+        let mut targets = Vec::new();
+        for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let with_scheme = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
+            let parsed = reqwest::Url::parse(&with_scheme)
+                .map_err(|e| anyhow::anyhow!("invalid queen url `{url}`: {e}"))?;
+            let host = parsed.host_str().unwrap_or("?");
+            let addr = match parsed.port_or_known_default() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            };
+            targets.push(Target { base: with_scheme.trim_end_matches('/').to_owned(), addr });
+        }
+        anyhow::ensure!(!targets.is_empty(), "no queen url given (`--queen URL[,URL...]`)");
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .no_proxy()
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build the http client: {e}"))?;
-        Ok(Self { base: with_scheme.trim_end_matches('/').to_owned(), addr, api_key, http })
+        Ok(Self { targets, preferred: Default::default(), api_key, http })
     }
 
-    /// `host:port` of the queen.
+    fn target(&self) -> &Target {
+        let i = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
+        &self.targets[i % self.targets.len()]
+    }
+
+    /// `host:port` of the queen that answered last (the first before any call).
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.target().addr
     }
 
-    /// The base URL (`http://127.0.0.1:7833`).
+    /// Its base URL (`http://127.0.0.1:7833`).
     pub fn base(&self) -> &str {
-        &self.base
+        &self.target().base
     }
 
     /// `GET path` as JSON.
@@ -130,17 +150,20 @@ impl Queen {
         timeout: Duration,
     ) -> Result<Value, QueenError> {
         let response = self.send(method, path, body, Some(timeout)).await?;
-        let bytes = response.bytes().await.map_err(|e| self.map_error(e, timeout))?;
+        let addr = self.addr().to_owned();
+        let bytes = response.bytes().await.map_err(|e| map_error(&addr, e, timeout))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
         }
         serde_json::from_slice(&bytes).map_err(|e| QueenError::Transport {
-            addr: self.addr.clone(),
+            addr,
             message: format!("the reply to {path} is not JSON: {e}"),
         })
     }
 
     /// Sends a request and checks the status; the body is left to the caller (for event streams).
+    /// Tries each address in turn from the last that answered, while one is unreachable or says it
+    /// is not the leader; the first error is returned when none does.
     pub async fn send(
         &self,
         method: Method,
@@ -148,7 +171,37 @@ impl Queen {
         body: Option<&Value>,
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, QueenError> {
-        let mut request = self.http.request(method.clone(), format!("{}{path}", self.base));
+        let start = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
+        let mut first_error = None;
+        for k in 0..self.targets.len() {
+            let i = (start + k) % self.targets.len();
+            match self.send_to(&self.targets[i], method.clone(), path, body, timeout).await {
+                Ok(response) => {
+                    self.preferred.store(i, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(response);
+                }
+                Err(e) => {
+                    let next = matches!(e, QueenError::Unreachable { .. })
+                        || matches!(&e, QueenError::Api { code: Some(code), .. } if code == "not_leader");
+                    first_error.get_or_insert(e);
+                    if !next {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(first_error.unwrap_or(QueenError::Unreachable { addr: self.addr().to_owned() }))
+    }
+
+    async fn send_to(
+        &self,
+        target: &Target,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, QueenError> {
+        let mut request = self.http.request(method.clone(), format!("{}{path}", target.base));
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -159,7 +212,7 @@ impl Queen {
             request = request.timeout(timeout);
         }
         let limit = timeout.unwrap_or(REQUEST_TIMEOUT);
-        let response = request.send().await.map_err(|e| self.map_error(e, limit))?;
+        let response = request.send().await.map_err(|e| map_error(&target.addr, e, limit))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -167,15 +220,15 @@ impl Queen {
         let text = response.text().await.unwrap_or_default();
         Err(api_error(status, &text, &method, path))
     }
+}
 
-    fn map_error(&self, error: reqwest::Error, after: Duration) -> QueenError {
-        if error.is_connect() {
-            QueenError::Unreachable { addr: self.addr.clone() }
-        } else if error.is_timeout() {
-            QueenError::Timeout { addr: self.addr.clone(), after }
-        } else {
-            QueenError::Transport { addr: self.addr.clone(), message: error_chain(&error) }
-        }
+fn map_error(addr: &str, error: reqwest::Error, after: Duration) -> QueenError {
+    if error.is_connect() {
+        QueenError::Unreachable { addr: addr.to_owned() }
+    } else if error.is_timeout() {
+        QueenError::Timeout { addr: addr.to_owned(), after }
+    } else {
+        QueenError::Transport { addr: addr.to_owned(), message: error_chain(&error) }
     }
 }
 
@@ -245,6 +298,10 @@ mod tests {
         let queen = Queen::with_url("127.0.0.1:7833/", None).expect("valid");
         assert_eq!(queen.addr(), "127.0.0.1:7833");
         assert_eq!(queen.base(), "http://127.0.0.1:7833");
+        let two = Queen::with_url("http://198.18.0.1:7833, 198.18.0.2:7833", None).expect("valid");
+        assert_eq!(two.targets.len(), 2);
+        assert_eq!(two.targets[1].base, "http://198.18.0.2:7833");
+        assert!(Queen::with_url(" , ", None).is_err());
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }
 }

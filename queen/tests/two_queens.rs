@@ -67,6 +67,17 @@ fn hive(url: &str, dir: &std::path::Path) -> Daemon {
     Daemon { child }
 }
 
+fn rbee(queens: &str, args: &[&str]) -> std::process::Output {
+    Command::new(rbee_testkit::paths::cargo_bin("rbee"))
+        .arg("--queen")
+        .arg(queens)
+        .args(args)
+        .env_remove("RBEE_CONFIG")
+        .env_remove("RBEE_QUEEN_URL")
+        .output()
+        .expect("run rbee")
+}
+
 async fn get(http: &reqwest::Client, url: String) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }
@@ -267,9 +278,22 @@ async fn a_standby_takes_over_mid_stream_and_a_paused_old_leader_is_fenced() {
         .expect("json");
     assert_eq!(again["choices"][0]["message"]["content"].as_str(), Some(text.as_str()), "same greedy text");
 
+    // The CLI with both addresses: the dead one is skipped.
+    let both = format!("{a},{b}");
+    let out = rbee(&both, &["workers", "ls"]);
+    assert!(out.status.success(), "rbee --queen {both} workers: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(worker_id.as_str()));
+
     // qa comes back as a standby; then qb (the leader) is paused while a job waits behind another.
     let qa = queen(&url, "qa", pa, dir.path());
     wait_for_role(&http, &a, "standby", Duration::from_secs(30)).await;
+    // An administrative command goes on from the standby (not_leader) to the leader.
+    let out = rbee(&both, &["hives", "undrain", "h1"]);
+    assert!(
+        out.status.success(),
+        "rbee --queen {both} hives undrain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let old_fence = fence_of(&http, &b).await;
     let (_long_id, long) = nats_job(&bus, "Once upon a time, in a land far away,", 120).await;
     let (waiting_id, waiting) = nats_job(&bus, "The capital of France is", 12).await;
