@@ -6,7 +6,7 @@
 //!
 //! Each section is a module that measures and records its own figures: [`token_path`] (with its
 //! [`echo`] worker), [`e2e`] (on [`chat`] runs), [`multi_turn`], [`llama_server`], [`control`],
-//! [`sched`] and [`registry_load`]; [`cluster`] starts what they measure, [`report`] holds the figures
+//! [`takeover`], [`sched`] and [`registry_load`]; [`cluster`] starts what they measure, [`report`] holds the figures
 //! and [`notes`] the prose written from them. This file parses the flags and runs the sections in
 //! order.
 //!
@@ -28,6 +28,7 @@ mod report;
 mod sched;
 mod sse;
 mod stats;
+mod takeover;
 mod token_path;
 mod watcher;
 
@@ -80,6 +81,8 @@ enum Cmd {
     },
     /// Only the grammar-constrained decoding comparison of `make bench`, printed (no report written).
     Grammar,
+    /// Only the queen takeover rounds of `make bench`, printed (no report written).
+    Takeover,
     /// `make bench-cluster`: the cluster across three hosts of their own (needs root and `ip`);
     /// prints the figures and writes them to `target/bench-cluster.json`.
     Hosts,
@@ -91,6 +94,7 @@ struct Plan {
     e2e: e2e::Plan,
     hive_kills: usize,
     standalone_kills: usize,
+    takeovers: usize,
     sched_sizes: [(usize, usize); 3],
     registry_window: Duration,
 }
@@ -108,6 +112,7 @@ impl Plan {
                 },
                 hive_kills: 1,
                 standalone_kills: 1,
+                takeovers: 1,
                 sched_sizes: [(100, 300), (1_000, 100), (10_000, 20)],
                 registry_window: Duration::from_secs(3),
             }
@@ -121,6 +126,7 @@ impl Plan {
                 },
                 hive_kills: 2,
                 standalone_kills: 3,
+                takeovers: 3,
                 sched_sizes: [(100, 3_000), (1_000, 1_000), (10_000, 200)],
                 registry_window: Duration::from_secs(10),
             }
@@ -135,6 +141,7 @@ async fn main() -> std::process::ExitCode {
         Some(Cmd::Relay { ref nats, ref from, ref to }) => token_path::relay(nats, from, to).await,
         Some(Cmd::Grammar) => grammar_only(&args).await,
         Some(Cmd::Hosts) => hosts_only(&args).await,
+        Some(Cmd::Takeover) => takeover_only(&args).await,
         None => bench(&args).await,
     };
     match result {
@@ -150,6 +157,18 @@ async fn grammar_only(args: &Args) -> anyhow::Result<()> {
     let env = Env::new(&args.root, args.threads)?;
     let note = grammar::section(&mut Report::default(), &env).await?;
     println!("{note}");
+    Ok(())
+}
+
+async fn takeover_only(args: &Args) -> anyhow::Result<()> {
+    let env = Env::new(&args.root, args.threads)?;
+    let nats = rbee_testkit::NatsServer::start();
+    let mut report = Report::default();
+    heading(takeover::SECTION);
+    takeover::section(&mut report, &env, &nats.url(), if args.quick { 1 } else { 3 }).await?;
+    for figure in &report.figures {
+        println!("{}", figure.line());
+    }
     Ok(())
 }
 
@@ -238,6 +257,9 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     control.detect_failures(&cluster, &env, plan.hive_kills, plan.standalone_kills).await?;
     cluster.stop_daemons();
     control.record(&mut report, &env, &cluster.url, e2e.load_ms, tp.raw.p50).await?;
+
+    heading(takeover::SECTION);
+    takeover::section(&mut report, &env, &cluster.url, plan.takeovers).await?;
 
     heading(sched::SECTION);
     let sched = sched::section(&mut report, &plan.sched_sizes, &templates.0, &templates.1)?;

@@ -37,6 +37,7 @@ fn decode_as(name: &str, bytes: &[u8]) -> Result<(), BusError> {
         "SubmitJob" => decode::<SubmitJob>(s, bytes).map(drop),
         "SubmitJobReply" => decode_reply::<SubmitJobReply>(s, bytes).map(drop),
         "QueenHello" => decode::<QueenHello>(s, bytes).map(drop),
+        "LeaderLease" => decode::<LeaderLease>(s, bytes).map(drop),
         "WireError" => decode::<WireError>(s, bytes).map(drop),
         other => panic!("no decoder for {other}"),
     }

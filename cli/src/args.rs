@@ -153,6 +153,11 @@ pub struct JoinArgs {
     /// Declare at most this many bytes of memory for this machine's CPU (its workers count against it).
     #[arg(long, value_name = "BYTES")]
     pub memory_limit: Option<u64>,
+    /// Also run a standby queen here (its API on 127.0.0.1:7833 and ADDR:7833), and a JetStream node
+    /// for the leader lease: with two such machines the lease survives the first machine's loss and
+    /// a standby takes over. Plain mode only.
+    #[arg(long)]
+    pub queen: bool,
 }
 
 /// `rbee secure ...`

@@ -77,6 +77,8 @@ pub struct Queen {
     keep_alive: Mutex<keep_alive::KeepAliveTable>,
     /// The bus feed the dashboards share.
     pub dashboard: http::dashboard::Feed,
+    /// When the queen's NATS connection last came back (read by [`Queen::reconnected_within`]).
+    reconnected_at: Mutex<Option<Instant>>,
     /// Whether this queen leads, and its term.
     pub leadership: leader::Leadership,
     /// The bucket of requests of jobs not yet ended (with a leader lease only).
@@ -106,6 +108,7 @@ impl Queen {
             keep_alive: Mutex::new(keep_alive::KeepAliveTable::new(config.keep_alive)),
             dashboard: http::dashboard::Feed::default(),
             leadership: leader::Leadership::default(),
+            reconnected_at: Mutex::new(None),
             requests: std::sync::OnceLock::new(),
             config,
             bus,
@@ -130,6 +133,33 @@ impl Queen {
     /// How long each worker stays loaded when idle.
     pub fn keep_alive(&self) -> MutexGuard<'_, keep_alive::KeepAliveTable> {
         self.keep_alive.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True when the queen's own NATS connection came back less than `window` ago: daemons are
+    /// still resubscribing, so a missing responder says nothing about them yet.
+    pub fn reconnected_within(&self, window: Duration) -> bool {
+        self.reconnected_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|at| at.elapsed() < window)
+    }
+
+    /// Notes every reconnection of the queen's NATS connection, until `stop`.
+    async fn watch_reconnects(self: Arc<Self>, stop: CancellationToken) {
+        use std::sync::atomic::Ordering;
+        let connects = || self.bus.client().statistics().connects.load(Ordering::Relaxed);
+        let mut seen = connects();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            let now = connects();
+            if now != seen {
+                seen = now;
+                *self.reconnected_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            }
+        }
     }
 
     /// True when a worker serves the model or a hive has it in its catalog.
@@ -201,6 +231,7 @@ async fn serve_on(
             }
         }
     }
+    services.spawn("reconnects", queen.clone().watch_reconnects(stop_services.clone()));
     heartbeats::start(queen.clone(), &services, stop_services.clone())
         .await
         .context("cannot subscribe to heartbeats")?;
@@ -213,6 +244,7 @@ async fn serve_on(
             // The first read and write happen at once: a queen alone leads within a round trip.
             let lease = leader::run(queen.clone(), store, services.clone(), stop_services.clone());
             services.spawn("leader lease", lease);
+            queen.leadership.first_round(Duration::from_secs(5)).await;
         }
         None => leader::term::start(queen.clone(), &services, None, queen.leadership.term()).await,
     }

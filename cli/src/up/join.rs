@@ -22,6 +22,10 @@ use crate::args::JoinArgs;
 use crate::client::Queen;
 use crate::config::{self, Config};
 
+/// Replicas of the queens' lease and job-request buckets in a cluster of machines: three JetStream
+/// nodes (the first machine and two `rbee join --queen`) survive the loss of any one.
+pub const LEASE_REPLICAS: usize = 3;
+
 /// nats-server flags that make it a node of the cluster on `ip`, soliciting `routes`.
 pub fn cluster_args(ip: IpAddr, routes: &[String]) -> Vec<String> {
     let mut args = vec![
@@ -96,12 +100,17 @@ pub async fn run(config: &Config, args: JoinArgs) -> anyhow::Result<()> {
         hive_id: hive_id.to_string(),
     };
     let started = tokio::select! {
-        result = start(&mut cluster, &root, &data_dir, &file, machine.as_ref(), (args.host, args.memory_limit)) => Some(result),
+        result = start(&mut cluster, &root, &data_dir, &file, machine.as_ref(), (args.host, args.memory_limit, args.queen)) => Some(result),
         _ = interrupt.wait() => None,
     };
     let result = match started {
         Some(Ok(())) => {
-            outln!("joined: hive {hive_id} on {}, queen at {}; ctrl-c leaves", args.host, file.api);
+            let standby = if args.queen {
+                format!(", a standby queen on http://{}:{}", args.host, QUEEN_PORT)
+            } else {
+                String::new()
+            };
+            outln!("joined: hive {hive_id} on {}, queen at {}{standby}; ctrl-c leaves", args.host, file.api);
             tokio::select! {
                 result = supervise(&mut cluster) => result,
                 _ = interrupt.wait() => Ok(()),
@@ -120,8 +129,14 @@ async fn start(
     data_dir: &std::path::Path,
     file: &JoinFile,
     machine: Option<&crate::secure::cluster::Machine>,
-    (host, args_memory_limit): (IpAddr, Option<u64>),
+    (host, args_memory_limit, standby): (IpAddr, Option<u64>, bool),
 ) -> anyhow::Result<()> {
+    if standby && file.secure.is_some() {
+        bail!(
+            "--queen runs in plain mode only: a secure cluster's queen identity stays on the first machine \
+             (join files do not carry it)"
+        );
+    }
     let logs = data_dir.join("logs");
     let nats_bin = root::setup_file(root, root::NATS_SERVER)?;
     let hive_bin = root::sibling_binary("rbee-hive")?;
@@ -149,6 +164,14 @@ async fn start(
         _ => {
             let mut args =
                 vec!["-a".to_owned(), host.to_string(), "-p".to_owned(), file.nats_port.to_string()];
+            if standby {
+                // A JetStream node too, for the lease's replicas.
+                args.extend([
+                    "-js".to_owned(),
+                    "-sd".to_owned(),
+                    data_dir.join("nats").display().to_string(),
+                ]);
+            }
             args.extend(cluster_args(host, &file.routes));
             (args, Vec::new(), None)
         }
@@ -164,6 +187,9 @@ async fn start(
     wait_for_port(cluster, host, file.nats_port).await?;
     let scheme = if monitor.is_some() { "tls" } else { "nats" };
     let nats_url = format!("{scheme}://{listen}");
+    if standby {
+        start_standby(cluster, &logs, &nats_url, host)?;
+    }
 
     let mut args = vec![
         "--hive-id".to_owned(),
@@ -210,6 +236,40 @@ async fn start(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The port of a standby queen's API (the same as the first machine's).
+const QUEEN_PORT: u16 = 7833;
+
+/// Starts a standby queen on this machine: `queen-<hive id>` in the lease, its API on loopback and
+/// on `host`.
+fn start_standby(
+    cluster: &mut Cluster,
+    logs: &std::path::Path,
+    nats_url: &str,
+    host: IpAddr,
+) -> anyhow::Result<()> {
+    let queen_bin = root::sibling_binary("rbee-queen")?;
+    let args = vec![
+        "--http-addr".to_owned(),
+        format!("127.0.0.1:{QUEEN_PORT}"),
+        "--also-http-addr".to_owned(),
+        std::net::SocketAddr::new(host, QUEEN_PORT).to_string(),
+        "--nats-url".to_owned(),
+        nats_url.to_owned(),
+        "--queen-id".to_owned(),
+        format!("queen-{}", cluster.hive_id),
+        "--lease-replicas".to_owned(),
+        LEASE_REPLICAS.to_string(),
+    ];
+    let queen = Child::spawn("queen", &queen_bin, &args, &[], &logs.join("queen.log"), &cluster.kill_list)?;
+    errln!(
+        "started a standby queen on {host}:{QUEEN_PORT} (pid {}, log {})",
+        queen.pid(),
+        queen.log.display()
+    );
+    cluster.queen = Some(queen);
+    Ok(())
 }
 
 /// Secure mode: joined once this machine's node has a route to the cluster (`/routez` of its

@@ -318,6 +318,9 @@ async fn start(
     ];
     if let Some(host) = plan.host {
         args.extend(["--also-http-addr".to_owned(), std::net::SocketAddr::new(host, plan.port).to_string()]);
+        // Replicated once three JetStream nodes exist (this one and two `rbee join --queen`), so a
+        // standby can take over when this machine is lost.
+        args.extend(["--lease-replicas".to_owned(), join::LEASE_REPLICAS.to_string()]);
     }
     if let Some(addr) = plan.ollama_addr {
         if TcpListener::bind(addr).is_err() {

@@ -110,9 +110,24 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
         return crate::forward::submit(queen, request).await;
     }
     let job_id = request.job_id.clone().unwrap_or_else(JobId::generate);
+    if queen.jobs().get(&job_id).is_some_and(|job| !job.is_claimable()) {
+        return Err(SubmitError::DuplicateId(AlreadyExists { job_id }));
+    }
+    // Kept before the submitter hears of the job, so a queen that takes over finds it; written
+    // before placement, so nothing waits between the queue's reading and the job joining it.
+    let kept = super::requests::put(queen, &job_id, &request).await;
     // The queue as it is before this job joins it.
     let queue_len = queen.jobs().queued();
-    let job = queen.jobs().create(job_id.clone(), request.model_id.clone(), rbee_bus::now_ms())?;
+    let created = queen.jobs().create_or_claim(job_id.clone(), request.model_id.clone(), rbee_bus::now_ms());
+    let job = match created {
+        Ok(job) => job,
+        Err(e) => {
+            if kept {
+                super::requests::remove(queen, &job_id).await;
+            }
+            return Err(e.into());
+        }
+    };
     let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
     let first = dispatch::place(queen, &request.model_id, &[], &prefix, queue_len);
     let refusal = match &first {
@@ -126,12 +141,13 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
     if let Some(refusal) = refusal {
         queen.jobs().fail_unannounced(&job_id, refusal.to_string(), rbee_bus::now_ms());
         queen.metrics.refused();
+        if kept {
+            super::requests::remove(queen, &job_id).await;
+        }
         return Err(refusal);
     }
     queen.metrics.submitted();
     let started = Instant::now();
-    // Kept before the submitter hears of the job, so a queen that takes over finds it.
-    super::requests::put(queen, &job_id, &request).await;
     let first = dispatch::Start::Place(first);
     queen
         .tasks

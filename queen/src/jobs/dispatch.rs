@@ -31,6 +31,9 @@ const MAX_ATTEMPTS: u32 = 2;
 const MAX_MIGRATIONS: u32 = 3;
 /// A queued job re-checks at least this often (and whenever the membership view changes).
 pub(crate) const QUEUE_RECHECK: Duration = Duration::from_millis(500);
+/// After the queen's NATS connection came back, a worker not answering an assignment for this long
+/// is taken to be resubscribing, not dead.
+const RESUBSCRIBE_GRACE: Duration = Duration::from_secs(5);
 /// A worker that said it had no free slot is asked again after its next heartbeat, or this long.
 const NO_SLOT_RECHECK: Duration = Duration::from_millis(200);
 
@@ -264,6 +267,14 @@ async fn assign(
             job.set_failure(ErrorCode::PromptTooLong);
             fail(queen, job_id, model_id, e.to_string(), None).await;
             return Step::Done;
+        }
+        Err(BusError::NoResponders { .. }) if queen.reconnected_within(RESUBSCRIBE_GRACE) => {
+            // The queen's connection just came back and the worker has not resubscribed yet: not
+            // its fault, and not an attempt.
+            queen.registry().release_slot(&worker_id);
+            attempts.made -= 1;
+            wait_for_change(queen, NO_SLOT_RECHECK).await;
+            return Step::Again;
         }
         Err(e) => {
             // No answer in time: the worker may still have taken the job; that attempt is abandoned.

@@ -107,6 +107,16 @@ impl Job {
         self.owned.store(owned, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// True for a job this queen relayed that nothing happened to yet (no event, not placed, not
+    /// ended): the leader may take it as its own.
+    pub fn is_claimable(&self) -> bool {
+        let state = self.lock();
+        !self.is_owned()
+            && state.placement.is_none()
+            && state.finished_at.is_none()
+            && state.events.as_ref().is_some_and(Vec::is_empty)
+    }
+
     /// The worker, attempt number and key of its latest placement.
     pub fn placement(&self) -> Option<(WorkerId, u32, Option<String>)> {
         self.lock().placement.clone()

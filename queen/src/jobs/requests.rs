@@ -38,7 +38,15 @@ pub async fn open(queen: &Queen) -> Option<kv::Store> {
         num_replicas: queen.config.lease_replicas,
         ..Default::default()
     };
-    match js.create_key_value(config).await {
+    let replicas = config.num_replicas;
+    let created = match js.create_key_value(config.clone()).await {
+        Err(e) if replicas > 1 => {
+            tracing::warn!(error = %e, "job requests with one replica until more jetstream nodes join");
+            js.create_key_value(kv::Config { num_replicas: 1, ..config }).await
+        }
+        other => other,
+    };
+    match created {
         Ok(store) => Some(store),
         Err(e) => {
             tracing::warn!(error = %e, "job requests not kept (jetstream kv unavailable): no takeover of queued jobs");

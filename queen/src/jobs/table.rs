@@ -107,6 +107,22 @@ impl JobTable {
         Ok(job)
     }
 
+    /// [`JobTable::create`], or the job this queen relayed under the same id while a standby, when
+    /// nothing happened to it yet: the queen became the leader and the forwarded submission reached
+    /// itself.
+    pub fn create_or_claim(
+        &mut self,
+        job_id: JobId,
+        model_id: ModelId,
+        now_ms: u64,
+    ) -> Result<Arc<Job>, AlreadyExists> {
+        match self.jobs.get(&job_id).cloned() {
+            Some(job) if job.is_claimable() => Ok(self.adopt(&job_id, &model_id, now_ms)),
+            Some(_) => Err(AlreadyExists { job_id }),
+            None => self.create(job_id, model_id, now_ms),
+        }
+    }
+
     /// Makes this queen the one that places a job (a takeover); an id it never saw gets a record
     /// created at `created_at_ms`.
     pub fn adopt(&mut self, job_id: &JobId, model_id: &ModelId, created_at_ms: u64) -> Arc<Job> {

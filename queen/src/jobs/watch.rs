@@ -133,7 +133,7 @@ async fn confirm_silent(queen: &Queen, worker_id: &rbee_bus::WorkerId, interval:
 
 /// Looks up the job's last status in the JetStream history; when it is final, publishes it again so
 /// the queen (and every subscriber that missed it) sees the end. True when it did.
-async fn recover_final_status(queen: &Queen, job_id: &JobId) -> bool {
+pub(crate) async fn recover_final_status(queen: &Queen, job_id: &JobId) -> bool {
     if !queen.config.durable_jobs {
         return false;
     }

@@ -50,12 +50,15 @@ pub struct Lease {
     /// How long a lease lasts without a renewal.
     pub ttl: Duration,
     standing: Standing,
+    /// The revision this queen wrote last: when the entry still has it after this queen's lease ran
+    /// out (it lost NATS for a while, nobody else wrote), taking it back cannot overlap another term.
+    last_written: Option<u64>,
 }
 
 impl Lease {
     /// A standby that has read nothing yet.
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, standing: Standing::Standby { seen: None } }
+        Self { ttl, standing: Standing::Standby { seen: None }, last_written: None }
     }
 
     /// How much earlier than a standby could take over the leader stops counting on its lease.
@@ -91,6 +94,9 @@ impl Lease {
             self.standing = Standing::Standby { seen: None };
         }
         let Some(revision) = entry else { return Action::Create };
+        if self.last_written == Some(revision) {
+            return Action::TakeOver { revision };
+        }
         let Standing::Standby { seen } = &mut self.standing else { return Action::Wait };
         match seen {
             Some((seen_revision, since)) if *seen_revision == revision => {
@@ -110,6 +116,7 @@ impl Lease {
     /// A write sent at `sent` succeeded at `revision`: a create or takeover starts a term (the new
     /// revision is the fence), a renewal extends it. True when a term started.
     pub fn written(&mut self, revision: u64, sent: Instant) -> bool {
+        self.last_written = Some(revision);
         let valid_until = sent + self.ttl - self.margin();
         match &mut self.standing {
             Standing::Leader { revision: r, valid_until: v, .. } => {
@@ -127,6 +134,7 @@ impl Lease {
     /// Another queen wrote the entry (a compare-and-set failed): step down at once. True when this
     /// ended a term.
     pub fn lost(&mut self) -> bool {
+        self.last_written = None;
         let was_leader = matches!(self.standing, Standing::Leader { .. });
         self.standing = Standing::Standby { seen: None };
         was_leader
@@ -180,6 +188,19 @@ mod tests {
         // The old leader, once past its validity, is a standby again and reads like one.
         assert_eq!(leader.next(Some(12), leader_ends), Action::Wait);
         assert_eq!(leader.fence(leader_ends), None);
+    }
+
+    #[test]
+    fn a_leader_cut_off_from_nats_takes_back_at_once_the_lease_nobody_wrote_since() {
+        let t0 = Instant::now();
+        let mut lease = Lease::new(TTL);
+        lease.next(None, t0);
+        lease.written(5, t0);
+        let later = t0 + TTL;
+        assert_eq!(lease.fence(later), None, "ran out while cut off");
+        assert_eq!(lease.next(Some(5), later), Action::TakeOver { revision: 5 }, "still its own write");
+        let mut other = lease.clone();
+        assert_eq!(other.next(Some(6), later), Action::Wait, "another queen wrote since: wait a lease");
     }
 
     #[test]

@@ -30,6 +30,9 @@ use crate::Queen;
 /// How long a lease lasts without renewal unless `--lease-ms` says otherwise.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 
+/// The leader checks its buckets' replicas every this many lease rounds.
+const REPLICA_CHECK_ROUNDS: u64 = 20;
+
 /// How long one read or write of the lease may take.
 const KV_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -50,6 +53,8 @@ struct State {
     term: CancellationToken,
     /// Terms this queen started.
     terms: u64,
+    /// Lease rounds done (the first decides whether a queen alone leads).
+    rounds: u64,
 }
 
 /// What `GET /health` says about leadership.
@@ -70,7 +75,13 @@ pub struct LeaderReport {
 impl Default for Leadership {
     fn default() -> Self {
         Self {
-            state: Mutex::new(State { lease: None, leader: None, term: CancellationToken::new(), terms: 0 }),
+            state: Mutex::new(State {
+                lease: None,
+                leader: None,
+                term: CancellationToken::new(),
+                terms: 0,
+                rounds: 0,
+            }),
         }
     }
 }
@@ -95,6 +106,15 @@ impl Leadership {
         let state = self.lock();
         let lease = state.lease.as_ref()?;
         Some(lease.fence(Instant::now()).unwrap_or(0))
+    }
+
+    /// Waits until the first lease round is done (a queen alone then leads), up to `at_most`, so
+    /// the API does not open as a standby that is about to lead.
+    pub async fn first_round(&self, at_most: Duration) {
+        let deadline = Instant::now() + at_most;
+        while self.lock().rounds == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The current term's token.
@@ -162,13 +182,21 @@ fn bucket_config(replicas: usize) -> kv::Config {
 }
 
 /// Opens (or creates) the lease bucket; `None` when JetStream cannot (the queen then runs alone).
+/// When the JetStream cluster has fewer nodes than `--lease-replicas` yet, the bucket starts with
+/// one replica and [`run`] raises it once enough nodes joined ([`ensure_replicas`]).
 pub async fn open(queen: &Queen) -> Option<kv::Store> {
     let js = jetstream::new(queen.bus.client().clone());
+    let replicas = queen.config.lease_replicas;
     let opened = match js.get_key_value(subject::LEADER_BUCKET).await {
         Ok(store) => Ok(store),
-        Err(_) => {
-            js.create_key_value(bucket_config(queen.config.lease_replicas)).await.map_err(|e| e.to_string())
-        }
+        Err(_) => match js.create_key_value(bucket_config(replicas)).await {
+            Ok(store) => Ok(store),
+            Err(e) if replicas > 1 => {
+                tracing::warn!(error = %e, replicas, "lease bucket with one replica until more jetstream nodes join");
+                js.create_key_value(bucket_config(1)).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        },
     };
     match opened {
         Ok(store) => Some(store),
@@ -186,9 +214,17 @@ pub async fn run(queen: Arc<Queen>, store: kv::Store, services: Tasks, stop: Can
     let mut lease = Lease::new(queen.config.lease);
     queen.leadership.lock().lease = Some(lease.clone());
     let mut revision = None;
+    let mut rounds = 0u64;
     loop {
         let was_leading = queen.leadership.leads();
         step(&queen, &store, &services, &mut lease, &mut revision).await;
+        if queen.config.lease_replicas > 1 && rounds % REPLICA_CHECK_ROUNDS == 0 && queen.leadership.leads() {
+            for bucket in [subject::LEADER_BUCKET, subject::JOB_REQUESTS_BUCKET] {
+                ensure_replicas(&queen, bucket).await;
+            }
+        }
+        rounds += 1;
+        queen.leadership.lock().rounds = rounds;
         if was_leading && !queen.leadership.leads() {
             tracing::warn!("leader lease lost: this queen is a standby now");
             queen.leadership.end_term();
@@ -293,6 +329,27 @@ async fn step(
         }
     }
     publish(queen, lease);
+}
+
+/// Raises a KV bucket's stream to `--lease-replicas` when it has fewer and the JetStream cluster
+/// now has the nodes (a cluster of several machines starts with the first one alone).
+async fn ensure_replicas(queen: &Queen, bucket: &str) {
+    let js = jetstream::new(queen.bus.client().clone());
+    let name = format!("KV_{bucket}");
+    let Ok(Ok(mut stream)) = tokio::time::timeout(KV_TIMEOUT, js.get_stream(&name)).await else { return };
+    let Ok(info) = stream.info().await else { return };
+    let want = queen.config.lease_replicas;
+    let have = info.config.num_replicas;
+    if have >= want {
+        return;
+    }
+    let mut config = info.config.clone();
+    config.num_replicas = want;
+    match tokio::time::timeout(KV_TIMEOUT, js.update_stream(config)).await {
+        Ok(Ok(_)) => tracing::info!(bucket, replicas = want, "bucket replicated across jetstream nodes"),
+        Ok(Err(e)) => tracing::debug!(bucket, have, want, error = %e, "bucket not replicated yet"),
+        Err(_) => tracing::debug!(bucket, "replicating the bucket timed out"),
+    }
 }
 
 async fn timed<T, E: std::fmt::Display>(

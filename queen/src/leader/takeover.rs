@@ -45,6 +45,15 @@ pub async fn adopt(queen: &Arc<Queen>) {
                 continue;
             }
         }
+        // A final status this queen missed (its NATS connection was down) is in the job history.
+        if known.is_some() && crate::jobs::watch::recover_final_status(queen, &job_id).await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if known.as_ref().is_some_and(|job| job.is_finished()) {
+                requests::remove(queen, &job_id).await;
+                tally.ended += 1;
+                continue;
+            }
+        }
         let created_at_ms = rbee_bus::now_ms().saturating_sub(age.as_millis() as u64);
         let job = queen.jobs().adopt(&job_id, &request.model_id, created_at_ms);
         let record = job.record();
