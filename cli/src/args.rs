@@ -155,9 +155,9 @@ pub struct JoinArgs {
     pub memory_limit: Option<u64>,
     /// Also run a standby queen here (its API on 127.0.0.1:7833 and ADDR:7833), and a JetStream node
     /// for the leader lease: with two such machines the lease survives the first machine's loss and
-    /// a standby takes over. Plain mode only.
+    /// a standby takes over. Plain mode only. (Not `--queen`: that global flag names queens' URLs.)
     #[arg(long)]
-    pub queen: bool,
+    pub standby_queen: bool,
 }
 
 /// `rbee secure ...`

@@ -41,6 +41,9 @@ pub struct QueenConfig {
     pub queen_id: String,
     /// How long the leader lease lasts without a renewal ([`crate::leader`]).
     pub lease: std::time::Duration,
+    /// Never lead without the lease (a standby started next to a leader): while the lease bucket
+    /// cannot be opened, wait instead of running alone.
+    pub standby: bool,
     /// Replicas of the lease and job-request buckets (up to the JetStream nodes of the cluster).
     pub lease_replicas: usize,
 }
@@ -91,6 +94,7 @@ impl Default for QueenConfig {
             queen_id: "queen".to_owned(),
             lease: crate::leader::DEFAULT_LEASE,
             lease_replicas: 1,
+            standby: false,
         }
     }
 }

@@ -47,6 +47,9 @@ use membership::{Registry, RegistryConfig};
 /// The publisher name on the queen's own events.
 pub const QUEEN_PUBLISHER: &str = "queen";
 
+/// Longest a starting queen waits for JetStream to finish starting.
+const JETSTREAM_WAIT: Duration = Duration::from_secs(3);
+
 /// How long the services (relay, heartbeats, submission) get to stop after the jobs drained.
 const SERVICES_STOP: Duration = Duration::from_secs(2);
 
@@ -211,6 +214,7 @@ async fn serve_on(
         .await
         .context("cannot subscribe to job events")?;
     if durable {
+        wait_for_jetstream(&queen).await;
         match jobs::store::replay(&queen).await {
             Ok(report) => {
                 if report.complete {
@@ -246,7 +250,20 @@ async fn serve_on(
             services.spawn("leader lease", lease);
             queen.leadership.first_round(Duration::from_secs(5)).await;
         }
-        None => leader::term::start(queen.clone(), &services, None, queen.leadership.term()).await,
+        None => {
+            if queen.config.standby {
+                tracing::warn!("no leader lease yet: this standby waits for jetstream and places nothing");
+                queen.leadership.wait_for_lease();
+            } else {
+                leader::term::start(queen.clone(), &services, None, queen.leadership.solo_term()).await;
+            }
+            if durable {
+                // JetStream may come later (a cluster's first node elects its JetStream leader once
+                // others join): the lease is taken then.
+                let later = leader::open_later(queen.clone(), services.clone(), stop_services.clone());
+                services.spawn("leader lease", later);
+            }
+        }
     }
     http::dashboard::Feed::start(&queen);
     let app = http::router(queen.clone());
@@ -265,6 +282,28 @@ async fn serve_on(
     rbee_daemon::shutdown::flush(&queen.bus).await;
     tracing::info!("queen stopped");
     Ok(())
+}
+
+/// Waits up to [`JETSTREAM_WAIT`] while JetStream says it is not ready yet (a node of a cluster
+/// elects its JetStream leader for a few seconds after it starts), so the job history and the
+/// leader lease are not given up at once.
+async fn wait_for_jetstream(queen: &Queen) {
+    let js = async_nats::jetstream::new(queen.bus.client().clone());
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(2), js.query_account()).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) if e.to_string().contains("temporarily unavailable") => {}
+            // No JetStream at all, or no permission: nothing to wait for.
+            Ok(Err(_)) => return,
+            Err(_) => {}
+        }
+        if started.elapsed() > JETSTREAM_WAIT {
+            tracing::warn!("jetstream still not ready: going on without waiting");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Waits for the jobs this queen placed, up to the drain deadline; then stops following them (their

@@ -57,6 +57,10 @@ struct Args {
     /// nodes; 3 survives the loss of one).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
     lease_replicas: u64,
+    /// Start as a standby: never lead without holding the lease, even while JetStream is not ready
+    /// (without it a queen that cannot open the lease bucket leads alone).
+    #[arg(long)]
+    standby: bool,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -83,6 +87,7 @@ async fn main() -> std::process::ExitCode {
         queen_id: args.queen_id,
         lease: Duration::from_millis(args.lease_ms),
         lease_replicas: args.lease_replicas as usize,
+        standby: args.standby,
         ..QueenConfig::default()
     };
     rbee_daemon::main("queen", &nats, |bus, shutdown| rbee_queen::run(config, bus, shutdown)).await

@@ -23,7 +23,7 @@ use crate::client::Queen;
 use crate::config::{self, Config};
 
 /// Replicas of the queens' lease and job-request buckets in a cluster of machines: three JetStream
-/// nodes (the first machine and two `rbee join --queen`) survive the loss of any one.
+/// nodes (the first machine and two `rbee join --standby-queen`) survive the loss of any one.
 pub const LEASE_REPLICAS: usize = 3;
 
 /// nats-server flags that make it a node of the cluster on `ip`, soliciting `routes`.
@@ -100,12 +100,12 @@ pub async fn run(config: &Config, args: JoinArgs) -> anyhow::Result<()> {
         hive_id: hive_id.to_string(),
     };
     let started = tokio::select! {
-        result = start(&mut cluster, &root, &data_dir, &file, machine.as_ref(), (args.host, args.memory_limit, args.queen)) => Some(result),
+        result = start(&mut cluster, &root, &data_dir, &file, machine.as_ref(), (args.host, args.memory_limit, args.standby_queen)) => Some(result),
         _ = interrupt.wait() => None,
     };
     let result = match started {
         Some(Ok(())) => {
-            let standby = if args.queen {
+            let standby = if args.standby_queen {
                 format!(", a standby queen on http://{}:{}", args.host, QUEEN_PORT)
             } else {
                 String::new()
@@ -133,7 +133,7 @@ async fn start(
 ) -> anyhow::Result<()> {
     if standby && file.secure.is_some() {
         bail!(
-            "--queen runs in plain mode only: a secure cluster's queen identity stays on the first machine \
+            "--standby-queen runs in plain mode only: a secure cluster's queen identity stays on the first machine \
              (join files do not carry it)"
         );
     }
@@ -261,6 +261,7 @@ fn start_standby(
         format!("queen-{}", cluster.hive_id),
         "--lease-replicas".to_owned(),
         LEASE_REPLICAS.to_string(),
+        "--standby".to_owned(),
     ];
     let queen = Child::spawn("queen", &queen_bin, &args, &[], &logs.join("queen.log"), &cluster.kill_list)?;
     errln!(

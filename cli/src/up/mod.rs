@@ -318,7 +318,7 @@ async fn start(
     ];
     if let Some(host) = plan.host {
         args.extend(["--also-http-addr".to_owned(), std::net::SocketAddr::new(host, plan.port).to_string()]);
-        // Replicated once three JetStream nodes exist (this one and two `rbee join --queen`), so a
+        // Replicated once three JetStream nodes exist (this one and two `rbee join --standby-queen`), so a
         // standby can take over when this machine is lost.
         args.extend(["--lease-replicas".to_owned(), join::LEASE_REPLICAS.to_string()]);
     }

@@ -15,6 +15,8 @@ use rbee_bus::{
     subject, BusError, ErrorCode, JobAccepted, JobCancel, JobId, JobState, ModelId, WorkerId, SCHEMA_VERSION,
 };
 
+use tokio_util::sync::CancellationToken;
+
 use super::admit::JobRequest;
 use super::announce::{announce, announce_attempt, cancelled, fail};
 use super::job::Job;
@@ -120,7 +122,8 @@ pub async fn drive(
     started: Instant,
 ) {
     let abandon = queen.tasks.token();
-    let term = queen.leadership.term();
+    // A queen alone follows its jobs to their end even when a lease term replaces its own.
+    let term = if queen.leadership.is_solo() { CancellationToken::new() } else { queen.leadership.term() };
     tokio::select! {
         _ = abandon.cancelled() => tracing::info!(job_id = %job.job_id, "queen stopping: job no longer followed"),
         _ = term.cancelled() => tracing::info!(job_id = %job.job_id, "no longer the leader: job left to the next"),

@@ -30,8 +30,11 @@ use crate::Queen;
 /// How long a lease lasts without renewal unless `--lease-ms` says otherwise.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 
+/// How often a queen without the lease bucket tries to open it.
+const REOPEN_EVERY: Duration = Duration::from_secs(2);
+
 /// The leader checks its buckets' replicas every this many lease rounds.
-const REPLICA_CHECK_ROUNDS: u64 = 20;
+const REPLICA_CHECK_ROUNDS: u64 = 4;
 
 /// How long one read or write of the lease may take.
 const KV_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,6 +58,11 @@ struct State {
     terms: u64,
     /// Lease rounds done (the first decides whether a queen alone leads).
     rounds: u64,
+    /// The current term is a queen's alone (no lease); its jobs are not stopped when a lease term
+    /// replaces it.
+    solo: bool,
+    /// A standby without a lease yet (`--standby`): it does not lead alone.
+    waiting: bool,
 }
 
 /// What `GET /health` says about leadership.
@@ -81,6 +89,8 @@ impl Default for Leadership {
                 term: CancellationToken::new(),
                 terms: 0,
                 rounds: 0,
+                solo: false,
+                waiting: false,
             }),
         }
     }
@@ -95,7 +105,7 @@ impl Leadership {
     pub fn leads(&self) -> bool {
         let state = self.lock();
         match &state.lease {
-            None => true,
+            None => !state.waiting,
             Some(lease) => lease.fence(Instant::now()).is_some(),
         }
     }
@@ -132,6 +142,7 @@ impl Leadership {
         let state = self.lock();
         let now = Instant::now();
         let (role, fence) = match &state.lease {
+            None if state.waiting => ("standby", None),
             None => ("solo", None),
             Some(lease) => match lease.fence(now) {
                 Some(fence) => ("leader", Some(fence)),
@@ -153,6 +164,25 @@ impl Leadership {
                 format!("this queen is a standby and no leader holds the lease yet: retry {what} shortly")
             }
         }
+    }
+
+    /// Starts the term of a queen alone (no lease).
+    pub fn solo_term(&self) -> CancellationToken {
+        let mut state = self.lock();
+        state.solo = true;
+        state.terms += 1;
+        state.term.clone()
+    }
+
+    /// Marks a standby that waits for the lease bucket (it does not lead alone meanwhile).
+    pub fn wait_for_lease(&self) {
+        self.lock().waiting = true;
+    }
+
+    /// True while the queen runs alone (its jobs are followed to their end whatever happens).
+    pub fn is_solo(&self) -> bool {
+        let state = self.lock();
+        state.solo && state.lease.is_none()
     }
 
     fn new_term(&self) -> CancellationToken {
@@ -205,6 +235,27 @@ pub async fn open(queen: &Queen) -> Option<kv::Store> {
             None
         }
     }
+}
+
+/// Opens the lease bucket once JetStream can (tried every [`REOPEN_EVERY`]), then takes part in
+/// leadership ([`run`]); the term of the queen alone ends then (its services stop; its jobs are
+/// followed to their end).
+pub async fn open_later(queen: Arc<Queen>, services: Tasks, stop: CancellationToken) {
+    let store = loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(REOPEN_EVERY) => {}
+        }
+        if let Some(store) = open(&queen).await {
+            break store;
+        }
+    };
+    if let Some(requests) = crate::jobs::requests::open(&queen).await {
+        let _ = queen.requests.set(requests);
+    }
+    tracing::info!("jetstream ready: taking part in the leader lease");
+    queen.leadership.end_term();
+    run(queen, store, services, stop).await;
 }
 
 /// Takes part in leadership until `stop`: a first read and write at once (a queen alone leads
