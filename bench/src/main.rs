@@ -165,11 +165,8 @@ async fn takeover_only(args: &Args) -> anyhow::Result<()> {
     let nats = rbee_testkit::NatsServer::start();
     let mut report = Report::default();
     heading(takeover::SECTION);
-    takeover::section(&mut report, &env, &nats.url(), if args.quick { 1 } else { 3 }).await?;
-    for figure in &report.figures {
-        println!("{}", figure.line());
-    }
-    Ok(())
+    // Each figure is printed as it is recorded.
+    takeover::section(&mut report, &env, &nats.url(), if args.quick { 1 } else { 3 }).await
 }
 
 async fn hosts_only(args: &Args) -> anyhow::Result<()> {

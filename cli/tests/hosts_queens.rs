@@ -161,7 +161,16 @@ fn a_standby_on_another_machine_takes_over_when_the_first_machine_is_lost() {
     let out = answer.wait_with_output().expect("curl output");
     match serde_json::from_slice::<Value>(&out.stdout) {
         Ok(body) => eprintln!("in-flight answer: {} completion tokens", body["usage"]["completion_tokens"]),
-        Err(_) => eprintln!("in-flight answer lost: {:?}", String::from_utf8_lossy(&out.stdout)),
+        Err(_) => {
+            eprintln!("in-flight answer lost: {:?}", String::from_utf8_lossy(&out.stdout));
+            let log = dirs[client - 1].path().join("logs").join("queen.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            for line in
+                text.lines().filter(|l| l.contains("panicked") || l.contains("WARN") || l.contains("ERROR"))
+            {
+                eprintln!("  client's queen: {line}");
+            }
+        }
     }
 
     // The next job, sent to the other joined machine, is placed by the new leader.
