@@ -294,12 +294,10 @@ fn service_api(service: &str) -> Vec<String> {
     out
 }
 
-/// The JetStream API subjects the queen uses for its job history: stream info/create/update, direct
-/// and message gets, and its own (ordered) consumers. Not delete or purge.
-fn jobs_stream_api() -> Vec<String> {
-    let s = subject::JOBS_STREAM;
+/// The JetStream API subjects for one stream the queen keeps: info, create, update, direct and
+/// message gets, and its own (ordered) consumers. Not delete or purge.
+fn stream_api(s: &str) -> Vec<String> {
     vec![
-        "$JS.API.INFO".to_owned(),
         format!("$JS.API.STREAM.INFO.{s}"),
         format!("$JS.API.STREAM.CREATE.{s}"),
         format!("$JS.API.STREAM.UPDATE.{s}"),
@@ -310,32 +308,28 @@ fn jobs_stream_api() -> Vec<String> {
         format!("$JS.API.CONSUMER.CREATE.{s}.>"),
         format!("$JS.API.CONSUMER.INFO.{s}.*"),
         format!("$JS.API.CONSUMER.DELETE.{s}.*"),
-        format!("$JS.API.CONSUMER.MSG.NEXT.{s}.*"),
-        format!("$JS.ACK.{s}.>"),
     ]
 }
 
+/// The JetStream API subjects the queen uses for its job history ([`stream_api`] of the stream,
+/// with pull and ack of its consumers).
+fn jobs_stream_api() -> Vec<String> {
+    let s = subject::JOBS_STREAM;
+    let mut out = vec!["$JS.API.INFO".to_owned()];
+    out.extend(stream_api(s));
+    out.extend([format!("$JS.API.CONSUMER.MSG.NEXT.{s}.*"), format!("$JS.ACK.{s}.>")]);
+    out
+}
+
 /// The JetStream KV subjects the queen uses for the leader lease and the requests of jobs not yet
-/// ended: its buckets' streams (info, create, update, gets, its own ordered consumers for listing
-/// keys, their flow control) and their keys. Not deleting a bucket.
+/// ended: [`stream_api`] of each bucket's stream, the flow control of its consumers (listing keys)
+/// and its keys. Not deleting a bucket.
 fn queen_kv_api() -> Vec<String> {
     let mut out = Vec::new();
     for bucket in [subject::LEADER_BUCKET, subject::JOB_REQUESTS_BUCKET] {
         let s = format!("KV_{bucket}");
-        out.extend([
-            format!("$JS.API.STREAM.INFO.{s}"),
-            format!("$JS.API.STREAM.CREATE.{s}"),
-            format!("$JS.API.STREAM.UPDATE.{s}"),
-            format!("$JS.API.STREAM.MSG.GET.{s}"),
-            format!("$JS.API.DIRECT.GET.{s}"),
-            format!("$JS.API.DIRECT.GET.{s}.>"),
-            format!("$JS.API.CONSUMER.CREATE.{s}"),
-            format!("$JS.API.CONSUMER.CREATE.{s}.>"),
-            format!("$JS.API.CONSUMER.INFO.{s}.*"),
-            format!("$JS.API.CONSUMER.DELETE.{s}.*"),
-            format!("$JS.FC.{s}.>"),
-            format!("$KV.{bucket}.>"),
-        ]);
+        out.extend(stream_api(&s));
+        out.extend([format!("$JS.FC.{s}.>"), format!("$KV.{bucket}.>")]);
     }
     out
 }

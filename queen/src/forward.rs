@@ -45,7 +45,7 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
             Err(BusError::Remote { error, .. })
                 if !matches!(error.code(), ErrorCode::NotLeader | ErrorCode::ShuttingDown) =>
             {
-                break Err(refusal(error));
+                break Err(refusal(error, &request.model_id));
             }
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!(%job_id, error = %e, "no leader took the job yet, trying again");
@@ -97,7 +97,7 @@ pub async fn embed(queen: &Arc<Queen>, request: &EmbedRequest) -> Result<EmbedRe
     }
 }
 
-fn refusal(error: WireError) -> SubmitError {
+fn refusal(error: WireError, model_id: &rbee_bus::ModelId) -> SubmitError {
     let message = error.error.message.clone();
     match error.code() {
         ErrorCode::InvalidParams | ErrorCode::BadRequest => {
@@ -106,7 +106,7 @@ fn refusal(error: WireError) -> SubmitError {
         ErrorCode::PromptTooLong => SubmitError::PromptTooLarge(message),
         ErrorCode::QueueFull => SubmitError::QueueFull(message),
         ErrorCode::ModelFailing => SubmitError::ModelFailing(message),
-        ErrorCode::UnknownModel => SubmitError::InvalidParams { field: "model".to_owned(), message },
+        ErrorCode::UnknownModel => SubmitError::UnknownModel(model_id.clone()),
         _ => SubmitError::NoLeader(format!("the leader refused the job: {message}")),
     }
 }

@@ -82,12 +82,7 @@ impl JobTable {
         model_id: ModelId,
         now_ms: u64,
     ) -> Result<Arc<Job>, AlreadyExists> {
-        if self.jobs.contains_key(&job_id) {
-            return Err(AlreadyExists { job_id });
-        }
-        let job = Arc::new(Job::new(JobRecord::new(job_id.clone(), model_id, now_ms), true));
-        self.jobs.insert(job_id, job.clone());
-        Ok(job)
+        self.insert_new(job_id, model_id, now_ms, true)
     }
 
     /// Creates a job a standby forwards to the leader: the leader places it, this queen relays its
@@ -98,12 +93,23 @@ impl JobTable {
         model_id: ModelId,
         now_ms: u64,
     ) -> Result<Arc<Job>, AlreadyExists> {
+        let job = self.insert_new(job_id.clone(), model_id, now_ms, false)?;
+        self.foreign_active.insert(job_id);
+        Ok(job)
+    }
+
+    fn insert_new(
+        &mut self,
+        job_id: JobId,
+        model_id: ModelId,
+        now_ms: u64,
+        owned: bool,
+    ) -> Result<Arc<Job>, AlreadyExists> {
         if self.jobs.contains_key(&job_id) {
             return Err(AlreadyExists { job_id });
         }
-        let job = Arc::new(Job::new(JobRecord::new(job_id.clone(), model_id, now_ms), false));
-        self.jobs.insert(job_id.clone(), job.clone());
-        self.foreign_active.insert(job_id);
+        let job = Arc::new(Job::new(JobRecord::new(job_id.clone(), model_id, now_ms), owned));
+        self.jobs.insert(job_id, job.clone());
         Ok(job)
     }
 

@@ -264,11 +264,10 @@ pub async fn open_later(queen: Arc<Queen>, services: Tasks, stop: CancellationTo
 pub async fn run(queen: Arc<Queen>, store: kv::Store, services: Tasks, stop: CancellationToken) {
     let mut lease = Lease::new(queen.config.lease);
     queen.leadership.lock().lease = Some(lease.clone());
-    let mut revision = None;
     let mut rounds = 0u64;
     loop {
         let was_leading = queen.leadership.leads();
-        step(&queen, &store, &services, &mut lease, &mut revision).await;
+        step(&queen, &store, &services, &mut lease).await;
         if queen.config.lease_replicas > 1 && rounds % REPLICA_CHECK_ROUNDS == 0 && queen.leadership.leads() {
             for bucket in [subject::LEADER_BUCKET, subject::JOB_REQUESTS_BUCKET] {
                 ensure_replicas(&queen, bucket).await;
@@ -301,13 +300,7 @@ pub async fn run(queen: Arc<Queen>, store: kv::Store, services: Tasks, stop: Can
 }
 
 /// One read (a standby's) and the write it calls for.
-async fn step(
-    queen: &Arc<Queen>,
-    store: &kv::Store,
-    services: &Tasks,
-    lease: &mut Lease,
-    last_written: &mut Option<u64>,
-) {
+async fn step(queen: &Arc<Queen>, store: &kv::Store, services: &Tasks, lease: &mut Lease) {
     let leading = matches!(lease.standing(), Standing::Leader { .. }) && !lease.expired(Instant::now());
     let entry = if leading { Read::Absent } else { read(store).await };
     let seen = match &entry {
@@ -355,7 +348,6 @@ async fn step(
     };
     match written {
         Ok(revision) => {
-            *last_written = Some(revision);
             if lease.written(revision, sent) {
                 let Standing::Leader { fence, .. } = lease.standing().clone() else { return };
                 tracing::info!(fence, "this queen leads now");
