@@ -152,7 +152,20 @@ fn a_standby_on_another_machine_takes_over_when_the_first_machine_is_lost() {
             [client, worker_host].into_iter().find(|&i| role(&hosts, i).as_deref() == Some("leader"));
         std::thread::sleep(Duration::from_millis(100));
     }
-    let next_leader = next_leader.expect("a standby took the lease after the leader's machine was lost");
+    let Some(next_leader) = next_leader else {
+        let logs: Vec<String> = [client, worker_host]
+            .into_iter()
+            .map(|i| {
+                let dir = dirs[i - 1].path().join("logs");
+                format!(
+                    "host {i}'s queen log:\n{}\nhost {i}'s nats log:\n{}",
+                    tail(&dir.join("queen.log")),
+                    tail(&dir.join("nats.log"))
+                )
+            })
+            .collect();
+        panic!("no standby took the lease within 60 s of losing host {leader}\n{}", logs.join("\n"));
+    };
     eprintln!(
         "host {next_leader}'s queen leads {} ms after host {leader} was lost",
         lost.elapsed().as_millis()
