@@ -18,6 +18,7 @@ mod cluster;
 mod control;
 mod e2e;
 mod echo;
+mod engine_only;
 mod grammar;
 mod hosts;
 mod llama_server;
@@ -83,6 +84,8 @@ enum Cmd {
     Grammar,
     /// Only the queen takeover rounds of `make bench`, printed (no report written).
     Takeover,
+    /// The worker's engine alone, in process, on the llama-server workloads (printed only).
+    Engine,
     /// `make bench-cluster`: the cluster across three hosts of their own (needs root and `ip`);
     /// prints the figures and writes them to `target/bench-cluster.json`.
     Hosts,
@@ -142,6 +145,7 @@ async fn main() -> std::process::ExitCode {
         Some(Cmd::Grammar) => grammar_only(&args).await,
         Some(Cmd::Hosts) => hosts_only(&args).await,
         Some(Cmd::Takeover) => takeover_only(&args).await,
+        Some(Cmd::Engine) => engine_only(&args).await,
         None => bench(&args).await,
     };
     match result {
@@ -167,6 +171,13 @@ async fn takeover_only(args: &Args) -> anyhow::Result<()> {
     heading(takeover::SECTION);
     // Each figure is printed as it is recorded.
     takeover::section(&mut report, &env, &nats.url(), if args.quick { 1 } else { 3 }).await
+}
+
+async fn engine_only(args: &Args) -> anyhow::Result<()> {
+    let env = Env::new(&args.root, args.threads)?;
+    heading("The worker's engine alone (in process)");
+    let (runs, max_tokens) = if args.quick { (1, 32) } else { (3, 128) };
+    engine_only::run(&env, runs, max_tokens).await
 }
 
 async fn hosts_only(args: &Args) -> anyhow::Result<()> {

@@ -343,45 +343,65 @@ impl BatchLoop<'_> {
         self.shared.meter().record(started, ended, sampled);
     }
 
-    /// Adds each generating slot's pending token, then prompt chunks within the step's prefill budget.
+    /// Adds each generating slot's pending token and prompt chunks of prefilling slots within the
+    /// step's prefill budget, slot by slot in increasing sequence id: with one KV stream per sequence,
+    /// llama.cpp decodes in one pass only the sequences that come in increasing, consecutive ids
+    /// (`split_equal`); in any other order the same tokens take a forward pass per run of ids (up to
+    /// one per slot, every weight read again each time).
     fn fill_batch(&mut self) -> Result<(), llama_cpp_2::llama_batch::BatchAddError> {
-        for slot in &mut self.active {
+        let takes = self.prefill_takes();
+        let mut order: Vec<usize> = (0..self.active.len()).collect();
+        order.sort_by_key(|&i| self.active[i].job.seq);
+        for i in order {
+            let slot = &mut self.active[i];
             if let Some(token) = slot.next.take() {
                 self.batch.add(token, slot.n_past, &[slot.job.seq], true)?;
                 slot.n_past += 1;
                 slot.fed.push(token);
                 slot.logits_at = Some(self.batch.n_tokens() - 1);
                 slot.in_batch = true;
+                continue;
             }
+            let take = takes[i];
+            if take == 0 {
+                continue;
+            }
+            let start = slot.prefilled;
+            for (k, &token) in slot.job.tokens[start..start + take].iter().enumerate() {
+                let last_of_prompt = start + k + 1 == slot.job.tokens.len();
+                self.batch.add(token, slot.n_past, &[slot.job.seq], last_of_prompt)?;
+                slot.n_past += 1;
+                if last_of_prompt {
+                    slot.logits_at = Some(self.batch.n_tokens() - 1);
+                }
+            }
+            slot.prefilled += take;
+            slot.in_batch = true;
         }
-        let prefilling = self.active.iter().filter(|s| s.prompt_left() > 0).count();
+        Ok(())
+    }
+
+    /// How many prompt tokens each active slot reads this step (by its index in `active`): within the
+    /// prefill budget, first an equal share each (oldest first), then what is left over, oldest first.
+    fn prefill_takes(&self) -> Vec<usize> {
+        let mut takes = vec![0; self.active.len()];
+        let prefilling = self.active.iter().filter(|s| s.next.is_none() && s.prompt_left() > 0).count();
         if prefilling == 0 {
-            return Ok(());
+            return takes;
         }
         let mut budget = self.prefill_per_step;
-        // First an equal share each (oldest first), then what is left over, oldest first.
         let share = (self.prefill_per_step / prefilling).max(1);
         for pass_limit in [share, usize::MAX] {
-            for slot in self.active.iter_mut().filter(|s| s.prompt_left() > 0) {
-                let take = slot.prompt_left().min(pass_limit).min(budget);
-                if take == 0 {
+            for (i, slot) in self.active.iter().enumerate() {
+                if slot.next.is_some() {
                     continue;
                 }
-                let start = slot.prefilled;
-                for (i, &token) in slot.job.tokens[start..start + take].iter().enumerate() {
-                    let last_of_prompt = start + i + 1 == slot.job.tokens.len();
-                    self.batch.add(token, slot.n_past, &[slot.job.seq], last_of_prompt)?;
-                    slot.n_past += 1;
-                    if last_of_prompt {
-                        slot.logits_at = Some(self.batch.n_tokens() - 1);
-                    }
-                }
-                slot.prefilled += take;
-                slot.in_batch = true;
+                let take = (slot.prompt_left() - takes[i]).min(pass_limit).min(budget);
+                takes[i] += take;
                 budget -= take;
             }
         }
-        Ok(())
+        takes
     }
 
     /// Samples every slot that has logits in this step; returns how many tokens were sampled.
