@@ -167,10 +167,12 @@ pub async fn section(report: &mut Report, rbee: &Api, env: &Env) -> anyhow::Resu
          built with GGML_NATIVE=OFF and the worker's CPU flags; a newer llama.cpp than the one vendored in the worker; \
          the same GGUF, `-np 4 -c 8192` for 4 slots of 2048, {threads} threads, the same GOMP_SPINCOUNT; {REPS} runs a \
          side, in turns, {MAX_TOKENS} tokens, streaming through each one's OpenAI API). rbee / llama-server: {}; \
-         multi-turn later-turn TTFT {our_later:.0} ms against {their_later:.0} ms. Where rbee is behind at 4 streams, \
-         the llama.cpp-direct rows above (the worker's engine in this process, no NATS, no HTTP) are no faster than \
-         rbee through the queen, so the gap is in the engine (its llama.cpp version or its batch loop), not in the \
-         queen's path; it is not closed.",
+         multi-turn later-turn TTFT {our_later:.0} ms against {their_later:.0} ms. The worker hands llama.cpp each \
+         step's tokens in increasing sequence id: with one KV stream per slot llama.cpp decodes a run of consecutive \
+         ids in one forward pass, and in admission order four generating slots took up to four passes a step (4 \
+         streams were at 0.68-0.76x llama-server's aggregate before; `rbee-bench engine` shows the engine alone). \
+         How much of a row is the queen's path and how much the engine: the llama.cpp-direct rows above and the \
+         time-to-first-token split. With {REPS} runs a side on shared cores these ratios move by 10-20% between runs.",
         rows.join("; ")
     ))
 }

@@ -95,13 +95,21 @@ fn a_standby_on_another_machine_takes_over_when_the_first_machine_is_lost() {
     let worker_host = if leader == 3 { 2 } else { 3 };
     let client = 6 - leader - worker_host;
     let hive = if worker_host == 1 { "local".to_owned() } else { format!("h{worker_host}") };
-    wait_for("the lease bucket replicated on three nodes", Duration::from_secs(60), || {
-        (1..=3).any(|i| {
-            let log = dirs[i - 1].path().join("logs").join("queen.log");
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("bucket replicated across jetstream nodes")
-        })
+    // Both buckets (the lease and the job requests), each raised in its own update.
+    wait_for("the lease and request buckets replicated on three nodes", Duration::from_secs(60), || {
+        let replicated: Vec<String> = (1..=3)
+            .flat_map(|i| {
+                let log = dirs[i - 1].path().join("logs").join("queen.log");
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.lines()
+                    .filter(|l| l.contains("bucket replicated across jetstream nodes"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        ["RBEE_QUEEN_LEADER", "RBEE_JOB_REQUESTS"]
+            .iter()
+            .all(|bucket| replicated.iter().any(|l| l.contains(bucket)))
     });
 
     let spawned = api(
