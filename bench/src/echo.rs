@@ -72,6 +72,7 @@ impl EchoWorker {
                         job_id: job.job_id.clone(),
                         worker_id: worker_id.clone(),
                         prompt_tokens: 1,
+                        accepted_seq: None,
                     };
                     let _ = bus.reply(&msg, Ok::<_, rbee_bus::WireError>(accepted)).await;
                     let stream = stream_job(
@@ -122,6 +123,7 @@ fn heartbeat(stamper: &EventStamper, state: WorkerState) -> WorkerHeartbeat {
         pid: std::process::id(),
         interval_ms: 1000,
         prefix_fingerprints: Vec::new(),
+        jobs_accepted: None,
     }
 }
 

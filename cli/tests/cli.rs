@@ -158,6 +158,7 @@ fn heartbeat() -> WorkerHeartbeat {
         pid: 4242,
         interval_ms: 1000,
         prefix_fingerprints: Vec::new(),
+        jobs_accepted: None,
     }
 }
 

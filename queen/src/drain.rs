@@ -34,7 +34,7 @@ pub fn start(queen: &Arc<Queen>, hive_id: HiveId, deadline: Duration) -> usize {
         }
     };
     tracing::info!(%hive_id, workers, ?deadline, "draining hive");
-    queen.registry_changed.notify_waiters();
+    queen.registry_changed.notify();
     queen.tasks.spawn("drain", run(queen.clone(), hive_id, deadline, generation));
     workers
 }
@@ -44,7 +44,7 @@ pub fn stop(queen: &Queen, hive_id: &HiveId) -> bool {
     let changed = queen.registry().set_drained(hive_id, false);
     if changed {
         tracing::info!(%hive_id, "hive undrained");
-        queen.registry_changed.notify_waiters();
+        queen.registry_changed.notify();
     }
     changed
 }

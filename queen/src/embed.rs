@@ -125,6 +125,7 @@ async fn embed_batch(
     let request = EmbedRequest { v: SCHEMA_VERSION, model_id: model_id.clone(), inputs };
     loop {
         let queued = queen.jobs().queued();
+        let decided = Instant::now();
         let placement = place(queen, model_id, &exclude, &[], queued);
         match placement {
             Placement::Assign { worker_id } => {
@@ -152,11 +153,11 @@ async fn embed_batch(
             }
             Placement::Spawn { hive_id, device } => {
                 request_spawn(queen, &hive_id, model_id, &device);
-                wait_for_change(queen, QUEUE_RECHECK).await;
+                wait_for_change(queen, decided, QUEUE_RECHECK).await;
             }
             Placement::Evict { hive_id, workers, .. } => {
                 crate::unload::evict(queen, &hive_id, &workers);
-                wait_for_change(queen, QUEUE_RECHECK).await;
+                wait_for_change(queen, decided, QUEUE_RECHECK).await;
             }
             Placement::Unavailable { reason } => return Err(EmbedFailure::Unavailable(reason)),
             Placement::Queue { reason } | Placement::Refuse { reason } => {
@@ -166,7 +167,7 @@ async fn embed_batch(
                         "gave up after {timeout:?} waiting: {reason}"
                     )));
                 }
-                wait_for_change(queen, QUEUE_RECHECK).await;
+                wait_for_change(queen, decided, QUEUE_RECHECK).await;
             }
         }
     }

@@ -84,7 +84,7 @@ async fn fold(
                                 // The worker a spawn asked for may be this one: nothing is loading
                                 // there any more, and the scheduler may decide again at once.
                                 queen.spawns().end(&event.hive_id, &event.model_id);
-                                queen.registry_changed.notify_waiters();
+                                queen.registry_changed.notify();
                             }
                             changes
                         }
@@ -99,7 +99,7 @@ async fn fold(
         };
         log_changes(&changes);
         if !changes.is_empty() {
-            queen.registry_changed.notify_waiters();
+            queen.registry_changed.notify();
         }
     }
 }
@@ -126,7 +126,7 @@ async fn expire_tick(queen: Arc<Queen>, stop: CancellationToken) {
         let changes = queen.registry().expire(Instant::now());
         log_changes(&changes);
         if !changes.is_empty() {
-            queen.registry_changed.notify_waiters();
+            queen.registry_changed.notify();
         }
     }
 }

@@ -10,6 +10,7 @@
 //! views, serve the read-only API and forward jobs to it ([`forward`]).
 //! [`run`] is the whole queen; `main.rs` only parses flags.
 
+pub mod changes;
 pub mod config;
 pub mod drain;
 pub mod embed;
@@ -36,7 +37,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rbee_bus::{Bus, EventStamper, ModelId, QueenId};
 use rbee_daemon::Tasks;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use config::QueenConfig;
@@ -66,7 +66,7 @@ pub struct Queen {
     /// Counters and histograms.
     pub metrics: metrics::Metrics,
     /// Notified whenever the membership view changes (jobs waiting in the queue re-check).
-    pub registry_changed: Notify,
+    pub registry_changed: changes::Changes,
     /// The work of jobs (placement loops, spawn requests): drained at shutdown; their token is
     /// cancelled at the drain deadline, when placement loops stop following their jobs.
     pub tasks: Tasks,
@@ -101,7 +101,7 @@ impl Queen {
                 QueenId::new(QUEEN_PUBLISHER).map(|q| q.to_string()).unwrap_or_default(),
             ),
             metrics: metrics::Metrics::default(),
-            registry_changed: Notify::new(),
+            registry_changed: changes::Changes::default(),
             tasks: Tasks::new(),
             draining: CancellationToken::new(),
             history: std::sync::OnceLock::new(),

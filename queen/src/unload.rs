@@ -64,7 +64,7 @@ fn stop_in_background(queen: &Arc<Queen>, hive_id: HiveId, worker_id: WorkerId) 
         if !stop_worker(&queen, &hive_id, worker_id.clone()).await {
             queen.keep_alive().stop_failed(&worker_id);
         }
-        queen.registry_changed.notify_waiters();
+        queen.registry_changed.notify();
     });
 }
 

@@ -101,6 +101,7 @@ fn worker_beat(worker: usize, epoch: &str, seq: u64, figures: &WorkerFigures) ->
         pid: 1000 + worker as u32,
         interval_ms: figures.interval_ms,
         prefix_fingerprints: Vec::new(),
+        jobs_accepted: None,
     }
 }
 
@@ -332,6 +333,54 @@ fn reservations_keep_two_placements_off_the_last_slot() {
     assert!(registry.reserve_slot(&worker_id(0), at(base, 2_010)));
     assert!(registry.release_slot(&worker_id(0)));
     assert!(registry.find_best_worker_for_model(&model_id(0), at(base, 2_020)).is_some());
+}
+
+/// Four jobs placed on a 4-slot worker right after one ended: the heartbeat the worker sends as they
+/// start counts 3 of them (busy 3) within a few ms. With the old rule alone its 3 young reservations
+/// stay as well (busy 3 + 3 reserved: full), and the 4th job waited a heartbeat interval with a slot
+/// free. Accepted reservations go as soon as a heartbeat's `jobs_accepted` reaches their number.
+#[test]
+fn a_heartbeat_that_counts_the_accepted_jobs_drops_their_reservations_at_once() {
+    let base = Instant::now();
+    let mut registry = Registry::new(RegistryConfig::default());
+    let idle = WorkerFigures { slots_total: 4, slots_busy: 0, ..WorkerFigures::default() };
+    let mut beat = worker_beat(0, "w1", 1, &idle);
+    beat.jobs_accepted = Some(10);
+    registry.apply_worker(&beat, base);
+    for (i, seq) in [11, 12, 13].into_iter().enumerate() {
+        assert!(registry.reserve_slot(&worker_id(0), at(base, 1 + i as u64)));
+        assert!(registry.slot_accepted(&worker_id(0), seq));
+    }
+    let busy = WorkerFigures { state: WorkerState::Busy, slots_busy: 3, ..idle.clone() };
+    let mut beat = worker_beat(0, "w1", 2, &busy);
+    beat.jobs_accepted = Some(13);
+    registry.apply_worker(&beat, at(base, 10));
+    let view = registry.get_worker(&worker_id(0), at(base, 10)).expect("known");
+    assert_eq!((view.slots_reserved, view.slots_free), (0, 1), "the 4th slot is free at once");
+    // A heartbeat that counts only some of them keeps the others, however young.
+    assert!(registry.reserve_slot(&worker_id(0), at(base, 11)));
+    assert!(registry.slot_accepted(&worker_id(0), 14));
+    let mut beat = worker_beat(0, "w1", 3, &busy);
+    beat.jobs_accepted = Some(13);
+    registry.apply_worker(&beat, at(base, 20));
+    assert_eq!(registry.get_worker(&worker_id(0), at(base, 20)).map(|w| w.slots_reserved), Some(1));
+    // A placement not accepted yet follows the settle rule, and a refusal gives back that one, not an
+    // accepted one.
+    let full = WorkerFigures { slots_busy: 3, ..busy.clone() };
+    let mut beat = worker_beat(0, "w1", 4, &full);
+    beat.jobs_accepted = Some(14);
+    registry.apply_worker(&beat, at(base, 30));
+    assert!(registry.reserve_slot(&worker_id(0), at(base, 31)));
+    assert!(registry.release_slot(&worker_id(0)));
+    assert_eq!(registry.get_worker(&worker_id(0), at(base, 32)).map(|w| w.slots_free), Some(1));
+    // The heartbeat that counts a job can come before its acceptance reaches the queen.
+    assert!(registry.reserve_slot(&worker_id(0), at(base, 40)));
+    let mut beat = worker_beat(0, "w1", 5, &WorkerFigures { slots_busy: 4, ..full.clone() });
+    beat.jobs_accepted = Some(15);
+    registry.apply_worker(&beat, at(base, 41));
+    assert_eq!(registry.get_worker(&worker_id(0), at(base, 41)).map(|w| w.slots_reserved), Some(1));
+    assert!(registry.slot_accepted(&worker_id(0), 15));
+    assert_eq!(registry.get_worker(&worker_id(0), at(base, 42)).map(|w| w.slots_reserved), Some(0));
 }
 
 #[test]

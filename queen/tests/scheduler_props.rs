@@ -99,6 +99,7 @@ fn worker_beat(
         pid: 1,
         interval_ms: 1000,
         prefix_fingerprints: Vec::new(),
+        jobs_accepted: None,
     }
 }
 

@@ -12,6 +12,8 @@ use crate::WorkerShared;
 /// Builds the heartbeat from the current state.
 pub fn current(shared: &WorkerShared) -> WorkerHeartbeat {
     let engine = shared.engine.get();
+    // Before the slots: every job counted here already holds its slot (or has ended).
+    let jobs_accepted = shared.counters.accepted.load(std::sync::atomic::Ordering::Acquire);
     let slots_busy = engine.map(|e| e.slots_busy()).unwrap_or(0) as u32;
     let mut state = shared.state();
     if state == WorkerState::Idle && slots_busy > 0 {
@@ -34,6 +36,7 @@ pub fn current(shared: &WorkerShared) -> WorkerHeartbeat {
         pid: std::process::id(),
         interval_ms: shared.config.heartbeat_interval.as_millis() as u64,
         prefix_fingerprints: engine.map(|e| e.prefix_fingerprints()).unwrap_or_default(),
+        jobs_accepted: Some(jobs_accepted),
     }
 }
 

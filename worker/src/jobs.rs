@@ -123,13 +123,14 @@ pub fn handle_assignment(
         ));
     }
     if shared.early_cancels.contains(&assignment.job_id, Instant::now()) {
-        counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let seq = counters.accepted.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::info!(job_id = %assignment.job_id, attempt = assignment.attempt, "job cancelled before its assignment came, ending it");
         let accepted = JobAccepted {
             v: SCHEMA_VERSION,
             job_id: assignment.job_id.clone(),
             worker_id: shared.config.worker_id.clone(),
             prompt_tokens: 0,
+            accepted_seq: Some(seq),
         };
         let stream = JobStream {
             shared: shared.clone(),
@@ -159,12 +160,14 @@ pub fn handle_assignment(
         Ok(g) => g,
         Err(e) => return refuse(submit_error_to_wire(e)),
     };
-    counters.accepted.fetch_add(1, Ordering::Relaxed);
+    // Counted after the engine took the slot (a heartbeat that counts this job counts its slot).
+    let seq = counters.accepted.fetch_add(1, Ordering::AcqRel) + 1;
     let accepted = JobAccepted {
         v: SCHEMA_VERSION,
         job_id: assignment.job_id.clone(),
         worker_id: shared.config.worker_id.clone(),
         prompt_tokens: generation.prompt_tokens,
+        accepted_seq: Some(seq),
     };
     let (first_seq, generated_before) =
         assignment.resume.as_ref().map_or((0, 0), |r| (r.next_seq, r.completion_tokens));
@@ -356,13 +359,13 @@ impl JobStream {
             "job finished"
         );
         self.status(JobState::Finished { finish_reason, usage, error, worker_id: Some(worker_id) }).await;
-        // A worker that was full has a free slot again: say so now, not at the next interval, or the
-        // queen keeps queueing jobs for up to a heartbeat interval (seen as ~0.9 s in `make bench`); the
-        // heartbeat also carries the prefixes the slot now holds.
-        if let Some(engine) = self.shared.engine.get() {
-            if engine.slots_busy() + 1 >= engine.slots_total() {
-                self.shared.beat_now.notify_one();
-            }
-        }
+        // A slot is free again: say so now, not at the next interval. The queen counts this worker's
+        // slots from its last heartbeat (plus its own placements since), so until then it believes the
+        // slot busy and queues a job that would fill it, for up to a heartbeat interval (~1 s for the
+        // 4th of 4 jobs sent right after one job ended, and for a full worker's next job in `make
+        // bench`). The heartbeat also carries the prefixes the slot now holds, for routing the
+        // conversation's next turn. Jobs ending together share one beat (the notification is kept
+        // once until the heartbeat loop takes it).
+        self.shared.beat_now.notify_one();
     }
 }

@@ -79,6 +79,11 @@ pub struct WorkerHeartbeat {
     /// [`crate::prefix::MAX_ADVERTISED`]; absent from workers without prefix reuse.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prefix_fingerprints: Vec<u64>,
+    /// Assignments this process has accepted so far, read before `slots_busy`: every job whose
+    /// [`JobAccepted::accepted_seq`](crate::JobAccepted::accepted_seq) is at most this is counted in
+    /// `slots_busy` (or has ended), so the queen drops its own count of those placements at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs_accepted: Option<u64>,
 }
 
 /// Whether a hive is up or leaving.

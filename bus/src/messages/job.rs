@@ -347,6 +347,11 @@ pub struct JobAccepted {
     pub worker_id: WorkerId,
     /// Tokens in the rendered prompt.
     pub prompt_tokens: u32,
+    /// This job's number among the assignments the worker process accepted (from 1): its heartbeats'
+    /// [`WorkerHeartbeat::jobs_accepted`](crate::WorkerHeartbeat::jobs_accepted) reach it once they
+    /// count the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted_seq: Option<u64>,
 }
 
 /// Part of a job's output on `rbee.job.<job_id>.tokens`. Consecutive tokens may be coalesced into

@@ -125,6 +125,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 pid: 4242,
                 interval_ms: 1000,
                 prefix_fingerprints: vec![1, 2, 3],
+                jobs_accepted: Some(7),
             }),
         ),
         (
@@ -383,6 +384,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
                 job_id: id("job-1"),
                 worker_id: id("wrk-1"),
                 prompt_tokens: 12,
+                accepted_seq: Some(7),
             }),
         ),
         (

@@ -129,6 +129,8 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
         }
     };
     let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
+    // Before the first decision: a change of the view from here on re-checks a job left waiting.
+    let started = Instant::now();
     let first = dispatch::place(queen, &request.model_id, &[], &prefix, queue_len);
     let refusal = match &first {
         Placement::Refuse { reason } => Some(SubmitError::QueueFull(reason.clone())),
@@ -147,7 +149,6 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
         return Err(refusal);
     }
     queen.metrics.submitted();
-    let started = Instant::now();
     let first = dispatch::Start::Place(first);
     queen
         .tasks

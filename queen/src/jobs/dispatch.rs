@@ -61,6 +61,9 @@ struct Attempts {
     last_reason: String,
     /// When it was submitted (the queue timeout counts from here).
     started: Instant,
+    /// When the last placement decision began: a waiting job re-checks at once after any change to
+    /// the view since then.
+    decided: Instant,
 }
 
 /// The scheduler's decision for one placement of a job of `model_id`, with the slot of an
@@ -152,6 +155,7 @@ async fn steps(
         placed: 0,
         last_reason: String::new(),
         started,
+        decided: started,
     };
     let mut next = match first {
         Start::Place(placement) => Some(placement),
@@ -173,6 +177,7 @@ async fn steps(
             return;
         }
         let placement = next.take().unwrap_or_else(|| {
+            attempts.decided = Instant::now();
             let queue_len = queen.jobs().queued();
             place(queen, &model_id, &attempts.exclude, prefix, queue_len)
         });
@@ -182,7 +187,7 @@ async fn steps(
                 let reason = format!("starting a worker of {model_id} on hive {hive_id} ({device})");
                 queue_note(queen, job, &model_id, reason, &mut attempts).await;
                 request_spawn(queen, &hive_id, &model_id, &device);
-                wait_for_change(queen, QUEUE_RECHECK).await;
+                wait_for_change(queen, attempts.decided, QUEUE_RECHECK).await;
                 Step::Again
             }
             Placement::Evict { hive_id, workers, reason } => {
@@ -232,7 +237,10 @@ async fn assign(
     let reply: Result<JobAccepted, BusError> =
         queen.bus.request(subject::worker_jobs(&worker_id), &assignment, ASSIGN_TIMEOUT).await;
     match reply {
-        Ok(_) => {
+        Ok(accepted) => {
+            if let Some(seq) = accepted.accepted_seq {
+                queen.registry().slot_accepted(&worker_id, seq);
+            }
             queen.keep_alive().job_started(&worker_id, request.keep_alive, Instant::now());
             if job.cancel_requested() {
                 // The cancel may have overtaken the assignment: tell this attempt again.
@@ -250,7 +258,7 @@ async fn assign(
                     let reason =
                         format!("waiting for a free slot of model {model_id} (worker {worker_id} was full)");
                     queue_note(queen, job, model_id, reason, attempts).await;
-                    wait_for_change(queen, NO_SLOT_RECHECK).await;
+                    wait_for_change(queen, attempts.decided, NO_SLOT_RECHECK).await;
                     return Step::Again;
                 }
                 code @ (ErrorCode::PromptTooLong | ErrorCode::InvalidParams | ErrorCode::BadRequest) => {
@@ -276,7 +284,7 @@ async fn assign(
             // its fault, and not an attempt.
             queen.registry().release_slot(&worker_id);
             attempts.made -= 1;
-            wait_for_change(queen, NO_SLOT_RECHECK).await;
+            wait_for_change(queen, attempts.decided, NO_SLOT_RECHECK).await;
             return Step::Again;
         }
         Err(e) => {
@@ -392,7 +400,7 @@ async fn queue_step(
         fail(queen, &job.job_id, model_id, message, None).await;
         return Step::Done;
     }
-    wait_for_change(queen, QUEUE_RECHECK).await;
+    wait_for_change(queen, attempts.decided, QUEUE_RECHECK).await;
     Step::Again
 }
 
@@ -409,9 +417,10 @@ fn fence(queen: &Queen, worker_id: &WorkerId, reason: &str) {
     queen.registry().fence_worker(worker_id, reason.to_owned(), Instant::now());
 }
 
-/// Waits until the membership view changes, or `at_most`.
-pub(crate) async fn wait_for_change(queen: &Queen, at_most: Duration) {
-    let _ = tokio::time::timeout(at_most, queen.registry_changed.notified()).await;
+/// Waits until the membership view changes after `decided` (at once when it already did), or
+/// `at_most`.
+pub(crate) async fn wait_for_change(queen: &Queen, decided: Instant, at_most: Duration) {
+    queen.registry_changed.wait_since(decided, at_most).await;
 }
 
 /// Cancels a job: queued jobs end at once; running ones are told on `rbee.job.<id>.cancel`.
@@ -436,5 +445,5 @@ pub async fn cancel(queen: &Queen, job_id: &JobId, reason: &str) {
     if let Err(e) = queen.bus.publish(subject::job_cancel(job_id), &cancel).await {
         tracing::warn!(%job_id, error = %e, "cannot publish cancel");
     }
-    queen.registry_changed.notify_waiters();
+    queen.registry_changed.notify();
 }

@@ -133,6 +133,6 @@ fn worker_alive(queen: &Queen, worker_id: &WorkerId, epoch: &str) {
         for change in &changes {
             tracing::info!(change = ?change, "registry change (a sign of life other than a heartbeat)");
         }
-        queen.registry_changed.notify_waiters();
+        queen.registry_changed.notify();
     }
 }

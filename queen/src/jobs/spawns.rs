@@ -95,7 +95,7 @@ pub fn request_spawn(queen: &Arc<Queen>, hive_id: &HiveId, model_id: &ModelId, d
             Err(e) => tracing::warn!(%hive_id, error = %e, "spawn for queued jobs failed"),
         }
         queen.spawns().end(&hive_id, &model_id);
-        queen.registry_changed.notify_waiters();
+        queen.registry_changed.notify();
     });
 }
 

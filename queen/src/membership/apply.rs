@@ -9,7 +9,7 @@ use rbee_bus::{
 };
 
 use super::change::{Change, RemovalReason, UnfenceReason};
-use super::entry::{Fence, HiveEntry, Tombstone, WorkerEntry};
+use super::entry::{Fence, HiveEntry, Reservation, Tombstone, WorkerEntry};
 use super::liveness::Liveness;
 use super::Registry;
 use crate::sequence::{Sequence, Verdict};
@@ -133,8 +133,15 @@ impl Registry {
                 });
             }
         } else {
+            // A reservation the worker accepted is counted by a heartbeat that reached its number;
+            // any other, by one that came `reservation_settle` after it (an earlier one may have been
+            // built before the worker took the job).
             let settle = self.config.reservation_settle;
-            entry.reservations.retain(|reserved_at| now.saturating_duration_since(*reserved_at) < settle);
+            let counted = heartbeat.jobs_accepted;
+            entry.reservations.retain(|r| match (r.accepted_seq, counted) {
+                (Some(seq), Some(n)) => seq > n,
+                _ => now.saturating_duration_since(r.at) < settle,
+            });
         }
         entry.set_heartbeat(heartbeat);
         self.speeds.observe(heartbeat);
@@ -262,14 +269,37 @@ impl Registry {
         if entry.slots_free() == 0 {
             return false;
         }
-        entry.reservations.push(now);
+        entry.reservations.push(Reservation { at: now, accepted_seq: None });
         true
     }
 
-    /// Gives back the most recent reservation on this worker (the worker refused the job or did not
-    /// answer). False when it held none.
+    /// The worker accepted a job placed on it as its `accepted_seq`-th assignment: the oldest
+    /// reservation not yet accepted is that job's (they all count alike). It goes at once when the
+    /// last heartbeat already counted the job (the reply and the heartbeat race to the queen), else
+    /// with the first heartbeat that does. False when none was waiting.
+    pub fn slot_accepted(&mut self, worker_id: &WorkerId, accepted_seq: u64) -> bool {
+        let Some(entry) = self.workers.get_mut(worker_id) else { return false };
+        let Some(i) = entry.reservations.iter().position(|r| r.accepted_seq.is_none()) else { return false };
+        if entry.heartbeat.jobs_accepted.is_some_and(|n| n >= accepted_seq) {
+            entry.reservations.remove(i);
+        } else {
+            entry.reservations[i].accepted_seq = Some(accepted_seq);
+        }
+        true
+    }
+
+    /// Gives back the most recent reservation on this worker that it did not accept (it refused the
+    /// job or did not answer). False when it held none.
     pub fn release_slot(&mut self, worker_id: &WorkerId) -> bool {
-        self.workers.get_mut(worker_id).and_then(|entry| entry.reservations.pop()).is_some()
+        let Some(entry) = self.workers.get_mut(worker_id) else { return false };
+        let last = entry.reservations.iter().rposition(|r| r.accepted_seq.is_none());
+        match last.or_else(|| entry.reservations.len().checked_sub(1)) {
+            Some(i) => {
+                entry.reservations.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes a hive and every worker that names it.

@@ -90,11 +90,21 @@ pub(crate) struct WorkerEntry {
     pub sequence: Sequence,
     /// Set by `fence_worker`; lifted by a new epoch or the fence timeout.
     pub fence: Option<Fence>,
-    /// When each slot reservation made since the last heartbeat was taken.
-    pub reservations: Vec<Instant>,
+    /// The slot reservations made since the last heartbeat that counted them.
+    pub reservations: Vec<Reservation>,
     /// The prompt-prefix fingerprints of the last heartbeat, sorted (taken out of `heartbeat`, so that
     /// views share them instead of copying).
     pub prefixes: Arc<[u64]>,
+}
+
+/// A placement the queen made on a worker that its heartbeats may not count yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// When the placement was made.
+    pub at: Instant,
+    /// The worker's number for the job once it accepted it (`JobAccepted::accepted_seq`): a heartbeat
+    /// whose `jobs_accepted` reaches it counts the job.
+    pub accepted_seq: Option<u64>,
 }
 
 impl WorkerEntry {

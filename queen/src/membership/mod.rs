@@ -47,10 +47,12 @@
 //! - **Slot reservations.** [`reserve_slot`](Registry::reserve_slot) counts a placement the queen made
 //!   since the worker's last heartbeat, so two jobs placed between heartbeats do not both take its last
 //!   free slot. The next heartbeat's `slots_busy` is authoritative: it clears every reservation older
-//!   than `reservation_settle` (250 ms; a younger one may not be counted by the worker yet). The caller
-//!   keeps a reservation when the worker accepted the job (its next heartbeat counts it) and calls
-//!   [`release_slot`](Registry::release_slot) when the worker refused or did not answer. A new epoch
-//!   clears all reservations.
+//!   than `reservation_settle` (250 ms; a younger one may not be counted by the worker yet). When the
+//!   worker accepted the job the caller says so with its number ([`slot_accepted`](Registry::slot_accepted),
+//!   `JobAccepted::accepted_seq`), and the first heartbeat whose `jobs_accepted` reaches it drops the
+//!   reservation however young (a young one counted twice held a free slot for a heartbeat interval);
+//!   it calls [`release_slot`](Registry::release_slot) when the worker refused or did not answer. A
+//!   new epoch clears all reservations.
 //! - **Eventual.** The view lags the cluster by up to one interval plus transit. An answer is a
 //!   well-founded hint; the worker has the last word (it may refuse, and the caller then fences or
 //!   releases).

@@ -62,6 +62,7 @@ mod tests {
             pid: 1,
             interval_ms: 1000,
             prefix_fingerprints: Vec::new(),
+            jobs_accepted: None,
         }
     }
 
