@@ -41,6 +41,37 @@ pub async fn load_engine(model_path: &Path, threads: usize, prefix_reuse: bool) 
 /// The prompt every run uses (greedy, so both sides generate the same text).
 pub const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
 
+/// One workload of the comparison with llama-server (and of `rbee-bench engine`).
+pub struct Workload {
+    /// Its name in the report.
+    pub name: &'static str,
+    streams: usize,
+    distinct: bool,
+}
+
+/// 1 stream, 4 streams of one prompt, 4 streams of distinct prompts.
+pub const WORKLOADS: [Workload; 3] = [
+    Workload { name: "1 stream", streams: 1, distinct: false },
+    Workload { name: "4 streams, repeated prompts", streams: 4, distinct: false },
+    Workload { name: "4 streams, every prompt distinct", streams: 4, distinct: true },
+];
+
+impl Workload {
+    /// The prompts of run `run` (from 1). Distinct prompts stay distinct from run to run too, so no
+    /// run reuses an earlier run's prefix.
+    pub fn prompts(&self, run: usize) -> Vec<String> {
+        (0..self.streams)
+            .map(|i| {
+                if self.distinct {
+                    format!("Story number {}. {PROMPT} (run {run})", i + 1)
+                } else {
+                    PROMPT.to_owned()
+                }
+            })
+            .collect()
+    }
+}
+
 /// One stream's figures.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StreamResult {
@@ -86,7 +117,7 @@ fn stream_result(
     })
 }
 
-fn params(max_tokens: u32) -> SamplingParams {
+pub fn params(max_tokens: u32) -> SamplingParams {
     SamplingParams { temperature: 0.0, max_tokens, ..SamplingParams::default() }
 }
 

@@ -73,24 +73,12 @@ pub async fn section(report: &mut Report, rbee: &Api, env: &Env) -> anyhow::Resu
     chat::queen_run(&theirs, model, 1, 8, None).await?;
     chat::queen_run(rbee, model, 1, 8, None).await?;
 
-    let repeated = |c: usize| vec![chat::PROMPT.to_owned(); c];
-    let distinct =
-        |c: usize| (0..c).map(|i| format!("Story number {}. {}", i + 1, chat::PROMPT)).collect::<Vec<_>>();
-    let workloads: [(&'static str, Vec<String>); 3] = [
-        ("1 stream", repeated(1)),
-        ("4 streams, repeated prompts", repeated(4)),
-        ("4 streams, every prompt distinct", distinct(4)),
-    ];
     let mut pairs = Vec::new();
-    for (name, prompts) in workloads {
+    for workload in &chat::WORKLOADS {
+        let name = workload.name;
         let mut pair = Pair { name, rbee: Vec::new(), llama_server: Vec::new() };
-        for _ in 0..REPS {
-            // Distinct prompts stay distinct from run to run, so no side reuses an earlier run's prefix.
-            let prompts: Vec<String> = if name.contains("distinct") {
-                prompts.iter().map(|p| format!("{} (run {})", p, pair.rbee.len() + 1)).collect()
-            } else {
-                prompts.clone()
-            };
+        for run in 1..=REPS {
+            let prompts = workload.prompts(run);
             pair.rbee.push(chat::queen_run_prompts(rbee, model, &prompts, MAX_TOKENS, None).await?.result);
             pair.llama_server
                 .push(chat::queen_run_prompts(&theirs, model, &prompts, MAX_TOKENS, None).await?.result);

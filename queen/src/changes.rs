@@ -1,5 +1,5 @@
 //! The queen's "the membership view changed" signal, which jobs waiting for a worker or a free slot
-//! wait on. A plain [`Notify`] loses a change that lands between a job's placement decision and the
+//! (and the watch on a job's worker) wait on. A plain [`Notify`] loses a change that lands between a job's placement decision and the
 //! start of its wait (the job then sleeps until its recheck timeout, ~0.5 s, with a slot free); this
 //! one also remembers when the last change happened, so a wait for "a change since my decision"
 //! returns at once when one already came.
@@ -7,7 +7,6 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 /// See the module documentation.
@@ -27,11 +26,6 @@ impl Changes {
     /// When the last change happened (none yet: `None`).
     pub fn last(&self) -> Option<Instant> {
         *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A future that completes at the next change.
-    pub fn notified(&self) -> Notified<'_> {
-        self.notify.notified()
     }
 
     /// Waits for a change made at or after `since` (returns at once if one was), at most `at_most`.

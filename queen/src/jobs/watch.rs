@@ -70,7 +70,8 @@ pub async fn watch_worker(
                 continue;
             }
         }
-        let worker = queen.registry().get_worker(worker_id, Instant::now());
+        let looked = Instant::now();
+        let worker = queen.registry().get_worker(worker_id, looked);
         let alive = worker.as_ref().is_some_and(|w| w.liveness != crate::membership::Liveness::Offline);
         if !alive && !in_grace {
             // Listed but offline: first make sure the silence is the worker's, not a backlog of the
@@ -101,7 +102,7 @@ pub async fn watch_worker(
         }
         // Liveness is judged on read, so a silence becomes offline without a registry change: look
         // again at least every LIVENESS_POLL.
-        let _ = tokio::time::timeout(LIVENESS_POLL, queen.registry_changed.notified()).await;
+        queen.registry_changed.wait_since(looked, LIVENESS_POLL).await;
     }
 }
 
@@ -115,7 +116,8 @@ async fn confirm_silent(queen: &Queen, worker_id: &rbee_bus::WorkerId, interval:
     let _ = tokio::time::timeout(Duration::from_secs(2), queen.bus.round_trip()).await;
     let deadline = Instant::now() + interval;
     loop {
-        match queen.registry().get_worker(worker_id, Instant::now()) {
+        let looked = Instant::now();
+        match queen.registry().get_worker(worker_id, looked) {
             None => return true,
             Some(w) if w.liveness != crate::membership::Liveness::Offline => {
                 tracing::info!(%worker_id, "worker looked silent but its messages were waiting: not dead");
@@ -127,7 +129,7 @@ async fn confirm_silent(queen: &Queen, worker_id: &rbee_bus::WorkerId, interval:
         if left.is_zero() {
             return true;
         }
-        let _ = tokio::time::timeout(left, queen.registry_changed.notified()).await;
+        queen.registry_changed.wait_since(looked, left).await;
     }
 }
 

@@ -385,7 +385,8 @@ impl BatchLoop<'_> {
     /// prefill budget, first an equal share each (oldest first), then what is left over, oldest first.
     fn prefill_takes(&self) -> Vec<usize> {
         let mut takes = vec![0; self.active.len()];
-        let prefilling = self.active.iter().filter(|s| s.next.is_none() && s.prompt_left() > 0).count();
+        // A generating slot has read its whole prompt (nothing left), so only prefilling ones count.
+        let prefilling = self.active.iter().filter(|s| s.prompt_left() > 0).count();
         if prefilling == 0 {
             return takes;
         }
@@ -393,9 +394,6 @@ impl BatchLoop<'_> {
         let share = (self.prefill_per_step / prefilling).max(1);
         for pass_limit in [share, usize::MAX] {
             for (i, slot) in self.active.iter().enumerate() {
-                if slot.next.is_some() {
-                    continue;
-                }
                 let take = (slot.prompt_left() - takes[i]).min(pass_limit).min(budget);
                 takes[i] += take;
                 budget -= take;
