@@ -97,20 +97,28 @@ pub struct Cluster {
 impl Cluster {
     /// Starts everything and waits until the queen offers the model on the hive.
     pub async fn start(env: &Env) -> anyhow::Result<Self> {
+        Self::start_tagged(env, "", &[]).await
+    }
+
+    /// [`Cluster::start`] with more queen arguments; `tag` names its logs and catalog apart from
+    /// another cluster's (`queen<tag>.log`).
+    pub async fn start_tagged(env: &Env, tag: &str, queen_extra: &[&str]) -> anyhow::Result<Self> {
         let nats = rbee_testkit::NatsServer::start();
         let url = nats.url();
         let bus = connect(&url).await?;
         let watcher = Watcher::start(&bus, HIVE_ID).await?;
         let port = free_port();
+        let mut args = queen_args(&url, port);
+        args.extend(queen_extra.iter().map(|a| (*a).to_owned()));
         let mut queen =
-            Proc::spawn("queen", &env.queen_bin, &queen_args(&url, port), &env.logs.join("queen.log"))?;
+            Proc::spawn("queen", &env.queen_bin, &args, &env.logs.join(format!("queen{tag}.log")))?;
         let api = Api::new(port);
         api.wait_healthy(&mut queen, Duration::from_secs(30)).await?;
         let hive_args: Vec<String> = vec![
             "--hive-id".into(),
             HIVE_ID.into(),
             "--catalog-dir".into(),
-            env.logs.join("catalog").display().to_string(),
+            env.logs.join(format!("catalog{tag}")).display().to_string(),
             "--import-model".into(),
             format!("{}={MODEL_ID}", env.model_path.display()),
             "--worker-bin".into(),
@@ -118,7 +126,7 @@ impl Cluster {
             "--nats-url".into(),
             url.clone(),
         ];
-        let hive = Proc::spawn("hive", &env.hive_bin, &hive_args, &env.logs.join("hive.log"))?;
+        let hive = Proc::spawn("hive", &env.hive_bin, &hive_args, &env.logs.join(format!("hive{tag}.log")))?;
         let mut cluster = Self { _nats: nats, url, bus, watcher, queen, hive, api };
         cluster.wait_spawnable().await?;
         Ok(cluster)

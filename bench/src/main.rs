@@ -5,7 +5,7 @@
 //! ratio as it goes, then writes `BENCHMARKS.md` and `BENCHMARKS.json`.
 //!
 //! Each section is a module that measures and records its own figures: [`token_path`] (with its
-//! [`echo`] worker), [`e2e`] (on [`chat`] runs), [`multi_turn`], [`llama_server`], [`control`],
+//! [`echo`] worker), [`e2e`] (on [`chat`] runs), [`multi_turn`], [`routing`], [`llama_server`], [`control`],
 //! [`takeover`], [`sched`] and [`registry_load`]; [`cluster`] starts what they measure, [`report`] holds the figures
 //! and [`notes`] the prose written from them. This file parses the flags and runs the sections in
 //! order.
@@ -26,6 +26,7 @@ mod multi_turn;
 mod notes;
 mod registry_load;
 mod report;
+mod routing;
 mod sched;
 mod sse;
 mod stats;
@@ -86,6 +87,8 @@ enum Cmd {
     Takeover,
     /// The worker's engine alone, in process, on the llama-server workloads (printed only).
     Engine,
+    /// Only the routing comparison of `make bench` (prefix routing against load only), printed.
+    Routing,
     /// `make bench-cluster`: the cluster across three hosts of their own (needs root and `ip`);
     /// prints the figures and writes them to `target/bench-cluster.json`.
     Hosts,
@@ -146,6 +149,7 @@ async fn main() -> std::process::ExitCode {
         Some(Cmd::Hosts) => hosts_only(&args).await,
         Some(Cmd::Takeover) => takeover_only(&args).await,
         Some(Cmd::Engine) => engine_only(&args).await,
+        Some(Cmd::Routing) => routing_only(&args).await,
         None => bench(&args).await,
     };
     match result {
@@ -160,6 +164,13 @@ async fn main() -> std::process::ExitCode {
 async fn grammar_only(args: &Args) -> anyhow::Result<()> {
     let env = Env::new(&args.root, args.threads)?;
     let note = grammar::section(&mut Report::default(), &env).await?;
+    println!("{note}");
+    Ok(())
+}
+
+async fn routing_only(args: &Args) -> anyhow::Result<()> {
+    let env = Env::new(&args.root, args.threads)?;
+    let note = routing::section(&mut Report::default(), &env).await?;
     println!("{note}");
     Ok(())
 }
@@ -257,6 +268,8 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     let e2e = e2e::section(&mut report, api, &cluster.bus, &env, &plan.e2e, pids).await?;
     tp.real_worker_hop(&mut report, &e2e.hops);
     let multi_turn_note = multi_turn::section(&mut report, api, &env).await?;
+    heading("2. End to end: routing by prefix");
+    let routing_note = routing::section(&mut report, &env).await?;
     let grammar_note = grammar::section(&mut report, &env).await?;
     heading("2. End to end: against llama-server");
     let llama_server_note = llama_server::section(&mut report, api, &env).await?;
@@ -279,7 +292,9 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
 
     report.load_average_end = stats::load_average();
     notes::write(&mut report, &tp, &e2e, &reg, &sched, &control);
-    for note in [multi_turn_note, grammar_note, llama_server_note].into_iter().filter(|n| !n.is_empty()) {
+    for note in
+        [multi_turn_note, routing_note, grammar_note, llama_server_note].into_iter().filter(|n| !n.is_empty())
+    {
         report.note(e2e::SECTION, note);
     }
     report.run_seconds = started.elapsed().as_secs_f64();

@@ -26,7 +26,7 @@ pub const TURNS: usize = 5;
 /// Completion tokens per turn.
 pub const TOKENS_PER_TURN: u32 = 24;
 
-const SYSTEM: &str =
+pub const SYSTEM: &str =
     "You are a patient and precise tutor of world geography for adult learners. Every answer \
     you give is short: one or two sentences, never a list. Name the country, the region and, where it \
     helps, a neighbouring country, so that the learner can place it on a map. Do not greet the learner, do \
@@ -133,40 +133,69 @@ pub async fn direct(engine: &Engine) -> anyhow::Result<Vec<Turn>> {
     .await
 }
 
+/// One streamed answer through the queen.
+pub struct Answer {
+    /// The text.
+    pub text: String,
+    /// Request sent → first token, ms.
+    pub ttft_ms: f64,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Prompt tokens the worker already held.
+    pub cached_tokens: u32,
+    /// The completion's id (`chatcmpl-<job id>`).
+    pub id: String,
+}
+
+/// Asks the queen's streaming chat completions for `max_tokens` greedy tokens after `messages`.
+pub async fn ask(
+    api: &Api,
+    model: &str,
+    messages: &[ChatMessage],
+    max_tokens: u32,
+) -> anyhow::Result<Answer> {
+    let body = json!({
+        "model": model,
+        "messages": messages,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "temperature": 0.0,
+        "max_tokens": max_tokens,
+    });
+    let sent = Instant::now();
+    let resp = api.stream_chat(&body, Duration::from_secs(300)).await?;
+    let (mut text, mut first, mut usage, mut id) = (String::new(), None, None, String::new());
+    sse::read(resp, |ev| {
+        let Ok(v) = serde_json::from_str::<Value>(&ev.data) else { return };
+        if id.is_empty() {
+            id = v.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+        }
+        if let Some(piece) = v.pointer("/choices/0/delta/content").and_then(Value::as_str) {
+            first.get_or_insert(ev.at);
+            text.push_str(piece);
+        }
+        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+            usage = Some(u.clone());
+        }
+    })
+    .await?;
+    let first = first.context("the stream produced no token")?;
+    let usage = usage.unwrap_or_default();
+    let number = |p: &str| usage.pointer(p).and_then(Value::as_u64).unwrap_or(0) as u32;
+    Ok(Answer {
+        text,
+        ttft_ms: crate::stats::ms(first.saturating_duration_since(sent)),
+        prompt_tokens: number("/prompt_tokens"),
+        cached_tokens: number("/prompt_tokens_details/cached_tokens"),
+        id,
+    })
+}
+
 /// The conversations through the queen's streaming chat completions.
 pub async fn through_queen(api: &Api, model: &str) -> anyhow::Result<Vec<Turn>> {
-    conversations(|messages| {
-        let api = api.clone();
-        let model = model.to_owned();
-        async move {
-            let body = json!({
-                "model": model,
-                "messages": messages,
-                "stream": true,
-                "stream_options": {"include_usage": true},
-                "temperature": 0.0,
-                "max_tokens": TOKENS_PER_TURN,
-            });
-            let sent = Instant::now();
-            let resp = api.stream_chat(&body, Duration::from_secs(300)).await?;
-            let (mut text, mut first, mut usage) = (String::new(), None, None);
-            sse::read(resp, |ev| {
-                let Ok(v) = serde_json::from_str::<Value>(&ev.data) else { return };
-                if let Some(piece) = v.pointer("/choices/0/delta/content").and_then(Value::as_str) {
-                    first.get_or_insert(ev.at);
-                    text.push_str(piece);
-                }
-                if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-                    usage = Some(u.clone());
-                }
-            })
-            .await?;
-            let first = first.context("the stream produced no token")?;
-            let usage = usage.unwrap_or_default();
-            let number = |p: &str| usage.pointer(p).and_then(Value::as_u64).unwrap_or(0) as u32;
-            let ttft = crate::stats::ms(first.saturating_duration_since(sent));
-            Ok((text, ttft, number("/prompt_tokens"), number("/prompt_tokens_details/cached_tokens")))
-        }
+    conversations(|messages| async move {
+        let a = ask(api, model, &messages, TOKENS_PER_TURN).await?;
+        Ok((a.text, a.ttft_ms, a.prompt_tokens, a.cached_tokens))
     })
     .await
 }

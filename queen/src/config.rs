@@ -46,9 +46,22 @@ pub struct QueenConfig {
     pub standby: bool,
     /// Replicas of the lease and job-request buckets (up to the JetStream nodes of the cluster).
     pub lease_replicas: usize,
+    /// Prefer the worker whose slots hold the longest prefix of a prompt ([`crate::scheduler`]); off,
+    /// placement goes by load only (the baseline `make bench` measures prefix routing against).
+    pub prefix_routing: bool,
 }
 
 impl QueenConfig {
+    /// The fingerprints placement compares with what workers hold: those of `prompt`, or none when
+    /// prefix routing is off.
+    pub fn prompt_prefix(&self, prompt: &rbee_bus::Prompt) -> Vec<u64> {
+        if self.prefix_routing {
+            rbee_bus::prefix::fingerprints(prompt)
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The URLs of the HTTP API, as the leader lease advertises them.
     pub fn advertised_urls(&self) -> Vec<String> {
         std::iter::once(self.http_addr)
@@ -70,6 +83,7 @@ impl std::fmt::Debug for QueenConfig {
             .field("keep_alive", &self.keep_alive)
             .field("queen_id", &self.queen_id)
             .field("lease", &self.lease)
+            .field("prefix_routing", &self.prefix_routing)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +109,7 @@ impl Default for QueenConfig {
             lease: crate::leader::DEFAULT_LEASE,
             lease_replicas: 1,
             standby: false,
+            prefix_routing: true,
         }
     }
 }

@@ -61,6 +61,10 @@ struct Args {
     /// (without it a queen that cannot open the lease bucket leads alone).
     #[arg(long)]
     standby: bool,
+    /// Place jobs by load only, not on the worker holding the longest prefix of the prompt (for
+    /// comparison: `make bench` measures prefix routing against this).
+    #[arg(long)]
+    no_prefix_routing: bool,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -88,6 +92,7 @@ async fn main() -> std::process::ExitCode {
         lease: Duration::from_millis(args.lease_ms),
         lease_replicas: args.lease_replicas as usize,
         standby: args.standby,
+        prefix_routing: !args.no_prefix_routing,
         ..QueenConfig::default()
     };
     rbee_daemon::main("queen", &nats, |bus, shutdown| rbee_queen::run(config, bus, shutdown)).await

@@ -1,4 +1,5 @@
-//! Writes a tiny random-weight llama GGUF for plumbing tests.
+//! Writes a tiny random-weight llama GGUF for plumbing tests, and a tiny Mamba (recurrent) one for the
+//! paths that must tell a model whose memory cannot be cut after a prefix.
 //!
 //! The file is a real GGUF v3 (little-endian, 32-byte alignment, F32 tensors) that llama.cpp loads and
 //! generates from in milliseconds. It carries a byte-level BPE tokenizer (`tokenizer.ggml.model = "gpt2"`,
@@ -66,16 +67,46 @@ pub fn tiny_llama_in(dir: &Path) -> io::Result<PathBuf> {
     Ok(path)
 }
 
+/// File name used by [`tiny_mamba_in`].
+pub const TINY_MAMBA_FILE: &str = "tiny-mamba.gguf";
+
+/// The architectures this module writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arch {
+    /// Attention with a KV cache (cells can be removed past any position).
+    Llama,
+    /// Mamba: a recurrent state per sequence, which cannot be cut back to a prefix.
+    Mamba,
+}
+
 /// Writes a tiny random-weight llama GGUF described by `spec` to `path`.
 ///
 /// Fails with `InvalidInput` when the spec cannot make a loadable model (see [`TinyModelSpec`]).
 pub fn write_tiny_llama(path: &Path, spec: &TinyModelSpec) -> io::Result<()> {
+    write(path, spec, Arch::Llama)
+}
+
+/// Writes `tiny-mamba.gguf` (the default spec's vocabulary, width, depth and context; `heads` and `ff`
+/// do not apply) into `dir` and returns its path. Same tokenizer and chat template as the llama one.
+pub fn tiny_mamba_in(dir: &Path) -> io::Result<PathBuf> {
+    let path = dir.join(TINY_MAMBA_FILE);
+    write(&path, &TinyModelSpec::default(), Arch::Mamba)?;
+    Ok(path)
+}
+
+fn write(path: &Path, spec: &TinyModelSpec, arch: Arch) -> io::Result<()> {
     validate(spec)?;
     let vocab = build_vocab(spec.vocab);
-    let tensors = tensor_list(spec);
+    let tensors = match arch {
+        Arch::Llama => tensor_list(spec),
+        Arch::Mamba => mamba_tensor_list(spec),
+    };
 
     let mut w = GgufWriter { out: BufWriter::new(File::create(path)?), pos: 0 };
-    let kvs = metadata(spec, &vocab);
+    let kvs = match arch {
+        Arch::Llama => metadata(spec, &vocab),
+        Arch::Mamba => mamba_metadata(spec, &vocab),
+    };
 
     // header
     w.bytes(b"GGUF")?;
@@ -269,7 +300,7 @@ enum Value {
 fn metadata(spec: &TinyModelSpec, vocab: &Vocab) -> Vec<(&'static str, Value)> {
     let u = |n: usize| Value::U32(n as u32);
     let s = |t: &str| Value::Str(t.to_string());
-    vec![
+    let mut out = vec![
         ("general.architecture", s("llama")),
         ("general.name", s("tiny-random-llama")),
         ("general.file_type", Value::U32(0)),
@@ -284,6 +315,47 @@ fn metadata(spec: &TinyModelSpec, vocab: &Vocab) -> Vec<(&'static str, Value)> {
         ("llama.rope.freq_base", Value::F32(10_000.0)),
         ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
         ("llama.vocab_size", u(spec.vocab)),
+    ];
+    out.extend(tokenizer(vocab));
+    out
+}
+
+/// The Mamba hyperparameters (as llama.cpp's converter writes them: no attention heads, no
+/// feed-forward), inner size twice the width as llama.cpp requires.
+fn mamba_metadata(spec: &TinyModelSpec, vocab: &Vocab) -> Vec<(&'static str, Value)> {
+    let u = |n: usize| Value::U32(n as u32);
+    let s = |t: &str| Value::Str(t.to_string());
+    let mut out = vec![
+        ("general.architecture", s("mamba")),
+        ("general.name", s("tiny-random-mamba")),
+        ("general.file_type", Value::U32(0)),
+        ("general.alignment", u(ALIGNMENT)),
+        ("mamba.context_length", Value::U32(spec.ctx)),
+        ("mamba.embedding_length", u(spec.embd)),
+        ("mamba.block_count", u(spec.layers)),
+        ("mamba.feed_forward_length", u(0)),
+        ("mamba.attention.head_count", u(0)),
+        ("mamba.ssm.conv_kernel", u(MAMBA_CONV)),
+        ("mamba.ssm.inner_size", u(2 * spec.embd)),
+        ("mamba.ssm.state_size", u(MAMBA_STATE)),
+        ("mamba.ssm.time_step_rank", u(mamba_dt_rank(spec))),
+        ("mamba.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ("mamba.vocab_size", u(spec.vocab)),
+    ];
+    out.extend(tokenizer(vocab));
+    out
+}
+
+const MAMBA_CONV: usize = 4;
+const MAMBA_STATE: usize = 16;
+
+fn mamba_dt_rank(spec: &TinyModelSpec) -> usize {
+    spec.embd.div_ceil(16)
+}
+
+fn tokenizer(vocab: &Vocab) -> Vec<(&'static str, Value)> {
+    let s = |t: &str| Value::Str(t.to_string());
+    vec![
         ("tokenizer.ggml.model", s("gpt2")),
         ("tokenizer.ggml.pre", s("gpt-2")),
         ("tokenizer.ggml.tokens", Value::StrArray(vocab.tokens.clone())),
@@ -305,6 +377,8 @@ fn metadata(spec: &TinyModelSpec, vocab: &Vocab) -> Vec<(&'static str, Value)> {
 enum Init {
     /// All ones (norm weights).
     Ones,
+    /// Every element the same value.
+    Const(f32),
     /// Uniform in `[-a, a]`.
     Uniform(f32),
     /// Like `Uniform`, with the rows of masked tokens set to zero.
@@ -326,6 +400,7 @@ impl Tensor {
     fn data(&self, rng: &mut XorShift, masked: &[bool], embd: usize) -> Vec<f32> {
         match self.init {
             Init::Ones => vec![1.0; self.len()],
+            Init::Const(v) => vec![v; self.len()],
             Init::Uniform(a) => (0..self.len()).map(|_| rng.uniform(a)).collect(),
             Init::OutputRows => {
                 let a = lin(embd);
@@ -366,6 +441,34 @@ fn tensor_list(spec: &TinyModelSpec) -> Vec<Tensor> {
         out.push(t(format!("blk.{i}.ffn_gate.weight"), vec![embd, ff], uni(embd)));
         out.push(t(format!("blk.{i}.ffn_up.weight"), vec![embd, ff], uni(embd)));
         out.push(t(format!("blk.{i}.ffn_down.weight"), vec![ff, embd], uni(ff)));
+    }
+    out
+}
+
+/// Mamba's tensors (shapes as llama.cpp's loader expects them, `models/mamba.cpp`). `ssm_a` is
+/// negative (the discretized state decays) and `ssm_d` one, as in trained models.
+fn mamba_tensor_list(spec: &TinyModelSpec) -> Vec<Tensor> {
+    let (embd, vocab) = (spec.embd, spec.vocab);
+    let inner = 2 * embd;
+    let dt_rank = mamba_dt_rank(spec);
+    let t = |name: String, dims: Vec<usize>, init: Init| Tensor { name, dims, init };
+    let uni = |fan_in: usize| Init::Uniform(lin(fan_in));
+    let mut out = vec![
+        t("token_embd.weight".into(), vec![embd, vocab], Init::Uniform(1.0)),
+        t("output_norm.weight".into(), vec![embd], Init::Ones),
+        t("output.weight".into(), vec![embd, vocab], Init::OutputRows),
+    ];
+    for i in 0..spec.layers {
+        out.push(t(format!("blk.{i}.attn_norm.weight"), vec![embd], Init::Ones));
+        out.push(t(format!("blk.{i}.ssm_in.weight"), vec![embd, 2 * inner], uni(embd)));
+        out.push(t(format!("blk.{i}.ssm_conv1d.weight"), vec![MAMBA_CONV, inner], uni(MAMBA_CONV)));
+        out.push(t(format!("blk.{i}.ssm_conv1d.bias"), vec![inner], Init::Const(0.0)));
+        out.push(t(format!("blk.{i}.ssm_x.weight"), vec![inner, dt_rank + 2 * MAMBA_STATE], uni(inner)));
+        out.push(t(format!("blk.{i}.ssm_dt.weight"), vec![dt_rank, inner], uni(dt_rank)));
+        out.push(t(format!("blk.{i}.ssm_dt.bias"), vec![inner], Init::Const(0.0)));
+        out.push(t(format!("blk.{i}.ssm_a"), vec![MAMBA_STATE, inner], Init::Const(-1.0)));
+        out.push(t(format!("blk.{i}.ssm_d"), vec![inner], Init::Ones));
+        out.push(t(format!("blk.{i}.ssm_out.weight"), vec![inner, embd], uni(inner)));
     }
     out
 }

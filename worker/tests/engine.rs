@@ -373,6 +373,53 @@ async fn tiny_model_slots_are_isolated_and_reusable() {
     assert_eq!(engine.slots_busy(), 0);
 }
 
+/// A model whose memory cannot be cut after a prefix (Mamba, a recurrent state per sequence; the tiny
+/// random-weight one from `rbee-testkit` stands in for a real one): prefix reuse is off even when asked
+/// for, every job reads its whole prompt, nothing is advertised or saved, and a slot's state is really
+/// cleared between jobs (the same greedy text each time, as on a fresh engine).
+#[tokio::test]
+async fn a_recurrent_model_falls_back_to_reading_the_whole_prompt() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model_path = rbee_testkit::gguf::tiny_mamba_in(dir.path()).expect("tiny mamba gguf");
+    let config = |model_path| EngineConfig {
+        model_path,
+        threads: Some(1),
+        slots: 1,
+        ctx_per_slot: 128,
+        gpu_layers: 0,
+        prefix_reuse: true,
+        prefix_cache_bytes: 1 << 20,
+    };
+    let load = |config: EngineConfig| async move {
+        tokio::task::spawn_blocking(move || Engine::load(config)).await.expect("task").expect("load mamba")
+    };
+    let engine = load(config(model_path.clone())).await;
+    let turn1 = vec![message("user", "hello world")];
+    let first =
+        collect(engine.submit(request(Prompt::chat(turn1.clone()), greedy(8))).expect("submit")).await;
+    assert_eq!(first.usage.completion_tokens, 8, "{:?}", first.reason);
+    assert!(engine.prefix_fingerprints().is_empty(), "a recurrent model must not advertise prefixes");
+    assert_eq!(engine.prefix_cache_usage().0, 0, "nothing is saved for a model that cannot be cut");
+
+    // The next turn extends the first: with reuse it would skip the history; here it reads it all.
+    let mut turn2 = turn1.clone();
+    turn2.push(message("assistant", &first.text));
+    turn2.push(message("user", "and again"));
+    let second =
+        collect(engine.submit(request(Prompt::chat(turn2.clone()), greedy(8))).expect("submit")).await;
+    assert_eq!(second.usage.cached_tokens, 0, "{:?}", second.usage);
+    assert!(second.usage.prompt_tokens > first.usage.prompt_tokens);
+    let again = collect(engine.submit(request(Prompt::chat(turn1), greedy(8))).expect("submit")).await;
+    assert_eq!(again.usage.cached_tokens, 0);
+    assert_eq!(again.text, first.text, "the slot's recurrent state was not cleared between jobs");
+    drop(engine);
+
+    let fresh = load(config(model_path)).await;
+    let alone = collect(fresh.submit(request(Prompt::chat(turn2), greedy(8))).expect("submit")).await;
+    assert_eq!(alone.text, second.text, "turn 2 differs from the same turn on a fresh engine");
+}
+
 fn message(role: &str, content: &str) -> ChatMessage {
     ChatMessage::new(role, content)
 }

@@ -128,7 +128,7 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
             return Err(e.into());
         }
     };
-    let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
+    let prefix = queen.config.prompt_prefix(&request.prompt);
     // Before the first decision: a change of the view from here on re-checks a job left waiting.
     let started = Instant::now();
     let first = dispatch::place(queen, &request.model_id, &[], &prefix, queue_len);

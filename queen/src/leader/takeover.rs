@@ -84,13 +84,13 @@ pub async fn adopt(queen: &Arc<Queen>) {
             None => {
                 tally.placed += 1;
                 tracing::info!(%job_id, "taking over a queued job");
-                let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
+                let prefix = queen.config.prompt_prefix(&request.prompt);
                 let queue_len = queen.jobs().queued();
                 Start::Place(dispatch::place(queen, &request.model_id, &[], &prefix, queue_len))
             }
         };
         let since = Instant::now().checked_sub(waited).unwrap_or_else(Instant::now);
-        let prefix = rbee_bus::prefix::fingerprints(&request.prompt);
+        let prefix = queen.config.prompt_prefix(&request.prompt);
         queen.tasks.spawn("dispatch", dispatch::drive(queen.clone(), job, request, prefix, first, since));
     }
     tracing::info!(
