@@ -21,11 +21,13 @@ use crate::stats::Summary;
 /// Conversations going on at once.
 pub const CONVERSATIONS: usize = 4;
 /// Turns per conversation.
-pub const TURNS: usize = 4;
+pub const TURNS: usize = 5;
 /// Slots per worker: together room for every conversation twice over.
 const SLOTS: u32 = 4;
-/// A user's pause between reading an answer and sending the next question.
-const THINK: Duration = Duration::from_millis(200);
+/// Each conversation's pause between an answer and the next question, ms: users do not type in
+/// step, so the conversations' turns arrive at different moments and find the workers differently
+/// loaded (in step, two per worker, placement by load alone would keep them where they are by chance).
+const THINK_MS: [u64; CONVERSATIONS] = [150, 400, 750, 1100];
 
 const OPENERS: [&str; CONVERSATIONS] = [
     "What is the capital of France?",
@@ -33,8 +35,12 @@ const OPENERS: [&str; CONVERSATIONS] = [
     "What is the capital of Brazil?",
     "What is the capital of Egypt?",
 ];
-const FOLLOW_UPS: [&str; TURNS - 1] =
-    ["Which river flows through it?", "Name a large port of that country.", "Which country lies next to it?"];
+const FOLLOW_UPS: [&str; TURNS - 1] = [
+    "Which river flows through it?",
+    "Name a large port of that country.",
+    "Which country lies next to it?",
+    "What language do people speak there?",
+];
 
 /// One turn as the client saw it, and where the queen put it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -56,6 +62,8 @@ pub struct RoutedTurn {
 /// The later turns' figures of one way of placing.
 struct Summed {
     ttft_p50: f64,
+    ttft_mean: f64,
+    ttft_max: f64,
     cached_share: f64,
     moves: usize,
 }
@@ -73,8 +81,11 @@ fn sum(turns: &[RoutedTurn]) -> Summed {
                 .any(|p| p.conversation == t.conversation && p.turn + 1 == t.turn && p.worker != t.worker)
         })
         .count();
+    let summary = Summary::of(&ttft);
     Summed {
-        ttft_p50: Summary::of(&ttft).p50,
+        ttft_p50: summary.p50,
+        ttft_mean: summary.mean,
+        ttft_max: summary.max,
         cached_share: if prompt == 0 { 0.0 } else { f64::from(cached) / f64::from(prompt) },
         moves,
     }
@@ -104,7 +115,7 @@ async fn conversation(api: Api, index: usize) -> anyhow::Result<Vec<RoutedTurn>>
             cached_tokens: answer.cached_tokens,
             worker,
         });
-        tokio::time::sleep(THINK).await;
+        tokio::time::sleep(Duration::from_millis(THINK_MS[index])).await;
     }
     Ok(turns)
 }
@@ -167,12 +178,16 @@ pub async fn section(report: &mut Report, env: &Env) -> anyhow::Result<String> {
     let (r, l) = (sum(&routed), sum(&by_load));
     let later = CONVERSATIONS * (TURNS - 1);
     println!(
-        "  later turns: by prefix ttft p50 {:.0} ms, {:.0}% of prompt tokens held, {} of {later} moved worker; \
-         by load {:.0} ms, {:.0}%, {} moved",
+        "  later turns: by prefix ttft p50 {:.0} ms (mean {:.0}, worst {:.0}), {:.0}% of prompt tokens held, {} of \
+         {later} moved worker; by load {:.0} ms (mean {:.0}, worst {:.0}), {:.0}%, {} moved",
         r.ttft_p50,
+        r.ttft_mean,
+        r.ttft_max,
         r.cached_share * 100.0,
         r.moves,
         l.ttft_p50,
+        l.ttft_mean,
+        l.ttft_max,
         l.cached_share * 100.0,
         l.moves
     );
@@ -186,17 +201,33 @@ pub async fn section(report: &mut Report, env: &Env) -> anyhow::Result<String> {
         .vs("placed by load only (rbee-queen --no-prefix-routing), same run", l.ttft_p50)
         .bar(Target::AtMost(0.5)),
     );
+    report.figure(
+        SECTION,
+        Fig::new(
+            "routing.later_ttft_mean_ms",
+            "two workers, 4 conversations: later-turn TTFT mean, placed by prefix",
+        )
+        .value(r.ttft_mean, "ms")
+        .vs("placed by load only, same run", l.ttft_mean),
+    );
     report.detail("routing", json!({"by_prefix": routed, "by_load": by_load}));
     Ok(format!(
         "**Routing by prefix** (2 workers of {SLOTS} slots with one inference thread each, {CONVERSATIONS} \
          conversations at once, {TURNS} turns each, the ~250-token system prompt shared, the whole history resent, \
-         {TOKENS_PER_TURN} tokens a turn, {} ms between an answer and the next question): later-turn TTFT p50 \
-         {:.0} ms when the queen places by prefix against {:.0} ms when it places by load only; {:.0}% against \
+         {TOKENS_PER_TURN} tokens a turn, each conversation pausing {THINK_MS:?} ms between an answer and its \
+         next question): later-turn TTFT p50 {:.0} ms when the queen places by prefix against {:.0} ms when it places by load only (mean \
+         {:.0} against {:.0} ms, worst {:.0} against {:.0} ms); {:.0}% against \
          {:.0}% of the later turns' prompt tokens were already held by the worker that got them, and {} against \
-         {} of the {later} later turns went to another worker than the turn before.",
-        THINK.as_millis(),
+         {} of the {later} later turns went to another worker than the turn before. Placement by load alone \
+         breaks ties between equally loaded workers by their recent tokens per second, which favours the worker \
+         that has just answered, often the same conversation's: most turns stay put by that accident, and those \
+         that move read their history again.",
         r.ttft_p50,
         l.ttft_p50,
+        r.ttft_mean,
+        l.ttft_mean,
+        r.ttft_max,
+        l.ttft_max,
         r.cached_share * 100.0,
         l.cached_share * 100.0,
         r.moves,
