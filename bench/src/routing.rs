@@ -220,7 +220,7 @@ pub async fn section(report: &mut Report, env: &Env) -> anyhow::Result<String> {
          {:.0}% of the later turns' prompt tokens were already held by the worker that got them, and {} against \
          {} of the {later} later turns went to another worker than the turn before. Placement by load alone \
          breaks ties between equally loaded workers by their recent tokens per second, which favours the worker \
-         that has just answered, often the same conversation's: most turns stay put by that accident, and those \
+         that has just answered, often the same conversation's: some turns stay put by that accident; those \
          that move read their history again.",
         r.ttft_p50,
         l.ttft_p50,
