@@ -485,6 +485,15 @@ async fn later_chat_turns_reuse_the_slot_and_greedy_text_is_unchanged() {
     assert_eq!(fresh.text, second.text, "greedy text with reuse differs from the text without it");
 }
 
+/// Waits (at most 5 s) until the engine's RAM store holds `n` states, and fails if it does not.
+async fn saved_states_reach(engine: &Engine, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while engine.prefix_cache_usage().1 != n {
+        assert!(Instant::now() < deadline, "saved states {:?}, expected {n}", engine.prefix_cache_usage());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_evicted_conversation_comes_back_from_host_ram() {
     let _serial = SERIAL.lock().await;
@@ -492,17 +501,17 @@ async fn an_evicted_conversation_comes_back_from_host_ram() {
     let Some(engine) = load(1, 1024).await else { return };
     let a1 = vec![message("system", SYSTEM), message("user", QUESTION)];
     let first = collect(engine.submit(request(Prompt::chat(a1.clone()), greedy(24))).expect("submit")).await;
-    assert_eq!(engine.prefix_cache_usage(), (0, 0));
+    // The idle worker saves the finished conversation's state to host RAM, before anything evicts it.
+    saved_states_reach(&engine, 1).await;
 
-    // Another conversation takes the slot: A's cells are saved first.
+    // Another conversation takes the slot; it shares at most the chat template's opening with A.
     let b = vec![message("user", "Name a large river in Africa, and the sea it reaches.")];
     let other = collect(engine.submit(request(Prompt::chat(b), greedy(16))).expect("submit")).await;
-    assert_eq!(other.usage.cached_tokens, 0);
-    let (bytes, states) = engine.prefix_cache_usage();
-    assert_eq!(states, 1, "the evicted conversation is kept in host ram");
-    assert!(bytes > 0);
+    assert!(other.usage.cached_tokens < 8, "B kept {} of A's tokens", other.usage.cached_tokens);
+    assert!(engine.prefix_cache_usage().0 > 0);
+    saved_states_reach(&engine, 2).await;
 
-    // A's next turn is restored from host RAM (B's cells saved in turn) and reads only what is new.
+    // A's next turn: the one slot holds B, so only a restore from host RAM gives it turn 1 back.
     let mut a2 = a1.clone();
     a2.push(message("assistant", &first.text));
     a2.push(message("user", "And the capital of Italy?"));
@@ -514,7 +523,8 @@ async fn an_evicted_conversation_comes_back_from_host_ram() {
         second.usage.cached_tokens,
         first.usage.prompt_tokens
     );
-    assert_eq!(engine.prefix_cache_usage().1, 1, "B saved, A taken out");
+    // B and A's longer state (turn 1's was taken out, or replaced by it).
+    saved_states_reach(&engine, 2).await;
     drop(engine);
 
     // The same as with no cache at all.

@@ -138,9 +138,9 @@ impl BatchLoop<'_> {
         loop {
             // Wait for work when idle; otherwise take whatever arrived without waiting.
             if self.active.is_empty() {
-                match rx.recv() {
-                    Ok(Command::Start(job)) => self.admit(*job),
-                    Ok(Command::Shutdown) | Err(_) => return,
+                match self.wait_idle(rx) {
+                    Some(job) => self.admit(*job),
+                    None => return,
                 }
                 // Jobs sent together reach an idle worker a fraction of a millisecond apart (one NATS
                 // assignment each): gather them for a moment so their prompts share the first step,
@@ -165,6 +165,27 @@ impl BatchLoop<'_> {
             if !self.active.is_empty() {
                 self.step();
             }
+        }
+    }
+
+    /// Waits for the next job while idle, saving the free slots' states to the RAM store in the meantime
+    /// (one at a time, looking for a job between them), so that a job evicting a slot later does not
+    /// pay for the save before its first token. `None` on shutdown.
+    fn wait_idle(&mut self, rx: &Receiver<Command>) -> Option<Box<Job>> {
+        loop {
+            match rx.try_recv() {
+                Ok(Command::Start(job)) => return Some(job),
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => {}
+            }
+            let Some((seq, tokens, fingerprints)) = self.shared.slots.next_unoffered(MIN_SAVED_TAIL) else {
+                break;
+            };
+            self.save_state(seq, tokens, fingerprints, "idle");
+        }
+        match rx.recv() {
+            Ok(Command::Start(job)) => Some(job),
+            Ok(Command::Shutdown) | Err(_) => None,
         }
     }
 
@@ -273,14 +294,24 @@ impl BatchLoop<'_> {
     /// that shares only a system prompt with this one then does not wipe it out.
     fn save_evicted(&mut self, seq: i32, keeps: usize) {
         let (tokens, fingerprints) = self.shared.slots.cached(seq);
-        if tokens.len() < keeps + MIN_SAVED_TAIL || !self.shared.slots.reuse_enabled() {
+        if tokens.len() < keeps + MIN_SAVED_TAIL
+            || !self.shared.slots.reuse_enabled()
+            || self.shared.slots.offered(seq)
+        {
             return;
         }
+        self.save_state(seq, tokens, fingerprints, "evicted");
+    }
+
+    /// Copies sequence `seq`'s state (holding `tokens`) into the RAM store.
+    fn save_state(&mut self, seq: i32, tokens: Vec<LlamaToken>, fingerprints: Vec<u64>, when: &'static str) {
+        let started = Instant::now();
         match self.ctx.state_seq_get(seq, LlamaStateSeqFlags::empty()) {
             Ok(state) => {
                 let (n, bytes) = (tokens.len(), state.byte_len());
                 let kept = self.shared.slots.save(tokens, state, fingerprints);
-                tracing::debug!(seq, tokens = n, bytes, kept, "slot state saved to host ram");
+                let took_us = started.elapsed().as_micros();
+                tracing::debug!(seq, tokens = n, bytes, kept, took_us, when, "slot state saved to host ram");
             }
             Err(e) => tracing::warn!(seq, error = %e, "could not save the slot's state"),
         }

@@ -4,7 +4,8 @@
 //! After a job a slot keeps its tokens (prompt plus the generated tokens that were fed back) and their
 //! KV cells, as llama.cpp's own server does. A new job takes the free slot whose cached tokens share
 //! the longest prefix with its prompt, when that prefix is at least [`MIN_SIMILARITY`] of the prompt;
-//! otherwise the least recently used free slot (keeping the others' conversations warm). The job then
+//! otherwise the least recently used free slot (keeping the others' conversations warm), which still
+//! keeps whatever prefix it shares with the prompt (a chat template's system turn, say). The job then
 //! decodes only the tokens past the shared prefix, and always at least the last prompt token, whose
 //! logits it samples from.
 //!
@@ -64,8 +65,11 @@ pub fn choose<T: PartialEq>(free: &[Cached<'_, T>], prompt: &[T]) -> Option<Choi
     if common > 0 && similar {
         return Some(Choice { index, reuse: common.min(prompt.len().saturating_sub(1)) });
     }
-    let lru = free.iter().enumerate().min_by_key(|(_, s)| s.released_at).map(|(i, _)| i)?;
-    Some(Choice { index: lru, reuse: 0 })
+    // The least recently used slot keeps what it shares with the prompt all the same: the cells past it
+    // are cut either way, and the shared start (the template's system turn) need not be read again.
+    let (lru, slot) = free.iter().enumerate().min_by_key(|(_, s)| s.released_at)?;
+    let reuse = common_prefix(slot.tokens, prompt).min(prompt.len().saturating_sub(1));
+    Some(Choice { index: lru, reuse })
 }
 
 /// Sequence states saved from slots, in host RAM, at most `bound` bytes together.
@@ -122,6 +126,11 @@ impl<T: PartialEq, S> Saved<T, S> {
         true
     }
 
+    /// Whether some state holds all of `tokens` (as its tokens or a prefix of them).
+    pub fn covers(&self, tokens: &[T]) -> bool {
+        self.entries.iter().any(|e| e.tokens.starts_with(tokens))
+    }
+
     /// The states held, oldest first.
     pub fn states(&self) -> impl Iterator<Item = &S> {
         self.entries.iter().map(|e| &e.state)
@@ -175,6 +184,14 @@ mod tests {
     }
 
     #[test]
+    fn the_least_recently_used_slot_keeps_the_start_it_shares() {
+        // The template's system turn (1, 2) is shared, too little of the prompt to pick a slot by, but
+        // the slot taken keeps it rather than reading it again.
+        let free = [slot(0, &[1, 2, 7, 7, 7, 7], 3), slot(1, &[1, 2, 8, 8, 8], 1)];
+        assert_eq!(choose(&free, &[1, 2, 3, 4, 5, 6]), Some(Choice { index: 1, reuse: 2 }));
+    }
+
+    #[test]
     fn saved_states_stay_within_their_bound_and_the_best_comes_back() {
         let mut saved: Saved<u32, &str> = Saved::new(100);
         assert!(saved.insert(vec![1, 2, 3], "a", 40));
@@ -184,6 +201,7 @@ mod tests {
         assert!(saved.insert(vec![7, 8, 9], "c", 40));
         assert_eq!((saved.len(), saved.bytes()), (2, 80));
         assert!(saved.take_best(&[1, 2, 3, 4], 0).is_none(), "the oldest went out");
+        assert!(saved.covers(&[7, 8]) && saved.covers(&[7, 8, 9]) && !saved.covers(&[7, 8, 9, 1]));
         // Not better than what a slot already has, or too little of the prompt: stays.
         assert!(saved.take_best(&[7, 8, 9, 1], 3).is_none());
         assert!(saved.take_best(&[7, 0, 0, 0, 0], 0).is_none());
@@ -207,10 +225,13 @@ mod tests {
             prop_assert!(choice.index < free.len());
             prop_assert!(choice.reuse < prompt.len());
             prop_assert_eq!(&free[choice.index].tokens[..choice.reuse], &prompt[..choice.reuse]);
-            // No other slot holds a longer similar prefix.
+            // The chosen slot keeps all it shares with the prompt (less the last token)...
+            let own = common_prefix(free[choice.index].tokens, &prompt);
+            prop_assert_eq!(choice.reuse, own.min(prompt.len() - 1));
+            // ...and when some slot holds a similar prefix, no other slot holds a longer one.
             let best = free.iter().map(|s| common_prefix(s.tokens, &prompt)).max().unwrap_or(0);
-            if choice.reuse > 0 {
-                prop_assert!(choice.reuse == best.min(prompt.len() - 1));
+            if best as f64 >= MIN_SIMILARITY * prompt.len() as f64 && best > 0 {
+                prop_assert_eq!(own, best);
             }
         }
     }

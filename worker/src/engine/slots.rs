@@ -30,6 +30,9 @@ struct TableState {
     fingerprints: Vec<Vec<u64>>,
     /// By sequence id: the release clock when it was last released.
     released_at: Vec<u64>,
+    /// By sequence id: whether what its cells hold now was already offered to the RAM store (saved,
+    /// refused, or found there), so that evicting it costs nothing more.
+    offered: Vec<bool>,
     clock: u64,
     /// Whether a job may keep a slot's cached prefix (off by flag, or for a model whose memory cannot
     /// be truncated).
@@ -70,6 +73,7 @@ impl SlotTable {
             cached: vec![Vec::new(); total],
             fingerprints: vec![Vec::new(); total],
             released_at: vec![0; total],
+            offered: vec![false; total],
             clock: 0,
             reuse,
             saved: prefix::Saved::new(saved_bytes),
@@ -112,6 +116,34 @@ impl SlotTable {
             state.cached.get(i).cloned().unwrap_or_default(),
             state.fingerprints.get(i).cloned().unwrap_or_default(),
         )
+    }
+
+    /// A free slot holding at least `min` tokens not yet offered to the RAM store, with those tokens and
+    /// their fingerprints; marked offered. Slots whose tokens the store already holds (within a longer
+    /// state) are marked on the way and skipped.
+    pub(crate) fn next_unoffered(&self, min: usize) -> Option<(i32, Vec<LlamaToken>, Vec<u64>)> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if !state.reuse {
+            return None;
+        }
+        for &seq in &state.free {
+            let Ok(i) = usize::try_from(seq) else { continue };
+            if state.offered[i] || state.cached[i].len() < min {
+                continue;
+            }
+            state.offered[i] = true;
+            if !state.saved.covers(&state.cached[i]) {
+                return Some((seq, state.cached[i].clone(), state.fingerprints[i].clone()));
+            }
+        }
+        None
+    }
+
+    /// Whether what sequence `seq`'s cells hold was already offered to the RAM store.
+    pub(crate) fn offered(&self, seq: i32) -> bool {
+        let state = self.lock();
+        usize::try_from(seq).ok().and_then(|i| state.offered.get(i).copied()).unwrap_or(false)
     }
 
     /// Keeps the state of cells a job is about to discard, for a later prompt that starts the same way.
@@ -199,6 +231,7 @@ impl SlotTable {
         state.released_at[i] = state.clock;
         state.cached[i] = cached;
         state.fingerprints[i] = fingerprints;
+        state.offered[i] = false;
         if !state.free.contains(&seq) {
             state.free.push(seq);
         }
