@@ -135,6 +135,9 @@ pub async fn direct_run_each(
 ) -> anyhow::Result<RunResult> {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
+    // Sent together: the engine is told they are on their way in, as the worker tells it of each
+    // assignment it has taken off the bus, so they share the first step.
+    let mut arriving: Vec<_> = jobs.iter().map(|_| engine.arriving()).collect();
     for (prompt, params) in jobs {
         let sent = Instant::now();
         let request = GenerationRequest {
@@ -144,7 +147,9 @@ pub async fn direct_run_each(
             deadline: None,
             resume: None,
         };
-        let mut generation = engine.submit(request).map_err(|e| anyhow::anyhow!("direct submit: {e}"))?;
+        let submitted = engine.submit(request);
+        drop(arriving.pop());
+        let mut generation = submitted.map_err(|e| anyhow::anyhow!("direct submit: {e}"))?;
         tasks.push(tokio::spawn(async move {
             let (mut first, mut last) = (None, None);
             while let Some(event) = generation.events.recv().await {

@@ -21,7 +21,7 @@ pub const BIN: &str = ".rbee/llama-server/bin/llama-server";
 /// Completion tokens per stream.
 const MAX_TOKENS: u32 = 128;
 /// Runs of each workload on each side.
-const REPS: usize = 2;
+const REPS: usize = 3;
 
 /// One workload's runs on both sides.
 #[derive(Debug, serde::Serialize)]

@@ -240,17 +240,17 @@ fn end_to_end(report: &mut Report, e2e: &EndToEnd) {
                     format!(
                         "Here they did not all make it: the first tokens spread over {} ms, so some prompts waited for \
                          a later step. The assignments reach the worker after each request's HTTP handling, placement and \
-                         NATS hop, and on 2 busy cores that can take longer than the window",
+                         NATS hop, and on 2 busy cores one can reach it after the first step has begun",
                         num(spread)
                     )
                 };
                 findings.push(format!(
                     "**Time to first token with {c} concurrent streams ({:.2}x direct).** Through the queen, the first \
                      stream of a run gets its first token after {} ms and the last after {} ms; directly, {} ms and {} ms. \
-                     The {c} requests reach the worker one at a time, a fraction of a millisecond apart; the worker's \
-                     batch loop gathers jobs for 2 ms once the first reaches it idle (`GATHER_WINDOW` in \
-                     `worker/src/engine/batch_loop.rs`), so that prompts sent together share the first prefill step, as \
-                     they do when driven directly. {shared}. Not time spent in the queen (see the single-stream split \
+                     The {c} requests reach the worker one at a time, a fraction of a millisecond apart; an idle \
+                     worker's batch loop holds its first job while other assignments it has taken off the bus are still \
+                     being prepared (at most 10 ms, `worker/src/engine/arrivals.rs`), so that prompts sent together \
+                     share the first prefill step, as they do when driven directly, and a lone job starts at once. {shared}. Not time spent in the queen (see the single-stream split \
                      and the token path above); this figure moves from run to run on this machine (raw samples in \
                      `BENCHMARKS.json`).",
                     ratio(report, &ttft_key),

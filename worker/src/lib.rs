@@ -27,6 +27,9 @@ pub use config::WorkerConfig;
 use engine::{Engine, EngineConfig};
 use jobs::{ActiveJobs, JobCounters};
 
+/// Assignments taken off the bus and not yet decided, at most (the bus holds any more).
+const ASSIGNMENTS_IN_HAND: usize = 64;
+
 /// State shared by the worker's tasks.
 #[derive(Debug)]
 pub struct WorkerShared {
@@ -148,15 +151,33 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
     heartbeat::send(&shared).await;
     tracing::info!(worker_id = %shared.config.worker_id, subject = %jobs_subject, "worker ready");
 
+    // Assignments are taken off the bus as they come, each marked as on its way into the engine until
+    // it is decided ([`Engine::arriving`]): an idle batch loop holding one job waits for the others
+    // sent with it, and a lone job starts at once.
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel(ASSIGNMENTS_IN_HAND);
+    let (take_engine, take_stop) = (engine.clone(), shutdown.clone());
+    tasks.spawn("assignments", async move {
+        loop {
+            let request = tokio::select! {
+                _ = take_stop.cancelled() => break,
+                request = jobs.next() => match request { Some(r) => r, None => break },
+            };
+            if arrived_tx.send((take_engine.arriving(), request)).await.is_err() {
+                break;
+            }
+        }
+    });
     let job_tasks = Tasks::new();
     loop {
-        let request = tokio::select! {
+        let (arriving, request) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            request = jobs.next() => match request { Some(r) => r, None => break },
+            arrived = arrived.recv() => match arrived { Some(a) => a, None => break },
         };
         // A panic while deciding is answered with an `internal` error; the worker and its jobs go on.
         let result = rbee_bus::rpc::respond_guarded(&request, "job assignment", async {
-            jobs::handle_assignment(&shared, &engine, &job_tasks, &request.message.payload)
+            let decided = jobs::handle_assignment(&shared, &engine, &job_tasks, &request.message.payload);
+            drop(arriving);
+            decided
         })
         .await;
         if result.is_ok() {

@@ -227,6 +227,45 @@ async fn jobs_decode_together() {
     run_concurrently(&engine, 3).await;
 }
 
+/// Jobs an idle engine is told are on their way in (`Engine::arriving`, as the worker marks each
+/// assignment it takes off the bus) share their first step: every job's first token comes out of it,
+/// before any job's second. A job that missed it would read its prompt in the second step, alongside
+/// the first job's second token (sampled first, in admission order).
+#[tokio::test]
+async fn jobs_arriving_together_share_the_first_step() {
+    use futures::StreamExt;
+    let _serial = SERIAL.lock().await;
+    let Some(engine) = load(3, 512).await else { return };
+    let prompts = ["Write a poem about the sea.", "Describe a cat in detail.", "Explain how rain forms."];
+    for round in 0..3 {
+        let mut arriving: Vec<_> = prompts.iter().map(|_| engine.arriving()).collect();
+        let mut streams = Vec::new();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let text = format!("{prompt} (round {round})");
+            let generation = engine.submit(request(chat(&text), greedy(6))).expect("submit");
+            drop(arriving.pop());
+            let events = futures::stream::unfold(generation.events, |mut rx| async move {
+                rx.recv().await.map(|event| (event, rx))
+            });
+            streams.push(events.map(move |e| (i, e)).boxed());
+        }
+        let mut events = futures::stream::select_all(streams);
+        let mut tokens = [0usize; 3];
+        let mut order = Vec::new();
+        while let Some((i, event)) = events.next().await {
+            if let GenEvent::Token { token_ids, .. } = event {
+                tokens[i] += token_ids.len();
+                order.push((i, tokens[i]));
+            }
+        }
+        let firsts_before = order.iter().position(|&(_, n)| n >= 2).unwrap_or(order.len());
+        let mut started: Vec<usize> = order[..firsts_before].iter().map(|&(i, _)| i).collect();
+        started.sort_unstable();
+        started.dedup();
+        assert_eq!(started, vec![0, 1, 2], "round {round}: token events in order {order:?}");
+    }
+}
+
 #[tokio::test]
 async fn long_prompt_does_not_hold_up_a_short_one() {
     let _serial = SERIAL.lock().await;

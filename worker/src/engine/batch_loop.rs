@@ -19,6 +19,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use rbee_bus::FinishReason;
 
+use super::arrivals::GATHER_CAP;
 use super::load::CONTEXT_CREATION;
 use super::logprobs;
 use super::prefix::{MIN_SAVED_TAIL, MIN_SHARED};
@@ -37,10 +38,8 @@ pub(crate) fn prefill_per_step(gpu_offload: bool) -> usize {
     }
 }
 
-/// How long an idle loop waits, after the first job arrives, for others sent at the same time before it
-/// starts the first step: a few milliseconds of the first token's time, against a whole prefill step
-/// (tens of milliseconds on CPU) for each job that would miss the first one.
-pub(crate) const GATHER_WINDOW: Duration = Duration::from_millis(2);
+/// How often a gathering loop looks again whether jobs are still on their way in.
+const GATHER_POLL: Duration = Duration::from_micros(100);
 
 /// A message to the loop thread.
 pub(crate) enum Command {
@@ -142,15 +141,19 @@ impl BatchLoop<'_> {
                     Some(job) => self.admit(*job),
                     None => return,
                 }
-                // Jobs sent together reach an idle worker a fraction of a millisecond apart (one NATS
-                // assignment each): gather them for a moment so their prompts share the first step,
-                // instead of the later ones waiting a whole prefill step for the first.
-                let until = Instant::now() + GATHER_WINDOW;
-                while self.active.len() < self.slots {
-                    match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                // Jobs sent together reach an idle worker one after another (one NATS assignment each,
+                // prepared in turn): while others are on their way in, wait for them so their prompts
+                // share the first step instead of the later ones waiting a whole prefill step for it.
+                let until = Instant::now() + GATHER_CAP;
+                while self.active.len() < self.slots && self.shared.arrivals.any() {
+                    let wait = until.saturating_duration_since(Instant::now()).min(GATHER_POLL);
+                    if wait.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(wait) {
                         Ok(Command::Start(job)) => self.admit(*job),
                         Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
-                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Timeout) => {}
                     }
                 }
             }

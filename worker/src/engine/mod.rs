@@ -15,6 +15,7 @@
 //! model is shared read-only between the loop thread and `submit` (tokenizing and template rendering
 //! only read it). llama.cpp's own logs are forwarded to `tracing`.
 
+mod arrivals;
 mod batch_loop;
 mod embed;
 mod grammar;
@@ -44,6 +45,7 @@ use rbee_bus::{
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+pub use arrivals::Arriving;
 pub use embed::{EmbedError, Embeddings};
 
 use batch_loop::{Command, LoopSetup};
@@ -232,6 +234,7 @@ pub enum EngineError {
 /// State shared by the handle and the loop thread.
 pub(crate) struct Shared {
     pub(crate) slots: SlotTable,
+    pub(crate) arrivals: arrivals::Arrivals,
     meter: Mutex<RateMeter>,
 }
 
@@ -301,6 +304,7 @@ impl Engine {
         let reuse = config.prefix_reuse && truncatable;
         let shared = Arc::new(Shared {
             slots: SlotTable::new(config.slots, reuse, config.prefix_cache_bytes),
+            arrivals: arrivals::Arrivals::default(),
             meter: Mutex::default(),
         });
         let (tx, rx) = mpsc::channel();
@@ -382,6 +386,13 @@ impl Engine {
     /// Tokens sampled per second across all slots over the last few seconds (0 when idle).
     pub fn tokens_per_second(&self) -> f64 {
         self.inner.shared.meter().rate(Instant::now())
+    }
+
+    /// Says that a job is on its way in (its request taken, not yet submitted), until the guard is
+    /// dropped: an idle batch loop holding another job waits for it (at most a few milliseconds), so
+    /// jobs sent together share their first step while a lone one starts at once.
+    pub fn arriving(&self) -> Arriving {
+        Arriving::new(Arc::clone(&self.inner.shared))
     }
 
     /// Accepts a generation: validates, renders and tokenizes the prompt, reserves a slot and hands
