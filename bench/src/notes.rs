@@ -250,8 +250,8 @@ fn end_to_end(report: &mut Report, e2e: &EndToEnd) {
                      The {c} requests reach the worker one at a time, a fraction of a millisecond apart; an idle \
                      worker's batch loop holds its first job while other assignments it has taken off the bus are still \
                      being prepared (at most 10 ms, `worker/src/engine/arrivals.rs`), so that prompts sent together \
-                     share the first prefill step, as they do when driven directly, and a lone job starts at once. {shared}. Not time spent in the queen (see the single-stream split \
-                     and the token path above); this figure moves from run to run on this machine (raw samples in \
+                     share the first prefill step, as they do when driven directly, and a lone job starts at once. \
+                     {shared}. Not time spent in the queen (see the single-stream split and the token path above); this figure moves from run to run on this machine (raw samples in \
                      `BENCHMARKS.json`).",
                     ratio(report, &ttft_key),
                     num(q_first),

@@ -17,6 +17,9 @@ use super::Shared;
 /// goes alone rather than wait on a slow one.
 pub(crate) const GATHER_CAP: Duration = Duration::from_millis(10);
 
+/// How often a gathering loop looks again whether jobs are still on their way in.
+pub(crate) const GATHER_POLL: Duration = Duration::from_micros(100);
+
 /// How many [`Arriving`] are held.
 #[derive(Debug, Default)]
 pub(crate) struct Arrivals {

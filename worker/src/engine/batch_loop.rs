@@ -19,7 +19,7 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{LlamaStateSeqFlags, SeqState};
 use rbee_bus::FinishReason;
 
-use super::arrivals::GATHER_CAP;
+use super::arrivals::{GATHER_CAP, GATHER_POLL};
 use super::load::CONTEXT_CREATION;
 use super::logprobs;
 use super::prefix::{MIN_SAVED_TAIL, MIN_SHARED};
@@ -37,9 +37,6 @@ pub(crate) fn prefill_per_step(gpu_offload: bool) -> usize {
         256
     }
 }
-
-/// How often a gathering loop looks again whether jobs are still on their way in.
-const GATHER_POLL: Duration = Duration::from_micros(100);
 
 /// A message to the loop thread.
 pub(crate) enum Command {
