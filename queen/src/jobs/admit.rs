@@ -113,21 +113,16 @@ pub async fn submit(queen: &Arc<Queen>, request: JobRequest) -> Result<Arc<Job>,
     if queen.jobs().get(&job_id).is_some_and(|job| !job.is_claimable()) {
         return Err(SubmitError::DuplicateId(AlreadyExists { job_id }));
     }
+    // In the table (owned) before its request is stored: a takeover that starts while the write is
+    // under way (a new term after a lost NATS connection) finds the job owned and leaves it alone,
+    // and a duplicate id never overwrites the request of the job that holds it.
+    let job = queen.jobs().create_or_claim(job_id.clone(), request.model_id.clone(), rbee_bus::now_ms())?;
     // Kept before the submitter hears of the job, so a queen that takes over finds it; written
     // before placement, so nothing waits between the queue's reading and the job joining it.
     let kept = super::requests::put(queen, &job_id, &request).await;
-    // The queue as it is before this job joins it.
+    // The queue as it is before this job joins it (a job just created waits with no reason yet, so
+    // it is not counted).
     let queue_len = queen.jobs().queued();
-    let created = queen.jobs().create_or_claim(job_id.clone(), request.model_id.clone(), rbee_bus::now_ms());
-    let job = match created {
-        Ok(job) => job,
-        Err(e) => {
-            if kept {
-                super::requests::remove(queen, &job_id).await;
-            }
-            return Err(e.into());
-        }
-    };
     let prefix = queen.config.prompt_prefix(&request.prompt);
     // Before the first decision: a change of the view from here on re-checks a job left waiting.
     let started = Instant::now();
