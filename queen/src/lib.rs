@@ -28,6 +28,7 @@ pub mod placement;
 pub mod replicas;
 pub mod scheduler;
 mod sequence;
+pub mod split;
 pub mod submit;
 pub mod unload;
 

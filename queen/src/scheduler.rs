@@ -43,7 +43,8 @@
 //! 6. **Queue** with a reason a person can act on, always naming the model: waiting for a slot on N
 //!    workers; no hive is online; no hive has the model; every hive with it is offline or leaving; its
 //!    workers failed to load (and when the hive tries again); or the model does not fit (needs N MiB,
-//!    most free M MiB).
+//!    most free M MiB), with the hosts that together would hold it split ([`crate::split`]) when
+//!    there are such.
 //!
 //! Cost: one pass over the snapshot's workers and one over the hives' devices, O(workers + devices);
 //! excluded ids are looked up in a hash set once there are more than a few.
@@ -386,6 +387,8 @@ struct HiveSurvey<'a> {
     occupied_cpus: usize,
     /// The best fitting device.
     best_spawn: Option<SpawnCandidate<'a>>,
+    /// When no device has room: the hosts that together would ([`crate::split`]), for the reason.
+    split: Option<crate::split::SplitPlan>,
 }
 
 /// A device a worker fits on.
@@ -474,6 +477,14 @@ fn survey_hives<'a>(
             }
         }
     }
+    if survey.best_spawn.is_none() && survey.occupied_cpus == 0 {
+        if let Some(needed) = survey.needed_bytes {
+            let offers = crate::split::offers(snapshot, &request.model_id);
+            if let crate::split::SplitOutcome::Split(plan) = crate::split::plan(needed, &offers) {
+                survey.split = Some(plan);
+            }
+        }
+    }
     survey
 }
 
@@ -503,8 +514,17 @@ fn queue_reason(model_id: &ModelId, tally: &WorkerTally, hives: &HiveSurvey<'_>)
     } else if hives.occupied_cpus > 0 {
         format!("every cpu with room for model {model_id} already runs a worker of it")
     } else {
+        let split = hives.split.as_ref().map_or_else(String::new, |plan| {
+            let shares: Vec<String> =
+                plan.shares.iter().map(|s| format!("{} {:.0}%", s.hive_id, s.fraction * 100.0)).collect();
+            format!(
+                "; split across {} hosts ({}) it would fit, which rbee does not run yet",
+                plan.shares.len(),
+                shares.join(", ")
+            )
+        });
         format!(
-            "model {model_id} does not fit the free memory of any hive (needs {} MiB, most free {} MiB)",
+            "model {model_id} does not fit the free memory of any hive (needs {} MiB, most free {} MiB){split}",
             hives.needed_bytes.unwrap_or(0).div_ceil(MIB),
             hives.most_free_bytes / MIB
         )

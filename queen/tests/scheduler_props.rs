@@ -117,6 +117,27 @@ fn reason(placement: &Placement) -> &str {
 // ----- plain cases -----
 
 #[test]
+fn a_model_no_host_can_hold_alone_names_the_hosts_that_together_could() {
+    let now = Instant::now();
+    let mut registry = Registry::new(RegistryConfig::default());
+    let cpu = |gib: u64| vec![device("cpu", DeviceKind::Cpu, gib * GIB)];
+    registry.apply_hive(&hive_beat(0, HiveState::Online, cpu(2), vec![model(0, 4 * GIB)]), now);
+    registry.apply_hive(&hive_beat(1, HiveState::Online, cpu(3), vec![]), now);
+    let why = reason(&schedule(&registry.snapshot(now), &request(0))).to_owned();
+    assert_eq!(
+        why,
+        "model model-0 does not fit the free memory of any hive (needs 4788 MiB, most free 2048 MiB); \
+         split across 2 hosts (hive-0 40%, hive-1 60%) it would fit, which rbee does not run yet"
+    );
+    // Less pooled memory than the model needs: no split is offered.
+    let mut smaller = hive_beat(1, HiveState::Online, cpu(1), vec![]);
+    smaller.meta.seq = 2;
+    registry.apply_hive(&smaller, now);
+    let why = reason(&schedule(&registry.snapshot(now), &request(0))).to_owned();
+    assert!(!why.contains("split"), "{why}");
+}
+
+#[test]
 fn queue_reasons_name_the_model_and_the_obstacle() {
     let now = Instant::now();
     let mut registry = Registry::new(RegistryConfig::default());

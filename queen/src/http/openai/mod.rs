@@ -173,15 +173,20 @@ fn created() -> u64 {
 }
 
 /// `GET /v1/models`: every model served by a worker or present in a hive's catalog, with the hives
-/// that hold it off because its workers failed to load there (`load_failures`, when any).
+/// that hold it off because its workers failed to load there (`load_failures`, when any). A model no
+/// worker serves says whether it needs a split across hosts to run (`needs_split`) and the plan
+/// ([`crate::split`]: `memory_plan`, one device, a split, or why neither).
 pub async fn models(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
     let now = Instant::now();
     let registry = queen.registry();
+    let snapshot = registry.snapshot(now);
     #[derive(Default)]
     struct Listed {
         workers: usize,
         hives: Vec<String>,
         failures: Vec<serde_json::Value>,
+        /// The smallest estimate of the memory a worker of it needs, among hives with it.
+        needed_bytes: Option<u64>,
     }
     let mut models: std::collections::BTreeMap<String, Listed> = Default::default();
     for w in registry.list_workers(now) {
@@ -190,6 +195,8 @@ pub async fn models(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
     for h in registry.list_hives(now) {
         for m in &h.models {
             let listed = models.entry(m.model_id.to_string()).or_default();
+            let needed = crate::scheduler::estimate_spawn_bytes(m);
+            listed.needed_bytes = Some(listed.needed_bytes.map_or(needed, |n| n.min(needed)));
             match &m.load_failures {
                 Some(f) => {
                     let mut failure = serde_json::to_value(f).unwrap_or_default();
@@ -206,6 +213,14 @@ pub async fn models(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
             let mut model = serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "rbee", "workers": listed.workers, "spawnable_on": listed.hives});
             if !listed.failures.is_empty() {
                 model["load_failures"] = serde_json::Value::Array(listed.failures);
+            }
+            if let (0, Some(needed)) = (listed.workers, listed.needed_bytes) {
+                let outcome = match id.parse() {
+                    Ok(model_id) => crate::split::plan(needed, &crate::split::offers(&snapshot, &model_id)),
+                    Err(_) => return model,
+                };
+                model["needs_split"] = serde_json::json!(matches!(outcome, crate::split::SplitOutcome::Split(_)));
+                model["memory_plan"] = serde_json::to_value(&outcome).unwrap_or_default();
             }
             model
         })
