@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin_dir="${RBEE_BIN_DIR:-${CARGO_HOME:-$HOME/.cargo}/bin}"
 mkdir -p "$bin_dir"
-for name in rbee rbee-queen rbee-hive rbee-worker; do
+for name in rbee rbee-queen rbee-hive rbee-worker rbee-rpc-server; do
   src="$root/target/release/$name"
   if [ ! -x "$src" ]; then
     echo "install: $src is missing: run \`make build\` first" >&2
@@ -14,7 +14,7 @@ for name in rbee rbee-queen rbee-hive rbee-worker; do
   fi
   ln -sfn "$src" "$bin_dir/$name"
 done
-echo "install: linked rbee, rbee-queen, rbee-hive, rbee-worker into $bin_dir"
+echo "install: linked rbee, rbee-queen, rbee-hive, rbee-worker, rbee-rpc-server into $bin_dir"
 case ":$PATH:" in
   *":$bin_dir:"*) ;;
   *) echo "install: $bin_dir is not on your PATH; add it (export PATH=\"$bin_dir:\$PATH\")" ;;

@@ -34,6 +34,7 @@ pub async fn load_engine(model_path: &Path, threads: usize, prefix_reuse: bool) 
         gpu_layers: 0,
         prefix_reuse,
         prefix_cache_bytes: rbee_worker::engine::DEFAULT_PREFIX_CACHE_MIB << 20,
+        rpc_servers: Vec::new(),
     };
     Ok(tokio::task::spawn_blocking(move || Engine::load(config)).await??)
 }

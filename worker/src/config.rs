@@ -30,6 +30,8 @@ pub struct WorkerConfig {
     pub prefix_reuse: bool,
     /// Host RAM for states of evicted prefixes, bytes.
     pub prefix_cache_bytes: usize,
+    /// RPC servers whose devices hold the model's layers (a split across hosts); empty: none.
+    pub rpc_servers: Vec<String>,
     /// How often to heartbeat.
     pub heartbeat_interval: Duration,
     /// On shutdown, how long in-flight jobs may run before they are cancelled.
@@ -54,6 +56,7 @@ impl Default for WorkerConfig {
             gpu_layers: 999,
             prefix_reuse: true,
             prefix_cache_bytes: crate::engine::DEFAULT_PREFIX_CACHE_MIB << 20,
+            rpc_servers: Vec::new(),
             heartbeat_interval: Duration::from_millis(rbee_bus::DEFAULT_HEARTBEAT_INTERVAL_MS),
             drain_deadline: Duration::from_secs(10),
             coalesce_window: Duration::from_millis(4),

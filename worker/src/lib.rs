@@ -10,6 +10,7 @@ pub mod embed;
 pub mod engine;
 pub mod heartbeat;
 pub mod jobs;
+pub mod rpc;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -123,6 +124,7 @@ pub async fn run(config: WorkerConfig, bus: Bus, shutdown: CancellationToken) ->
         gpu_layers: shared.config.gpu_layers,
         prefix_reuse: shared.config.prefix_reuse,
         prefix_cache_bytes: shared.config.prefix_cache_bytes,
+        rpc_servers: shared.config.rpc_servers.clone(),
     };
     let started = std::time::Instant::now();
     let load = tokio::task::spawn_blocking(move || Engine::load(engine_config));

@@ -47,6 +47,10 @@ struct Args {
     /// that comes back is restored from it instead of read again); 0 keeps none.
     #[arg(long, default_value_t = rbee_worker::engine::DEFAULT_PREFIX_CACHE_MIB)]
     prefix_cache_mib: usize,
+    /// RPC servers (`rbee-rpc-server`, `HOST:PORT,...`) whose devices hold the model's layers: one
+    /// model split across hosts.
+    #[arg(long, value_delimiter = ',')]
+    rpc: Vec<String>,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = rbee_bus::DEFAULT_HEARTBEAT_INTERVAL_MS)]
     heartbeat_ms: u64,
@@ -74,6 +78,7 @@ async fn main() -> std::process::ExitCode {
         gpu_layers: args.gpu_layers,
         prefix_reuse: !args.no_prefix_cache,
         prefix_cache_bytes: args.prefix_cache_mib.saturating_mul(1 << 20),
+        rpc_servers: args.rpc,
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(50)),
         drain_deadline: Duration::from_millis(args.drain_ms),
         ..WorkerConfig::default()

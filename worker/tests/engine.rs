@@ -40,6 +40,7 @@ async fn load_with(slots: usize, ctx_per_slot: u32, prefix_reuse: bool) -> Optio
         gpu_layers: 0,
         prefix_reuse,
         prefix_cache_bytes: 64 << 20,
+        rpc_servers: Vec::new(),
     };
     let engine = tokio::task::spawn_blocking(move || Engine::load(config))
         .await
@@ -365,6 +366,7 @@ fn load_errors_are_clear() {
         gpu_layers: 0,
         prefix_reuse: true,
         prefix_cache_bytes: 0,
+        rpc_servers: Vec::new(),
     };
     let err = Engine::load(missing.clone()).expect_err("missing file");
     assert!(matches!(err, EngineError::ModelNotFound { .. }), "{err}");
@@ -395,6 +397,7 @@ async fn tiny_model_slots_are_isolated_and_reusable() {
         gpu_layers: 0,
         prefix_reuse: true,
         prefix_cache_bytes: 0,
+        rpc_servers: Vec::new(),
     };
     let engine =
         tokio::task::spawn_blocking(move || Engine::load(config)).await.expect("task").expect("load");
@@ -429,6 +432,7 @@ async fn a_recurrent_model_falls_back_to_reading_the_whole_prompt() {
         gpu_layers: 0,
         prefix_reuse: true,
         prefix_cache_bytes: 1 << 20,
+        rpc_servers: Vec::new(),
     };
     let load = |config: EngineConfig| async move {
         tokio::task::spawn_blocking(move || Engine::load(config)).await.expect("task").expect("load mamba")

@@ -19,7 +19,7 @@ static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
 pub(crate) static CONTEXT_CREATION: Mutex<()> = Mutex::new(());
 
 /// The shared backend; llama.cpp's logs go to `tracing` from then on.
-pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
+pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
     BACKEND
         .get_or_init(|| {
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
@@ -33,7 +33,7 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
 /// (`physical id`, `core id`) pairs in `/proc/cpuinfo` (Linux), capped by the CPUs this process may use
 /// (`available_parallelism`, which honours affinity and cgroup quotas). Elsewhere, or if cpuinfo has no
 /// core ids, half the logical CPUs (assumes 2-way SMT), at least 1.
-pub(crate) fn default_threads() -> usize {
+pub fn default_threads() -> usize {
     let logical = std::thread::available_parallelism().map_or(1, usize::from);
     let physical = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| count_physical_cores(&s));
     match physical {
@@ -93,13 +93,24 @@ pub(crate) fn check_model_file(path: &Path) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// Loads the model's weights (offloading `gpu_layers` layers with the `cuda` feature).
+/// Loads the model's weights (offloading `gpu_layers` layers with the `cuda` feature). With RPC
+/// servers, every layer goes to their devices (llama.cpp splits them by each device's free memory),
+/// as `llama-server --rpc ... -ngl 99` does.
 pub(crate) fn load_model(backend: &LlamaBackend, config: &EngineConfig) -> Result<LlamaModel, EngineError> {
     #[cfg(feature = "cuda")]
     let gpu_layers = config.gpu_layers;
     #[cfg(not(feature = "cuda"))]
     let gpu_layers = 0;
-    let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
+    let params = if config.rpc_servers.is_empty() {
+        LlamaModelParams::default().with_n_gpu_layers(gpu_layers)
+    } else {
+        let devices = crate::rpc::add_servers(backend, &config.rpc_servers)?;
+        tracing::info!(servers = ?config.rpc_servers, devices = devices.len(), "model layers on rpc servers");
+        LlamaModelParams::default()
+            .with_n_gpu_layers(999)
+            .with_devices(&devices)
+            .map_err(|e| EngineError::InvalidConfig(format!("rpc devices: {e}")))?
+    };
     LlamaModel::load_from_file(backend, &config.model_path, &params).map_err(|e| EngineError::ModelLoad {
         path: config.model_path.clone(),
         message: format!("llama.cpp could not load it ({e}); see the llama.cpp log for the cause"),

@@ -20,6 +20,7 @@ mod batch_loop;
 mod embed;
 mod grammar;
 mod load;
+pub use load::{backend, default_threads};
 mod logprobs;
 mod meter;
 mod output;
@@ -80,6 +81,9 @@ pub struct EngineConfig {
     /// Host RAM for the states of evicted prefixes (slots whose cells a later job discarded), in bytes;
     /// 0 keeps none.
     pub prefix_cache_bytes: usize,
+    /// RPC servers (`HOST:PORT`) whose devices hold the model's layers, a split across hosts
+    /// ([`crate::rpc`]); empty: this host alone.
+    pub rpc_servers: Vec<String>,
 }
 
 /// What the GGUF says about the loaded model.
@@ -223,6 +227,9 @@ pub enum EngineError {
         /// What went wrong.
         message: String,
     },
+    /// The RPC servers of a split could not be used.
+    #[error("rpc: {0}")]
+    Rpc(#[from] crate::rpc::RpcError),
     /// The context could not be created.
     #[error("cannot create the llama context: {0}")]
     Context(String),
